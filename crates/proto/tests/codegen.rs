@@ -26,7 +26,8 @@ fn generated_code_is_fresh() {
             fs::remove_file(checked_in.join(file)).expect("remove stale file");
         }
         for file in files(fresh.path()) {
-            fs::copy(fresh.path().join(&file), checked_in.join(&file)).expect("copy generated file");
+            fs::copy(fresh.path().join(&file), checked_in.join(&file))
+                .expect("copy generated file");
         }
         return;
     }
@@ -59,7 +60,11 @@ fn drift_check_notices_stale_code() {
     fs::remove_file(stale.path().join("descriptor.bin")).expect("remove");
     assert_eq!(
         differences(fresh.path(), stale.path()),
-        ["descriptor.bin (missing)", "icecast_balancer.snapshot.v1.rs (differs)", "leftover.rs (not generated)"]
+        [
+            "descriptor.bin (missing)",
+            "icecast_balancer.snapshot.v1.rs (differs)",
+            "leftover.rs (not generated)"
+        ]
     );
 }
 
@@ -74,7 +79,11 @@ fn differences(fresh: &Path, checked_in: &Path) -> Vec<String> {
             out.push(format!("{file} (differs)"));
         }
     }
-    out.extend(have.iter().filter(|f| !want.contains(f)).map(|f| format!("{f} (not generated)")));
+    out.extend(
+        have.iter()
+            .filter(|f| !want.contains(f))
+            .map(|f| format!("{f} (not generated)")),
+    );
     out.sort();
     out
 }
