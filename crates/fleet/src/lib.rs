@@ -204,9 +204,17 @@ impl Fleet {
             self.servers.len(),
             self.streams.len(),
             mounts,
-            humantime::format_duration(self.poller.interval),
-            humantime::format_duration(self.poller.timeout),
+            short_duration(self.poller.interval),
+            short_duration(self.poller.timeout),
         )
+    }
+}
+
+/// `2s`, `1500ms`: the way durations are written in the fleet file.
+fn short_duration(d: Duration) -> String {
+    match d.as_millis() {
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
     }
 }
 

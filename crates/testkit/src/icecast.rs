@@ -220,7 +220,10 @@ impl IcecastServer {
         self.sources.retain(|(m, _)| m != mount);
         let deadline = Instant::now() + START_TIMEOUT;
         while self.live_mounts().await.iter().any(|m| m == mount) {
-            assert!(Instant::now() < deadline, "{mount} still listed after its source stopped");
+            assert!(
+                Instant::now() < deadline,
+                "{mount} still listed after its source stopped"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -313,7 +316,10 @@ impl IcecastServer {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                let failure = format!("no HTTP answer within {START_TIMEOUT:?}: {}", self.error_log_tail());
+                let failure = format!(
+                    "no HTTP answer within {START_TIMEOUT:?}: {}",
+                    self.error_log_tail()
+                );
                 self.kill();
                 return Err(failure);
             }
@@ -322,7 +328,13 @@ impl IcecastServer {
     }
 
     async fn start_sources(&mut self) {
-        let live: Vec<MountSpec> = self.spec.mounts.iter().filter(|m| m.live).cloned().collect();
+        let live: Vec<MountSpec> = self
+            .spec
+            .mounts
+            .iter()
+            .filter(|m| m.live)
+            .cloned()
+            .collect();
         for mount in &live {
             let source = self.spawn_source(mount);
             self.sources.push((mount.path.clone(), source));
@@ -390,7 +402,11 @@ impl IcecastServer {
         let sources = self.spec.mounts.len() + 2;
         let mut mounts = String::new();
         for m in &self.spec.mounts {
-            let _ = write!(mounts, "  <mount type=\"normal\">\n    <mount-name>{}</mount-name>\n", m.path);
+            let _ = write!(
+                mounts,
+                "  <mount type=\"normal\">\n    <mount-name>{}</mount-name>\n",
+                m.path
+            );
             if let Some(limit) = m.max_listeners {
                 let _ = writeln!(mounts, "    <max-listeners>{limit}</max-listeners>");
             }
@@ -460,7 +476,10 @@ fn prepare_dir(dir: &Path) {
     std::fs::create_dir_all(&log).expect("create log dir");
     let share = PathBuf::from(ICECAST_SHARE).join("web");
     let entries = std::fs::read_dir(&share).unwrap_or_else(|e| {
-        panic!("cannot read {}: {e}; is icecast2 installed? `cargo xtask test` installs it", share.display())
+        panic!(
+            "cannot read {}: {e}; is icecast2 installed? `cargo xtask test` installs it",
+            share.display()
+        )
     });
     for entry in entries.flatten() {
         if entry.path().is_file() {
@@ -489,5 +508,9 @@ fn unprivileged_user() -> Option<(&'static str, &'static str)> {
     let has_user = std::fs::read_to_string("/etc/passwd")
         .map(|p| p.lines().any(|l| l.starts_with("icecast2:")))
         .unwrap_or(false);
-    Some(if has_user { ("icecast2", "icecast") } else { ("nobody", "nogroup") })
+    Some(if has_user {
+        ("icecast2", "icecast")
+    } else {
+        ("nobody", "nogroup")
+    })
 }

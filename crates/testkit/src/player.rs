@@ -123,7 +123,9 @@ impl Player {
     pub async fn play(url: &str) -> Result<PlayOutcome, reqwest::Error> {
         let player = Player::connect(url).await?;
         if player.status == 200 {
-            player.wait_for_bytes(PLAYING_BYTES, Duration::from_secs(10)).await;
+            player
+                .wait_for_bytes(PLAYING_BYTES, Duration::from_secs(10))
+                .await;
         }
         Ok(PlayOutcome {
             status: player.status,

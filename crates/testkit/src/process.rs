@@ -40,7 +40,9 @@ impl Guarded {
 
     /// How it ended, if it did.
     pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Sends a signal, e.g. SIGSTOP to freeze it.

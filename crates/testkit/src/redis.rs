@@ -78,7 +78,10 @@ impl RedisServer {
     pub async fn restart(&mut self) {
         self.kill();
         if let Err(failure) = self.launch().await {
-            panic!("redis-server did not restart on port {}: {failure}", self.port);
+            panic!(
+                "redis-server did not restart on port {}: {failure}",
+                self.port
+            );
         }
     }
 
@@ -164,5 +167,9 @@ impl RedisServer {
 }
 
 fn process_tail(server: &RedisServer) -> String {
-    server.process.as_ref().map(Guarded::log_tail).unwrap_or_default()
+    server
+        .process
+        .as_ref()
+        .map(Guarded::log_tail)
+        .unwrap_or_default()
 }

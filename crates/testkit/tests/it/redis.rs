@@ -11,10 +11,16 @@ async fn starts_answers_and_leaves_nothing_running() {
     assert_eq!(redis.command(&["SET", "k", "v"]).await.unwrap(), "+OK");
     assert_eq!(redis.command(&["GET", "k"]).await.unwrap(), "$1");
     // No persistence: nothing is written to disk.
-    assert_eq!(redis.command(&["CONFIG", "GET", "save"]).await.unwrap(), "*2");
+    assert_eq!(
+        redis.command(&["CONFIG", "GET", "save"]).await.unwrap(),
+        "*2"
+    );
     let pid = redis.pid().expect("running");
     drop(redis);
-    assert!(!process_exists(pid), "redis-server {pid} still running after drop");
+    assert!(
+        !process_exists(pid),
+        "redis-server {pid} still running after drop"
+    );
 }
 
 #[tokio::test]
@@ -27,14 +33,20 @@ async fn kill_restart_pause_resume() {
     assert!(!redis.ping().await, "a killed redis must not answer");
     redis.restart().await;
     assert_eq!(redis.port(), port, "restart keeps the port");
-    assert_eq!(redis.command(&["EXISTS", "k"]).await.unwrap(), ":0", "a restart loses the data");
+    assert_eq!(
+        redis.command(&["EXISTS", "k"]).await.unwrap(),
+        ":0",
+        "a restart loses the data"
+    );
 
     redis.pause();
     assert!(!redis.ping().await, "a frozen redis must not answer");
     redis.resume();
-    wait_until("redis to answer after SIGCONT", Duration::from_secs(5), || async {
-        redis.ping().await.then_some(())
-    })
+    wait_until(
+        "redis to answer after SIGCONT",
+        Duration::from_secs(5),
+        || async { redis.ping().await.then_some(()) },
+    )
     .await;
 }
 

@@ -1,0 +1,8 @@
+//! The poller: reads every Icecast server of the fleet, works out which mounts
+//! can take listeners, and publishes one snapshot per cycle to Redis for the
+//! redirectors to follow.
+//!
+//! So far this crate holds the command line ([`cli`]); polling, state and
+//! publishing arrive with the poller issue.
+
+pub mod cli;

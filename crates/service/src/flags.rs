@@ -1,0 +1,94 @@
+//! Parsers for flag values shared by several binaries.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use url::Url;
+
+/// Why a `--redis` value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisUrlError {
+    /// Not a URL at all.
+    #[error("not a URL ({0}); write e.g. redis://127.0.0.1:6379/")]
+    NotAUrl(String),
+    /// A URL of another kind.
+    #[error("scheme {0:?} is not supported; use redis:// or rediss://")]
+    Scheme(String),
+    /// No host to connect to.
+    #[error("the URL has no host")]
+    NoHost,
+}
+
+/// Checks a `--redis` URL. The password it may hold is not echoed in errors.
+pub fn parse_redis_url(value: &str) -> Result<Url, RedisUrlError> {
+    let url = Url::parse(value).map_err(|e| RedisUrlError::NotAUrl(e.to_string()))?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err(RedisUrlError::Scheme(url.scheme().to_owned()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(RedisUrlError::NoHost);
+    }
+    Ok(url)
+}
+
+/// Parses a `--trusted-proxy` value: a CIDR (`10.0.0.0/8`, `fd00::/8`) or a
+/// single address (taken as /32 or /128). Host bits must be zero, so a typo
+/// like `10.0.0.1/8` is caught instead of trusting a whole network silently.
+pub fn parse_trusted_proxy(value: &str) -> Result<IpNet, String> {
+    if let Ok(ip) = value.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = value
+        .parse()
+        .map_err(|_| format!("{value:?} is neither an address nor a CIDR like 10.0.0.0/8"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{value:?} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls() {
+        assert!(parse_redis_url("redis://127.0.0.1:6379/").is_ok());
+        assert!(parse_redis_url("rediss://user:pw@redis.example/2").is_ok());
+        assert_eq!(
+            parse_redis_url("http://x"),
+            Err(RedisUrlError::Scheme("http".into()))
+        );
+        assert!(matches!(parse_redis_url("127.0.0.1:6379"), Err(_)));
+        let err = parse_redis_url("redis://:hunter2@").expect_err("no host");
+        assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn trusted_proxies() {
+        assert_eq!(
+            parse_trusted_proxy("10.0.0.0/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            parse_trusted_proxy("10.1.2.3").unwrap().to_string(),
+            "10.1.2.3/32"
+        );
+        assert_eq!(parse_trusted_proxy("::1").unwrap().to_string(), "::1/128");
+        assert_eq!(
+            parse_trusted_proxy("fd00::/8").unwrap().to_string(),
+            "fd00::/8"
+        );
+        assert!(
+            parse_trusted_proxy("10.0.0.1/8")
+                .unwrap_err()
+                .contains("10.0.0.0/8")
+        );
+        assert!(parse_trusted_proxy("10.0.0.0/33").is_err());
+        assert!(parse_trusted_proxy("proxy.example").is_err());
+        assert!(parse_trusted_proxy("").is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! What every binary of the project does the same way: exit codes, logging
+//! setup, and parsers for flags that several binaries share.
+
+mod flags;
+mod logging;
+
+pub use flags::{RedisUrlError, parse_redis_url, parse_trusted_proxy};
+pub use logging::{LogFormat, init_logging};
+
+/// Exit code for a bad config file or flag (`EX_USAGE` from sysexits.h), so
+/// init systems and scripts can tell "fix the config" from a crash.
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Exit code when a service this one depends on cannot be reached (`EX_UNAVAILABLE`).
+pub const EXIT_UNAVAILABLE: i32 = 69;
+
+/// Exit code for an internal error (`EX_SOFTWARE`).
+pub const EXIT_SOFTWARE: i32 = 70;
