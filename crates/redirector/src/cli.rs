@@ -1,0 +1,180 @@
+//! The `icecast-redirector` command line. Every flag can also be set through the
+//! environment variable named in `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use balancer_service::{LogFormat, parse_redis_url, parse_trusted_proxy};
+use clap::Parser;
+use ipnet::IpNet;
+use url::Url;
+
+/// Default admin address: gRPC health and control, loopback only.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:7071";
+
+/// Sends each player to the nearest Icecast mount with a free slot (HTTP 302).
+///
+/// Either follows a poller through Redis (--redis), or polls the fleet itself
+/// without Redis (--fleet, standalone mode for small stations).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "icecast-redirector", version)]
+pub struct Args {
+    /// Redis the poller publishes to, e.g. redis://127.0.0.1:6379/.
+    #[arg(long, env = "ICB_REDIS", value_name = "URL", value_parser = parse_redis_url, conflicts_with = "fleet")]
+    pub redis: Option<Url>,
+
+    /// Standalone mode: poll the servers of this fleet config in-process, no Redis.
+    #[arg(long, env = "ICB_FLEET", value_name = "FLEET.toml")]
+    pub fleet: Option<PathBuf>,
+
+    /// Address players connect to, e.g. 0.0.0.0:8000 or [::]:8000.
+    #[arg(long, env = "ICB_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Address for gRPC health and control. Keep it on loopback unless a token protects it.
+    #[arg(long, env = "ICB_ADMIN", value_name = "ADDR", default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+
+    /// MaxMind City or Country database (.mmdb) to place players; without it, no geo ranking.
+    #[arg(long, env = "ICB_GEOIP_CITY", value_name = "PATH")]
+    pub geoip_city: Option<PathBuf>,
+
+    /// MaxMind ASN database (.mmdb), to prefer servers in the player's network.
+    #[arg(long, env = "ICB_GEOIP_ASN", value_name = "PATH")]
+    pub geoip_asn: Option<PathBuf>,
+
+    /// A proxy whose X-Forwarded-For / Forwarded headers are believed (CIDR or address).
+    /// Repeat the flag, or separate with commas in the environment variable.
+    #[arg(
+        long = "trusted-proxy",
+        env = "ICB_TRUSTED_PROXIES",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        value_parser = parse_trusted_proxy
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Log format; the filter comes from RUST_LOG (default: info).
+    #[arg(long, env = "ICB_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+
+    /// Validate the flags and the fleet config (the file given here, else --fleet),
+    /// print a one-line summary and exit: 0 when valid, 64 when not.
+    #[arg(long, env = "ICB_CHECK_CONFIG", value_name = "FLEET.toml", num_args = 0..=1)]
+    pub check_config: Option<Option<PathBuf>>,
+}
+
+/// Where the redirector gets its picture of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Snapshots published by a poller in Redis.
+    Redis(Url),
+    /// Its own in-process poller, reading this fleet file.
+    Standalone(PathBuf),
+}
+
+/// The resolved command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Where the fleet picture comes from.
+    pub source: Source,
+    /// Player-facing address; always set unless only checking.
+    pub listen: Option<SocketAddr>,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// City/Country database.
+    pub geoip_city: Option<PathBuf>,
+    /// ASN database.
+    pub geoip_asn: Option<PathBuf>,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Validate and exit instead of serving.
+    pub check_only: bool,
+}
+
+impl Args {
+    /// Resolves the flags, or says which one is missing or wrong.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let check_only = self.check_config.is_some();
+        let fleet = self.check_config.clone().flatten().or_else(|| self.fleet.clone());
+        let source = match (&self.redis, fleet) {
+            (Some(_), Some(_)) => return Err("give --redis or --fleet, not both".into()),
+            (Some(url), None) => Source::Redis(url.clone()),
+            (None, Some(path)) => Source::Standalone(path),
+            (None, None) => {
+                return Err("give --redis URL (follow a poller) or --fleet FLEET.toml (standalone)".into());
+            }
+        };
+        if self.listen.is_none() && !check_only {
+            return Err("--listen ADDR is required".into());
+        }
+        for (flag, path) in [("--geoip-city", &self.geoip_city), ("--geoip-asn", &self.geoip_asn)] {
+            if let Some(path) = path.as_ref().filter(|p| !p.is_file()) {
+                return Err(format!("{flag} {}: no such file", path.display()));
+            }
+        }
+        Ok(Settings {
+            source,
+            listen: self.listen,
+            admin: self.admin,
+            geoip_city: self.geoip_city.clone(),
+            geoip_asn: self.geoip_asn.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
+            check_only,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        let args = Args::try_parse_from(std::iter::once("icecast-redirector").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        args.settings()
+    }
+
+    #[test]
+    fn redis_mode() {
+        let s = settings(&[
+            "--redis",
+            "redis://127.0.0.1/",
+            "--listen",
+            "[::]:8000",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "::1",
+        ])
+        .unwrap();
+        assert_eq!(s.source, Source::Redis(Url::parse("redis://127.0.0.1/").unwrap()));
+        assert_eq!(s.listen, Some("[::]:8000".parse().unwrap()));
+        assert_eq!(s.admin, DEFAULT_ADMIN.parse().unwrap());
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert!(!s.check_only);
+    }
+
+    #[test]
+    fn standalone_mode_and_check() {
+        let s = settings(&["--fleet", "f.toml", "--listen", "127.0.0.1:8000"]).unwrap();
+        assert_eq!(s.source, Source::Standalone("f.toml".into()));
+        let s = settings(&["--check-config", "g.toml"]).unwrap();
+        assert_eq!(s.source, Source::Standalone("g.toml".into()));
+        assert!(s.check_only);
+    }
+
+    #[test]
+    fn mistakes() {
+        assert!(settings(&["--listen", "127.0.0.1:1"]).unwrap_err().contains("--redis URL"));
+        assert!(settings(&["--fleet", "f", "--redis", "redis://x/", "--listen", "127.0.0.1:1"]).is_err());
+        assert!(settings(&["--fleet", "f"]).unwrap_err().contains("--listen"));
+        assert!(settings(&["--fleet", "f", "--listen", "8000"]).is_err());
+        assert!(settings(&["--fleet", "f", "--listen", "127.0.0.1:1", "--trusted-proxy", "10.0.0.1/8"])
+            .unwrap_err()
+            .contains("host bits"));
+        assert!(settings(&["--fleet", "f", "--listen", "127.0.0.1:1", "--geoip-city", "/nonexistent.mmdb"])
+            .unwrap_err()
+            .contains("--geoip-city /nonexistent.mmdb: no such file"));
+    }
+}
