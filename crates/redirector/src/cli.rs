@@ -96,19 +96,28 @@ impl Args {
     /// Resolves the flags, or says which one is missing or wrong.
     pub fn settings(&self) -> Result<Settings, String> {
         let check_only = self.check_config.is_some();
-        let fleet = self.check_config.clone().flatten().or_else(|| self.fleet.clone());
+        let fleet = self
+            .check_config
+            .clone()
+            .flatten()
+            .or_else(|| self.fleet.clone());
         let source = match (&self.redis, fleet) {
             (Some(_), Some(_)) => return Err("give --redis or --fleet, not both".into()),
             (Some(url), None) => Source::Redis(url.clone()),
             (None, Some(path)) => Source::Standalone(path),
             (None, None) => {
-                return Err("give --redis URL (follow a poller) or --fleet FLEET.toml (standalone)".into());
+                return Err(
+                    "give --redis URL (follow a poller) or --fleet FLEET.toml (standalone)".into(),
+                );
             }
         };
         if self.listen.is_none() && !check_only {
             return Err("--listen ADDR is required".into());
         }
-        for (flag, path) in [("--geoip-city", &self.geoip_city), ("--geoip-asn", &self.geoip_asn)] {
+        for (flag, path) in [
+            ("--geoip-city", &self.geoip_city),
+            ("--geoip-asn", &self.geoip_asn),
+        ] {
             if let Some(path) = path.as_ref().filter(|p| !p.is_file()) {
                 return Err(format!("{flag} {}: no such file", path.display()));
             }
@@ -130,8 +139,9 @@ mod tests {
     use super::*;
 
     fn settings(args: &[&str]) -> Result<Settings, String> {
-        let args = Args::try_parse_from(std::iter::once("icecast-redirector").chain(args.iter().copied()))
-            .map_err(|e| e.to_string())?;
+        let args =
+            Args::try_parse_from(std::iter::once("icecast-redirector").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
         args.settings()
     }
 
@@ -148,7 +158,10 @@ mod tests {
             "::1",
         ])
         .unwrap();
-        assert_eq!(s.source, Source::Redis(Url::parse("redis://127.0.0.1/").unwrap()));
+        assert_eq!(
+            s.source,
+            Source::Redis(Url::parse("redis://127.0.0.1/").unwrap())
+        );
         assert_eq!(s.listen, Some("[::]:8000".parse().unwrap()));
         assert_eq!(s.admin, DEFAULT_ADMIN.parse().unwrap());
         assert_eq!(s.trusted_proxies.len(), 2);
@@ -166,15 +179,51 @@ mod tests {
 
     #[test]
     fn mistakes() {
-        assert!(settings(&["--listen", "127.0.0.1:1"]).unwrap_err().contains("--redis URL"));
-        assert!(settings(&["--fleet", "f", "--redis", "redis://x/", "--listen", "127.0.0.1:1"]).is_err());
-        assert!(settings(&["--fleet", "f"]).unwrap_err().contains("--listen"));
+        assert!(
+            settings(&["--listen", "127.0.0.1:1"])
+                .unwrap_err()
+                .contains("--redis URL")
+        );
+        assert!(
+            settings(&[
+                "--fleet",
+                "f",
+                "--redis",
+                "redis://x/",
+                "--listen",
+                "127.0.0.1:1"
+            ])
+            .is_err()
+        );
+        assert!(
+            settings(&["--fleet", "f"])
+                .unwrap_err()
+                .contains("--listen")
+        );
         assert!(settings(&["--fleet", "f", "--listen", "8000"]).is_err());
-        assert!(settings(&["--fleet", "f", "--listen", "127.0.0.1:1", "--trusted-proxy", "10.0.0.1/8"])
+        assert!(
+            settings(&[
+                "--fleet",
+                "f",
+                "--listen",
+                "127.0.0.1:1",
+                "--trusted-proxy",
+                "10.0.0.1/8"
+            ])
             .unwrap_err()
-            .contains("host bits"));
-        assert!(settings(&["--fleet", "f", "--listen", "127.0.0.1:1", "--geoip-city", "/nonexistent.mmdb"])
+            .contains("host bits")
+        );
+        assert!(
+            settings(&[
+                "--fleet",
+                "f",
+                "--listen",
+                "127.0.0.1:1",
+                "--geoip-city",
+                "/nonexistent.mmdb"
+            ])
             .unwrap_err()
-            .contains("--geoip-city /nonexistent.mmdb: no such file"));
+            .contains("--geoip-city /nonexistent.mmdb: no such file")
+        );
     }
 }

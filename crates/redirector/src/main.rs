@@ -22,7 +22,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     tracing::info!(%summary, "configuration valid");
-    fail(EXIT_SOFTWARE, "serving players is not implemented yet; use --check-config")
+    fail(
+        EXIT_SOFTWARE,
+        "serving players is not implemented yet; use --check-config",
+    )
 }
 
 /// Loads what the settings point at and describes it in one line.
@@ -30,14 +33,19 @@ fn summarize(settings: &Settings) -> Result<String, String> {
     let source = match &settings.source {
         Source::Redis(_) => "redis mode".to_owned(),
         Source::Standalone(path) => {
-            let fleet = balancer_fleet::load(path, &balancer_fleet::process_env).map_err(|e| e.to_string())?;
+            let fleet = balancer_fleet::load(path, &balancer_fleet::process_env)
+                .map_err(|e| e.to_string())?;
             format!("standalone: {}: ok: {}", path.display(), fleet.summary())
         }
     };
     let listen = settings
         .listen
         .map_or_else(|| "no --listen".to_owned(), |a| format!("listen {a}"));
-    let geoip = if settings.geoip_city.is_some() { "geoip on" } else { "geoip off" };
+    let geoip = if settings.geoip_city.is_some() {
+        "geoip on"
+    } else {
+        "geoip off"
+    };
     Ok(format!(
         "{source}; {listen}; admin {}; {} trusted proxies; {geoip}",
         settings.admin,

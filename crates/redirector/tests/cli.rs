@@ -2,7 +2,10 @@
 
 use std::process::{Command, Output};
 
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/examples/fleet.toml");
+const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../deploy/examples/fleet.toml"
+);
 
 fn redirector(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_icecast-redirector"))
@@ -18,18 +21,36 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn check_config_in_standalone_mode() {
-    let out = redirector(&["--check-config", "--fleet", EXAMPLE, "--listen", "127.0.0.1:8000"]);
+    let out = redirector(&[
+        "--check-config",
+        "--fleet",
+        EXAMPLE,
+        "--listen",
+        "127.0.0.1:8000",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
-    assert!(stdout.contains("standalone:") && stdout.contains("3 servers"), "{stdout}");
+    assert!(
+        stdout.contains("standalone:") && stdout.contains("3 servers"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn check_config_in_redis_mode() {
-    let out = redirector(&["--check-config", "--redis", "redis://127.0.0.1:6379/", "--trusted-proxy", "10.0.0.0/8"]);
+    let out = redirector(&[
+        "--check-config",
+        "--redis",
+        "redis://127.0.0.1:6379/",
+        "--trusted-proxy",
+        "10.0.0.0/8",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("redis mode; no --listen; admin 127.0.0.1:7071; 1 trusted proxies"));
+    assert!(
+        text(&out.stdout)
+            .contains("redis mode; no --listen; admin 127.0.0.1:7071; 1 trusted proxies")
+    );
 }
 
 #[test]
@@ -40,7 +61,10 @@ fn a_broken_fleet_exits_64_with_file_and_line() {
     let out = redirector(&["--check-config", broken.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(64));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains(&format!("{}:2:", broken.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:", broken.display())),
+        "{stderr}"
+    );
     assert!(stderr.contains("poller.interval"), "{stderr}");
 }
 

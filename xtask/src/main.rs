@@ -1,0 +1,113 @@
+//! `cargo xtask`: the one entry point for project automation.
+//!
+//! - `cargo xtask codegen [--check]`: regenerate (or check) `crates/proto/src/generated/`.
+//! - `cargo xtask test`: install what the tests need, then fmt, clippy and every test.
+
+mod packages;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  codegen [--check]   regenerate the checked-in gRPC/protobuf code (--check: fail if stale)
+  test                install redis-server, icecast2 and ffmpeg if missing (apt-get, as root),
+                      then run cargo fmt --check, clippy -D warnings and every test";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["codegen"] => codegen(false),
+        ["codegen", "--check"] => codegen(true),
+        ["test"] => test(),
+        ["help" | "--help" | "-h"] | [] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+/// The generator lives in the proto crate's drift test, so the check and the
+/// rewrite can never disagree.
+fn codegen(check: bool) -> anyhow::Result<()> {
+    let mut command = cargo();
+    command.args([
+        "test",
+        "--quiet",
+        "-p",
+        "balancer-proto",
+        "--test",
+        "codegen",
+    ]);
+    if !check {
+        command.env("UPDATE_GENERATED", "1");
+    }
+    run(&mut command)
+}
+
+fn test() -> anyhow::Result<()> {
+    packages::ensure(packages::TEST_TOOLS)?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    if has_nextest() {
+        // nextest does not run doctests; run them first so nextest's summary closes the log.
+        run(cargo().args(["test", "--workspace", "--locked", "--doc"]))?;
+        run(cargo().args(["nextest", "run", "--workspace", "--locked", "--no-fail-fast"]))
+    } else {
+        run(cargo().args(["test", "--workspace", "--locked", "--no-fail-fast"]))
+    }
+}
+
+fn has_nextest() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `cargo` as invoked us, run from the workspace root.
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(workspace_root());
+    command
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("$ {}", describe(command));
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {}", describe(command)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", describe(command));
+    }
+    Ok(())
+}
+
+fn describe(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|s| s.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,92 @@
+//! Installing the system programs tests need, from Debian's packages.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// A program the tests run, and the Debian package that provides it.
+pub(crate) struct Tool {
+    pub(crate) program: &'static str,
+    pub(crate) package: &'static str,
+}
+
+/// What the integration tests start: real Redis, real Icecast, real sources.
+pub(crate) const TEST_TOOLS: &[Tool] = &[
+    Tool {
+        program: "redis-server",
+        package: "redis-server",
+    },
+    Tool {
+        program: "icecast2",
+        package: "icecast2",
+    },
+    Tool {
+        program: "ffmpeg",
+        package: "ffmpeg",
+    },
+];
+
+/// Installs the packages of missing tools with apt-get when running as root;
+/// otherwise says exactly what to install and fails.
+pub(crate) fn ensure(tools: &[Tool]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|t| !on_path(t.program))
+        .map(|t| t.package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "the tests need these Debian packages: {0}\ninstall them with:\n    sudo apt-get install -y {0}",
+            missing.join(" ")
+        );
+    }
+    eprintln!("installing {}", missing.join(" "));
+    apt(&["update", "-qq"])?;
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(&install)?;
+    let still: Vec<&str> = tools
+        .iter()
+        .filter(|t| !on_path(t.program))
+        .map(|t| t.program)
+        .collect();
+    if !still.is_empty() {
+        bail!(
+            "installed the packages but still cannot find: {}",
+            still.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn apt(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get")?;
+    if !status.success() {
+        bail!("apt-get {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn on_path(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    // Debian puts some daemons in sbin, which a non-login root PATH may lack.
+    let extra = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(Path::new);
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(|p| p.to_path_buf()))
+        .any(|dir| dir.join(program).is_file())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
