@@ -6,7 +6,7 @@
 mod packages;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, bail};
 
@@ -18,7 +18,17 @@ commands:
   test                install redis-server, icecast2 and ffmpeg if missing (apt-get, as root),
                       then run cargo fmt --check, clippy -D warnings and every test";
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match dispatch() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
@@ -66,7 +76,13 @@ fn test() -> anyhow::Result<()> {
     if has_nextest() {
         // nextest does not run doctests; run them first so nextest's summary closes the log.
         run(cargo().args(["test", "--workspace", "--locked", "--doc"]))?;
-        run(cargo().args(["nextest", "run", "--workspace", "--locked", "--no-fail-fast"]))
+        run(cargo().args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--locked",
+            "--no-fail-fast",
+        ]))
     } else {
         run(cargo().args(["test", "--workspace", "--locked", "--no-fail-fast"]))
     }
