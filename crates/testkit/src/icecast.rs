@@ -41,6 +41,10 @@ pub struct MountSpec {
     pub max_listeners: Option<u32>,
     /// Whether a source feeds it from the start.
     pub live: bool,
+    /// Stream name the source announces (`ice-name`), if any.
+    pub stream_name: Option<String>,
+    /// Genre the source announces (`ice-genre`), if any.
+    pub genre: Option<String>,
 }
 
 impl MountSpec {
@@ -51,6 +55,8 @@ impl MountSpec {
             format: Format::Ogg,
             max_listeners: None,
             live: true,
+            stream_name: None,
+            genre: None,
         }
     }
 
@@ -65,6 +71,14 @@ impl MountSpec {
     /// Sets `<max-listeners>`.
     pub fn max_listeners(mut self, limit: u32) -> Self {
         self.max_listeners = Some(limit);
+        self
+    }
+
+    /// Sets the stream name and genre the source announces, e.g. to reproduce
+    /// Icecast's status-json quirks with values that look like numbers.
+    pub fn announce(mut self, stream_name: &str, genre: &str) -> Self {
+        self.stream_name = Some(stream_name.to_owned());
+        self.genre = Some(genre.to_owned());
         self
     }
 
@@ -388,8 +402,14 @@ impl IcecastServer {
             .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-re"])
             .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=22050"])
             .args(["-ac", "1", "-c:a", codec, "-b:a", "32k"])
-            .args(["-content_type", content_type, "-f", muxer])
-            .arg(target);
+            .args(["-content_type", content_type]);
+        if let Some(name) = &mount.stream_name {
+            command.args(["-ice_name", name]);
+        }
+        if let Some(genre) = &mount.genre {
+            command.args(["-ice_genre", genre]);
+        }
+        command.args(["-f", muxer]).arg(target);
         let log = self
             .dir
             .path()
