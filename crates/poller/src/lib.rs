@@ -6,3 +6,4 @@
 //! publishing arrive with the poller issue.
 
 pub mod cli;
+pub mod status;

@@ -1,0 +1,266 @@
+//! Table-driven parser tests: outputs captured from a real Icecast 2.4.4
+//! (`fixtures/`), django-icecast-balancer's format, and garbage.
+
+use super::json::repair;
+use super::*;
+
+const ADMIN_TWO: &str = include_str!("fixtures/admin-stats-two-sources.xml");
+const ADMIN_ONE: &str = include_str!("fixtures/admin-stats-one-source.xml");
+const ADMIN_NONE: &str = include_str!("fixtures/admin-stats-no-source.xml");
+const JSON_TWO: &str = include_str!("fixtures/status-json-two-sources.json");
+const JSON_ONE: &str = include_str!("fixtures/status-json-one-source.json");
+const JSON_NONE: &str = include_str!("fixtures/status-json-no-source.json");
+const JSON_INVALID: &str = include_str!("fixtures/status-json-invalid-numbers.json");
+const LOAD_TWO: &str = include_str!("fixtures/load-two-sources.xml");
+const LOAD_NONE: &str = include_str!("fixtures/load-no-source.xml");
+const LOAD_DJANGO: &str = include_str!("fixtures/load-django.xml");
+
+fn mount(
+    mount: &str,
+    listeners: Option<u32>,
+    limit: ReportedLimit,
+    free: Option<ReportedLimit>,
+) -> MountReport {
+    MountReport {
+        mount: mount.into(),
+        listeners,
+        limit,
+        free_slots: free,
+    }
+}
+
+#[test]
+fn admin_stats_from_a_real_server() {
+    let report = parse_admin_stats(ADMIN_TWO).unwrap();
+    assert_eq!(
+        report.mounts,
+        [
+            mount("/hq.ogg", Some(1), ReportedLimit::Count(5), None),
+            mount("/lq.mp3", Some(1), ReportedLimit::Unlimited, None),
+        ]
+    );
+    // The fixture's global <listeners> says 1: Icecast's global count lags.
+    assert!(ADMIN_TWO.contains("<listeners>1</listeners><location>"));
+    assert_eq!(report.listeners, Some(2));
+    assert!(report.skipped.is_empty());
+
+    let one = parse_admin_stats(ADMIN_ONE).unwrap();
+    assert_eq!(
+        one.mounts,
+        [mount("/hq.ogg", Some(0), ReportedLimit::Count(5), None)]
+    );
+    let none = parse_admin_stats(ADMIN_NONE).unwrap();
+    assert!(none.mounts.is_empty());
+    assert_eq!(none.listeners, Some(0));
+}
+
+#[test]
+fn status_json_in_every_shape_a_real_server_produces() {
+    let two = parse_status_json(JSON_TWO).unwrap();
+    assert_eq!(
+        two.mounts,
+        [
+            mount("/hq.ogg", Some(0), ReportedLimit::Unknown, None),
+            mount("/lq.mp3", Some(0), ReportedLimit::Unknown, None),
+        ]
+    );
+    // One source: "source" is an object, not an array.
+    assert_eq!(parse_status_json(JSON_ONE).unwrap().mounts.len(), 1);
+    // No source: "source" is absent.
+    let none = parse_status_json(JSON_NONE).unwrap();
+    assert!(none.mounts.is_empty());
+    assert_eq!(none.listeners, Some(0));
+}
+
+#[test]
+fn status_json_with_number_like_metadata_is_repaired() {
+    assert!(
+        serde_json::from_str::<serde_json::Value>(JSON_INVALID).is_err(),
+        "the fixture is invalid JSON"
+    );
+    let report = parse_status_json(JSON_INVALID).unwrap();
+    assert_eq!(
+        report.mounts,
+        [
+            mount("/hq.ogg", Some(1), ReportedLimit::Unknown, None),
+            mount("/lq.mp3", Some(1), ReportedLimit::Unknown, None),
+        ]
+    );
+}
+
+#[test]
+fn load_xsl_ours_and_django_icecast_balancers() {
+    let ours = parse_load_xsl(LOAD_TWO).unwrap();
+    assert_eq!(
+        ours.mounts,
+        [
+            mount(
+                "/hq.ogg",
+                Some(1),
+                ReportedLimit::Count(5),
+                Some(ReportedLimit::Count(4))
+            ),
+            mount(
+                "/lq.mp3",
+                Some(1),
+                ReportedLimit::Unlimited,
+                Some(ReportedLimit::Unlimited)
+            ),
+        ]
+    );
+    assert_eq!(ours.listeners, Some(2));
+    assert!(parse_load_xsl(LOAD_NONE).unwrap().mounts.is_empty());
+
+    let django = parse_load_xsl(LOAD_DJANGO).unwrap();
+    assert_eq!(
+        django.mounts,
+        [
+            mount(
+                "/fm4-hq.ogg",
+                None,
+                ReportedLimit::Unknown,
+                Some(ReportedLimit::Count(32))
+            ),
+            mount(
+                "/fm4-lq.ogg",
+                None,
+                ReportedLimit::Unknown,
+                Some(ReportedLimit::Unknown)
+            ),
+            mount(
+                "/fm4-mq.ogg",
+                None,
+                ReportedLimit::Unknown,
+                Some(ReportedLimit::Count(64))
+            ),
+        ]
+    );
+    assert_eq!(
+        django.listeners, None,
+        "the old format has no listener counts"
+    );
+}
+
+#[test]
+fn one_bad_mount_does_not_drop_the_others() {
+    let admin = r#"<icestats><source mount="/a"><listeners>x</listeners></source>
+        <source mount="/b"><listeners>2</listeners><max_listeners>NaN</max_listeners></source>
+        <source><listeners>1</listeners></source>
+        <source mount="/c"></source>
+        <source mount="/d"><listeners>-1</listeners></source></icestats>"#;
+    let report = parse_admin_stats(admin).unwrap();
+    assert_eq!(
+        report.mounts,
+        [mount("/b", Some(2), ReportedLimit::Unknown, None)]
+    );
+    assert_eq!(report.skipped.len(), 4, "{:?}", report.skipped);
+    assert!(report.skipped[0].contains("/a: listeners \"x\""));
+
+    let json = r#"{"icestats":{"source":[{"listenurl":"http://h/a","listeners":"3"},{"listeners":1},
+        {"listenurl":"http://h/b","listeners":-4},{"listenurl":"http://h","listeners":1},
+        {"listenurl":"http://h/c","listeners":2.0}]}}"#;
+    let report = parse_status_json(json).unwrap();
+    assert_eq!(
+        report
+            .mounts
+            .iter()
+            .map(|m| m.mount.as_str())
+            .collect::<Vec<_>>(),
+        ["/a"]
+    );
+    assert_eq!(report.skipped.len(), 4, "{:?}", report.skipped);
+
+    let load = r#"<load><mount name="/a">3</mount><mount>4</mount><mount name="/b" listeners="q">1</mount></load>"#;
+    let report = parse_load_xsl(load).unwrap();
+    assert_eq!(report.mounts.len(), 1);
+    assert_eq!(report.skipped.len(), 2);
+}
+
+#[test]
+fn garbage_is_an_error_never_a_panic() {
+    let xml_garbage = [
+        "",
+        "not xml",
+        "<icestats>",
+        "<icestats></wrong>",
+        "<icestats/><icestats/>",
+        "<!DOCTYPE icestats [<!ENTITY e \"x\">]><icestats>&e;</icestats>",
+        "<!DOCTYPE lolz [<!ENTITY lol \"lol\"><!ENTITY lol2 \"&lol;&lol;\">]><icestats>&lol2;</icestats>",
+        "<icestats>&unknown;</icestats>",
+        "<icestats><source mount=\"/a\" mount=\"/b\"/></icestats>",
+        "\u{0}\u{1}\u{2}",
+        "<html><body>404</body></html>",
+    ];
+    for body in xml_garbage {
+        assert!(parse_admin_stats(body).is_err(), "admin accepted {body:?}");
+        assert!(parse_load_xsl(body).is_err(), "load accepted {body:?}");
+    }
+    let deep = "<icestats>".to_owned() + &"<a>".repeat(100) + &"</a>".repeat(100) + "</icestats>";
+    assert!(matches!(parse_admin_stats(&deep), Err(ParseError::Xml(_))));
+
+    for body in [
+        "",
+        "{",
+        "[]",
+        "null",
+        "{\"icestats\":5}",
+        "{\"other\":{}}",
+        "<icestats/>",
+        "{\"icestats\":{\"source\":",
+    ] {
+        assert!(parse_status_json(body).is_err(), "json accepted {body:?}");
+    }
+    // A source that is not an object is skipped, not fatal.
+    let odd = parse_status_json("{\"icestats\":{\"source\":[1,\"x\",null]}}").unwrap();
+    assert!(odd.mounts.is_empty());
+    assert_eq!(odd.skipped.len(), 3);
+}
+
+#[test]
+fn entities_and_references_that_are_allowed() {
+    let admin =
+        r#"<icestats><source mount="/a&amp;b"><listeners>&#51;</listeners></source></icestats>"#;
+    let report = parse_admin_stats(admin).unwrap();
+    assert_eq!(
+        report.mounts,
+        [mount("/a&b", Some(3), ReportedLimit::Unknown, None)]
+    );
+}
+
+#[test]
+fn repair_quotes_only_what_is_not_json() {
+    let cases = [
+        (r#"{"a":7.,"b":.5}"#, r#"{"a":"7.","b":".5"}"#),
+        (
+            r#"{"a":NaN, "b":1e5, "c":true, "d":null, "e":-3}"#,
+            r#"{"a":"NaN", "b":1e5, "c":true, "d":null, "e":-3}"#,
+        ),
+        ("{\"a\":\"x\u{1}y\"}", r#"{"a":"x\u0001y"}"#),
+        (r#"{"a":"say \"7.\""}"#, r#"{"a":"say \"7.\""}"#),
+        (JSON_TWO, JSON_TWO),
+    ];
+    for (input, want) in cases {
+        assert_eq!(repair(input), want, "{input}");
+    }
+}
+
+#[test]
+fn counts_as_icecast_prints_them() {
+    for (text, want) in [
+        ("12", Some(12)),
+        (" 7 ", Some(7)),
+        ("3.0", Some(3)),
+        ("-1", None),
+        ("1.5", None),
+        ("NaN", None),
+        ("", None),
+        ("99999999999", None),
+    ] {
+        assert_eq!(parse_count(text), want, "{text:?}");
+    }
+    assert_eq!(
+        ReportedLimit::from_text("Unlimited"),
+        ReportedLimit::Unlimited
+    );
+    assert_eq!(ReportedLimit::from_text("NaN"), ReportedLimit::Unknown);
+}
