@@ -109,7 +109,7 @@ fn parse_count(text: &str) -> Option<u32> {
         return Some(n);
     }
     let f: f64 = text.parse().ok()?;
-    (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f <= f64::from(u32::MAX)).then(|| f as u32)
+    (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f <= f64::from(u32::MAX)).then_some(f as u32)
 }
 
 /// A mount path as a status document gives it, checked like the fleet config does.
