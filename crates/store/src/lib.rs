@@ -9,9 +9,11 @@
 
 mod codec;
 mod keys;
+mod redis_store;
 
 pub use codec::{DecodeError, MAX_SNAPSHOT_BYTES, decode_snapshot, encode_snapshot};
 pub use keys::{
     Bound, DEFAULT_NAMESPACE, KeySpec, Keys, NamespaceError, lease_ttl, reservation_ttl,
     snapshot_ttl,
 };
+pub use redis_store::{DEFAULT_OPERATION_TIMEOUT, RedisStore, StoreError};

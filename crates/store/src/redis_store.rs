@@ -1,0 +1,204 @@
+//! The Redis side of the contract: the poller's writes (lease, snapshot,
+//! drains) and the redirectors' reads, each bounded in time.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use balancer_proto::snapshot::v1::Snapshot;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands as _, Script};
+
+use crate::{DecodeError, Keys, decode_snapshot, encode_snapshot};
+
+/// Default bound on one Redis operation.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Why a Redis operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis refused or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis did not answer within the operation timeout.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Another poller holds the lease, so this one must not publish.
+    #[error("this poller does not hold the lease")]
+    NotLeader,
+    /// The stored snapshot does not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// Acquires the lease if it is free, renews it if `ARGV[1]` holds it; 1 if held after the call.
+const LEASE_SCRIPT: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Deletes the lease only if `ARGV[1]` holds it.
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Writes the snapshot and announces it, only while `ARGV[1]` holds the lease
+/// (a fence against a paused ex-leader writing after a standby took over).
+const PUBLISH_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('NOTLEADER')
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+";
+
+/// A connection to the shared Redis, created without I/O so a service can
+/// start while Redis is down; it connects on first use and reconnects by itself.
+#[derive(Clone)]
+pub struct RedisStore {
+    keys: Keys,
+    connection: ConnectionManager,
+    timeout: Duration,
+    lease: Script,
+    release: Script,
+    publish: Script,
+}
+
+impl RedisStore {
+    /// A store for the Redis at `url` (redis:// or rediss://), with each
+    /// operation bounded by `timeout`.
+    pub fn new(url: &str, keys: Keys, timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(RedisStore {
+            keys,
+            connection,
+            timeout,
+            lease: Script::new(LEASE_SCRIPT),
+            release: Script::new(RELEASE_SCRIPT),
+            publish: Script::new(PUBLISH_SCRIPT),
+        })
+    }
+
+    /// The key names in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Takes the poller lease if free, or renews it if `holder` has it.
+    /// Returns whether `holder` holds it now.
+    pub async fn hold_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.connection.clone();
+        let mut call = self.lease.key(self.keys.poller_lease());
+        call.arg(holder).arg(millis(ttl));
+        let held: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
+        Ok(held == 1)
+    }
+
+    /// Gives the lease up if `holder` has it, so a standby takes over at once.
+    pub async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
+        let mut conn = self.connection.clone();
+        let mut call = self.release.key(self.keys.poller_lease());
+        call.arg(holder);
+        let _: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// Numbers `snapshot` with the next version, stores it for `ttl` and
+    /// announces the version, as long as `holder` holds the lease. Returns the version.
+    pub async fn publish_snapshot(
+        &self,
+        holder: &str,
+        snapshot: &mut Snapshot,
+        ttl: Duration,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.connection.clone();
+        let version: u64 = self
+            .bounded(conn.incr(self.keys.snapshot_version(), 1u64))
+            .await?;
+        snapshot.version = version;
+        let mut call = self.publish.key(self.keys.poller_lease());
+        call.key(self.keys.snapshot())
+            .arg(holder)
+            .arg(encode_snapshot(snapshot))
+            .arg(millis(ttl))
+            .arg(self.keys.snapshot_channel())
+            .arg(version);
+        let result: Result<i64, StoreError> = self.bounded(call.invoke_async(&mut conn)).await;
+        match result {
+            Ok(_) => Ok(version),
+            Err(StoreError::Redis(e))
+                if e.code() == Some("NOTLEADER") || e.to_string().contains("NOTLEADER") =>
+            {
+                Err(StoreError::NotLeader)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The latest snapshot, if one is stored.
+    pub async fn latest_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        let mut conn = self.connection.clone();
+        let bytes: Option<Vec<u8>> = self.bounded(conn.get(self.keys.snapshot())).await?;
+        Ok(bytes.map(|b| decode_snapshot(&b)).transpose()?)
+    }
+
+    /// Names of drained servers.
+    pub async fn drained(&self) -> Result<BTreeSet<String>, StoreError> {
+        let mut conn = self.connection.clone();
+        Ok(self.bounded(conn.smembers(self.keys.drained())).await?)
+    }
+
+    /// Drains (`true`) or undrains a server; returns whether anything changed.
+    pub async fn set_drained(&self, server: &str, drained: bool) -> Result<bool, StoreError> {
+        let mut conn = self.connection.clone();
+        let key = self.keys.drained();
+        let changed: i64 = if drained {
+            self.bounded(conn.sadd(key, server)).await?
+        } else {
+            self.bounded(conn.srem(key, server)).await?
+        };
+        Ok(changed > 0)
+    }
+
+    /// Forgets drains of servers that are no longer in the fleet, so the set
+    /// stays bounded by the fleet config.
+    pub async fn forget_drains_except(&self, servers: &BTreeSet<String>) -> Result<(), StoreError> {
+        let stale: Vec<String> = self.drained().await?.difference(servers).cloned().collect();
+        if !stale.is_empty() {
+            let mut conn = self.connection.clone();
+            let _: i64 = self.bounded(conn.srem(self.keys.drained(), stale)).await?;
+        }
+        Ok(())
+    }
+
+    async fn bounded<T>(
+        &self,
+        operation: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, operation).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
