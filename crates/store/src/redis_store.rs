@@ -162,7 +162,7 @@ impl RedisStore {
     /// Names of drained servers.
     pub async fn drained(&self) -> Result<BTreeSet<String>, StoreError> {
         let mut conn = self.connection.clone();
-        Ok(self.bounded(conn.smembers(self.keys.drained())).await?)
+        self.bounded(conn.smembers(self.keys.drained())).await
     }
 
     /// Drains (`true`) or undrains a server; returns whether anything changed.
