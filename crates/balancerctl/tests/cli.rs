@@ -1,5 +1,7 @@
 //! `balancerctl` against an address where nothing listens: a clear error, exit 69.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::net::TcpListener;
 use std::process::Command;
 

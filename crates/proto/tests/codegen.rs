@@ -3,6 +3,8 @@
 //! `cargo xtask codegen` runs this test with `UPDATE_GENERATED=1`, which writes
 //! the fresh code into `src/generated/` instead of comparing.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,7 @@
 //! The Redis contract against a real redis-server.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::time::{Duration, Instant};
 
 use balancer_proto::snapshot::v1::{Server, Snapshot};
