@@ -263,7 +263,7 @@ fn mistakes_name_line_and_field() {
         ),
         (
             "mounts = [{ server = \"b\", mount = \"/lq.mp3\", max_listeners = \"unlimited\" }]",
-            "mounts = [{ server = \"b\", mount = \"/lq.mp3\" }, { server = \"b\", mount = \"/lq.mp3\" }]",
+            "mounts = [{ server = \"b\", mount = \"/lq.mp3\", max_listeners = 5 }, { server = \"b\", mount = \"/lq.mp3\", max_listeners = 5 }]",
             "stream[1].mounts[1].mount",
             "listed twice",
         ),
@@ -272,6 +272,12 @@ fn mistakes_name_line_and_field() {
             "mounts = []",
             "stream[1].mounts",
             "at least one mount",
+        ),
+        (
+            "mounts = [{ server = \"b\", mount = \"/lq.mp3\", max_listeners = \"unlimited\" }]",
+            "mounts = [{ server = \"b\", mount = \"/lq.mp3\" }]",
+            "stream[1].mounts[0].max_listeners",
+            "reports no limits",
         ),
         ("[poller]", "[poller", "(syntax)", "expected"),
     ];
@@ -325,7 +331,7 @@ fn missing_file_names_the_file() {
 fn longer_fallback_cycles_are_found() {
     let text = VALID.replace(
         "mounts = [{ server = \"b\", mount = \"/lq.mp3\", max_listeners = \"unlimited\" }]",
-        "mounts = [{ server = \"b\", mount = \"/lq.mp3\" }]\nfallback = \"hq\"",
+        "mounts = [{ server = \"b\", mount = \"/lq.mp3\", max_listeners = 5 }]\nfallback = \"hq\"",
     );
     let err = check(&text).expect_err("cycle");
     assert_eq!(err.field(), Some("stream[0].fallback"));

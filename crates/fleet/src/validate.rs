@@ -298,6 +298,21 @@ fn streams(
         let mut mounts: Vec<MountRef> = Vec::with_capacity(raw.mounts.get_ref().len());
         for (j, m) in raw.mounts.get_ref().iter().enumerate() {
             let mount = mount(source, m, &format!("stream[{i}].mounts[{j}]"), servers)?;
+            let server = servers.iter().find(|s| s.name == mount.server);
+            let limitless =
+                server.is_some_and(|s| s.status == StatusSource::Json && s.max_listeners.is_none());
+            if limitless && mount.max_listeners.is_none() {
+                // /status-json.xsl reports listeners but no limits.
+                return Err(source.error(
+                    m.mount.span(),
+                    format!("stream[{i}].mounts[{j}].max_listeners"),
+                    format!(
+                        "server {} is polled with status = \"json\", which reports no limits: give this \
+                         mount max_listeners (a number or \"unlimited\"), or the server max_listeners",
+                        mount.server
+                    ),
+                ));
+            }
             if mounts
                 .iter()
                 .any(|other| other.server == mount.server && other.mount == mount.mount)

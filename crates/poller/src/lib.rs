@@ -6,4 +6,6 @@
 //! publishing arrive with the poller issue.
 
 pub mod cli;
+pub mod fetch;
+pub mod health;
 pub mod status;

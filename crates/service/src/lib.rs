@@ -1,11 +1,16 @@
 //! What every binary of the project does the same way: exit codes, logging
-//! setup, and parsers for flags that several binaries share.
+//! setup, signals, the admin gRPC server with standard health checking, and
+//! parsers for flags that several binaries share.
 
+mod admin;
 mod flags;
 mod logging;
+mod signals;
 
+pub use admin::{Health, serve_admin};
 pub use flags::{RedisUrlError, parse_redis_url, parse_trusted_proxy};
 pub use logging::{LogFormat, init_logging};
+pub use signals::{Signal, signals};
 
 /// Exit code for a bad config file or flag (`EX_USAGE` from sysexits.h), so
 /// init systems and scripts can tell "fix the config" from a crash.

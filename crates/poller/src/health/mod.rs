@@ -1,0 +1,252 @@
+//! What the poller believes about each server and mount, and the snapshot
+//! built from it. Pure: no I/O, no clock (times are passed in).
+
+use std::collections::{BTreeSet, HashMap};
+
+use balancer_fleet::{Fleet, ListenerLimit, MountRef, Server, StatusSource};
+use balancer_proto::snapshot::v1 as wire;
+use wire::{MountState, ServerState};
+
+use crate::fetch::PollResult;
+use crate::status::{MountReport, ReportedLimit, StatusReport};
+
+/// Free slots written for a mount with no limit anywhere but an explicit "unlimited".
+pub const UNLIMITED_FREE: u32 = u32::MAX;
+
+/// One server's health, with HAProxy-like hysteresis: `fall` failed polls in a
+/// row take an up server down, `rise` good ones bring a down server back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerHealth {
+    /// Health after hysteresis.
+    pub state: ServerStateKind,
+    good_in_a_row: u32,
+    bad_in_a_row: u32,
+    /// The last status document, and when it was read (ms since the epoch).
+    pub last_report: Option<(StatusReport, i64)>,
+    /// Why the last poll failed; empty after a good one.
+    pub last_error: String,
+    /// How long the last poll took, in ms.
+    pub last_poll_ms: u32,
+}
+
+/// Server state as the poller tracks it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServerStateKind {
+    /// Never polled yet.
+    #[default]
+    Unknown,
+    /// Answering.
+    Up,
+    /// Answering 403: at its client limit.
+    Full,
+    /// Failed `fall` polls in a row (or the first ones).
+    Down,
+}
+
+impl ServerHealth {
+    /// Takes one poll result into account. `now_ms` is the poll's end time.
+    pub fn record(&mut self, result: &PollResult, now_ms: i64, poll_ms: u32, rise: u32, fall: u32) {
+        self.last_poll_ms = poll_ms;
+        let alive = !matches!(result, PollResult::Failed(_));
+        if alive {
+            self.good_in_a_row = self.good_in_a_row.saturating_add(1);
+            self.bad_in_a_row = 0;
+            self.last_error.clear();
+        } else {
+            self.bad_in_a_row = self.bad_in_a_row.saturating_add(1);
+            self.good_in_a_row = 0;
+        }
+        match result {
+            PollResult::Report(report) => self.last_report = Some((report.clone(), now_ms)),
+            PollResult::Full => {}
+            PollResult::Failed(e) => self.last_error = e.to_string(),
+        }
+        let answered = match result {
+            PollResult::Report(_) => ServerStateKind::Up,
+            _ => ServerStateKind::Full,
+        };
+        self.state = match (self.state, alive) {
+            // A new server is believed at once: there is nothing older to keep.
+            (ServerStateKind::Unknown, true) => answered,
+            (ServerStateKind::Unknown, false) => ServerStateKind::Down,
+            (ServerStateKind::Down, true) if self.good_in_a_row >= rise => answered,
+            (ServerStateKind::Down, _) => ServerStateKind::Down,
+            (ServerStateKind::Up | ServerStateKind::Full, true) => answered,
+            (state @ (ServerStateKind::Up | ServerStateKind::Full), false) => {
+                if self.bad_in_a_row >= fall {
+                    ServerStateKind::Down
+                } else {
+                    state
+                }
+            }
+        };
+    }
+
+    fn wire_state(&self) -> ServerState {
+        match self.state {
+            ServerStateKind::Unknown => ServerState::Unspecified,
+            ServerStateKind::Up => ServerState::Up,
+            ServerStateKind::Full => ServerState::Full,
+            ServerStateKind::Down => ServerState::Down,
+        }
+    }
+}
+
+/// Builds the snapshot of the whole fleet; `version` is assigned when it is published.
+pub fn build_snapshot(
+    fleet: &Fleet,
+    health: &HashMap<String, ServerHealth>,
+    drained: &BTreeSet<String>,
+    now_ms: i64,
+    publisher: &str,
+) -> wire::Snapshot {
+    let unknown = ServerHealth::default();
+    let health_of = |name: &str| health.get(name).unwrap_or(&unknown);
+    let servers = fleet
+        .servers
+        .iter()
+        .map(|server| {
+            wire_server(
+                server,
+                health_of(&server.name),
+                drained.contains(&server.name),
+            )
+        })
+        .collect();
+    let streams = fleet
+        .streams
+        .iter()
+        .map(|stream| wire::Stream {
+            name: stream.name.clone(),
+            mounts: stream
+                .mounts
+                .iter()
+                .filter_map(|m| {
+                    let server = fleet.server(&m.server)?;
+                    Some(wire_mount(m, server, health_of(&server.name)))
+                })
+                .collect(),
+            fallback: stream.fallback.clone().unwrap_or_default(),
+        })
+        .collect();
+    wire::Snapshot {
+        version: 0,
+        published_at_ms: now_ms,
+        poll_interval_ms: u32::try_from(fleet.poller.interval.as_millis()).unwrap_or(u32::MAX),
+        publisher: publisher.to_owned(),
+        servers,
+        streams,
+    }
+}
+
+fn wire_server(server: &Server, health: &ServerHealth, drained: bool) -> wire::Server {
+    let (listeners, observed_at_ms) = match &health.last_report {
+        Some((report, at)) => (server_listeners(report), *at),
+        None => (0, 0),
+    };
+    wire::Server {
+        name: server.name.clone(),
+        public_url: server.public_url.as_str().trim_end_matches('/').to_owned(),
+        state: health.wire_state().into(),
+        drained,
+        location: server.location.map(|c| wire::Location {
+            lat: c.lat(),
+            lon: c.lon(),
+        }),
+        weight: server.weight,
+        observed_at_ms,
+        listeners,
+        max_listeners: server.max_listeners,
+        last_error: health.last_error.clone(),
+    }
+}
+
+fn server_listeners(report: &StatusReport) -> u32 {
+    report
+        .listeners
+        .unwrap_or_else(|| report.mounts.iter().filter_map(|m| m.listeners).sum())
+}
+
+fn wire_mount(mount: &MountRef, server: &Server, health: &ServerHealth) -> wire::Mount {
+    let mut out = wire::Mount {
+        server: server.name.clone(),
+        mount: mount.mount.clone(),
+        state: MountState::Unspecified.into(),
+        listeners: 0,
+        max_listeners: None,
+        free_slots: 0,
+    };
+    let Some((report, _)) = &health.last_report else {
+        return out;
+    };
+    if health.state == ServerStateKind::Down || health.state == ServerStateKind::Unknown {
+        return out;
+    }
+    let Some(reported) = report.mounts.iter().find(|m| m.mount == mount.mount) else {
+        out.state = MountState::NoSource.into();
+        return out;
+    };
+    out.state = MountState::Live.into();
+    out.listeners = reported.listeners.unwrap_or(0);
+    let capacity = mount_capacity(
+        reported,
+        mount.max_listeners,
+        server.max_listeners,
+        server.status,
+    );
+    out.max_listeners = capacity.limit;
+    let server_free = server.max_listeners.map_or(UNLIMITED_FREE, |cap| {
+        cap.saturating_sub(server_listeners(report))
+    });
+    out.free_slots = if health.state == ServerStateKind::Full {
+        0
+    } else {
+        capacity.free.min(server_free)
+    };
+    out
+}
+
+/// A mount's limit (`None`: unlimited) and its free slots before the server-wide cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// The limit in force.
+    pub limit: Option<u32>,
+    /// Listeners it can still take.
+    pub free: u32,
+}
+
+/// Works out a live mount's limit: Icecast's own, else the fleet config's for
+/// the mount, else none (the server-wide cap bounds it later), and its free
+/// slots. A mount whose limit cannot be known gets no free slots: never NaN.
+pub fn mount_capacity(
+    reported: &MountReport,
+    configured: Option<ListenerLimit>,
+    server_cap: Option<u32>,
+    source: StatusSource,
+) -> Capacity {
+    let limit = match (reported.limit, configured) {
+        (ReportedLimit::Count(n), _) => Some(Some(n)),
+        (_, Some(ListenerLimit::Listeners(n))) => Some(Some(n)),
+        (_, Some(ListenerLimit::Unlimited)) | (ReportedLimit::Unlimited, None) => Some(None),
+        // Only the server-wide cap limits it (json servers must have one, says validation).
+        (ReportedLimit::Unknown, None) if server_cap.is_some() => Some(None),
+        (ReportedLimit::Unknown, None) => None,
+    };
+    let from_limit = |limit: Option<u32>| match (limit, reported.listeners) {
+        (None, _) => Some(UNLIMITED_FREE),
+        (Some(l), Some(n)) => Some(l.saturating_sub(n)),
+        (Some(_), None) => None,
+    };
+    let free = match (source, reported.free_slots) {
+        // load.xsl computed the free slots itself.
+        (StatusSource::LoadXsl, Some(ReportedLimit::Count(n))) => Some(n),
+        _ => limit.and_then(from_limit),
+    };
+    Capacity {
+        limit: limit.flatten(),
+        free: free.unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests;

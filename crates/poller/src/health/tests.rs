@@ -1,0 +1,333 @@
+//! Hysteresis, limits and snapshot building.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use balancer_fleet::{ListenerLimit, StatusSource};
+use balancer_proto::snapshot::v1::{MountState, ServerState};
+
+use super::*;
+use crate::fetch::{PollError, PollResult};
+use crate::status::{MountReport, ReportedLimit, StatusReport};
+
+fn report(mounts: &[(&str, u32, ReportedLimit)]) -> StatusReport {
+    StatusReport {
+        mounts: mounts
+            .iter()
+            .map(|(m, l, limit)| MountReport {
+                mount: (*m).into(),
+                listeners: Some(*l),
+                limit: *limit,
+                free_slots: None,
+            })
+            .collect(),
+        listeners: Some(mounts.iter().map(|(_, l, _)| l).sum()),
+        skipped: vec![],
+    }
+}
+
+fn failed() -> PollResult {
+    PollResult::Failed(PollError::Timeout(std::time::Duration::from_secs(1)))
+}
+
+#[test]
+fn rise_and_fall_like_haproxy() {
+    let ok = PollResult::Report(report(&[]));
+    let mut h = ServerHealth::default();
+    h.record(&ok, 1, 1, 2, 3);
+    assert_eq!(
+        h.state,
+        ServerStateKind::Up,
+        "a new server is believed at once"
+    );
+    h.record(&failed(), 2, 1, 2, 3);
+    h.record(&failed(), 3, 1, 2, 3);
+    assert_eq!(h.state, ServerStateKind::Up, "two failures do not flap it");
+    assert!(h.last_error.contains("no complete answer"));
+    h.record(&failed(), 4, 1, 2, 3);
+    assert_eq!(h.state, ServerStateKind::Down, "the third does");
+    h.record(&ok, 5, 1, 2, 3);
+    assert_eq!(
+        h.state,
+        ServerStateKind::Down,
+        "one good poll is not enough"
+    );
+    assert!(h.last_error.is_empty());
+    h.record(&failed(), 6, 1, 2, 3);
+    h.record(&ok, 7, 1, 2, 3);
+    assert_eq!(
+        h.state,
+        ServerStateKind::Down,
+        "good polls must be in a row"
+    );
+    h.record(&ok, 8, 1, 2, 3);
+    assert_eq!(h.state, ServerStateKind::Up);
+    h.record(&PollResult::Full, 9, 1, 2, 3);
+    assert_eq!(h.state, ServerStateKind::Full, "403 means full, not down");
+    assert_eq!(
+        h.last_report.as_ref().map(|(_, at)| *at),
+        Some(8),
+        "a 403 carries no report"
+    );
+
+    let mut new = ServerHealth::default();
+    new.record(&failed(), 1, 1, 2, 3);
+    assert_eq!(
+        new.state,
+        ServerStateKind::Down,
+        "a server never seen up is down"
+    );
+}
+
+#[test]
+fn limits_come_from_icecast_then_config_then_the_server_cap() {
+    let mount = |listeners: Option<u32>, limit, free| MountReport {
+        mount: "/m".into(),
+        listeners,
+        limit,
+        free_slots: free,
+    };
+    use ReportedLimit::{Count, Unknown, Unlimited};
+    let cases = [
+        // (reported, configured, server cap, source) -> (limit, free)
+        (
+            mount(Some(3), Count(5), None),
+            Some(ListenerLimit::Listeners(50)),
+            None,
+            StatusSource::Admin,
+            (Some(5), 2),
+        ),
+        (
+            mount(Some(3), Unlimited, None),
+            Some(ListenerLimit::Listeners(4)),
+            None,
+            StatusSource::Admin,
+            (Some(4), 1),
+        ),
+        (
+            mount(Some(3), Unlimited, None),
+            None,
+            None,
+            StatusSource::Admin,
+            (None, UNLIMITED_FREE),
+        ),
+        (
+            mount(Some(9), Count(5), None),
+            None,
+            None,
+            StatusSource::Admin,
+            (Some(5), 0),
+        ),
+        (
+            mount(Some(3), Unknown, None),
+            Some(ListenerLimit::Listeners(10)),
+            None,
+            StatusSource::Json,
+            (Some(10), 7),
+        ),
+        (
+            mount(Some(3), Unknown, None),
+            Some(ListenerLimit::Unlimited),
+            None,
+            StatusSource::Json,
+            (None, UNLIMITED_FREE),
+        ),
+        (
+            mount(Some(3), Unknown, None),
+            None,
+            Some(100),
+            StatusSource::Json,
+            (None, UNLIMITED_FREE),
+        ),
+        (
+            mount(Some(3), Unknown, None),
+            None,
+            None,
+            StatusSource::Json,
+            (None, 0),
+        ),
+        (
+            mount(None, Unknown, Some(Count(32))),
+            None,
+            None,
+            StatusSource::LoadXsl,
+            (None, 32),
+        ),
+        (
+            mount(Some(1), Unlimited, Some(Unlimited)),
+            None,
+            None,
+            StatusSource::LoadXsl,
+            (None, UNLIMITED_FREE),
+        ),
+        // django-icecast-balancer's NaN: only the config can say.
+        (
+            mount(None, Unknown, Some(Unknown)),
+            None,
+            None,
+            StatusSource::LoadXsl,
+            (None, 0),
+        ),
+        (
+            mount(None, Unknown, Some(Unknown)),
+            Some(ListenerLimit::Listeners(8)),
+            None,
+            StatusSource::LoadXsl,
+            (Some(8), 0),
+        ),
+        (
+            mount(None, Unknown, Some(Unknown)),
+            Some(ListenerLimit::Unlimited),
+            None,
+            StatusSource::LoadXsl,
+            (None, UNLIMITED_FREE),
+        ),
+    ];
+    for (i, (reported, configured, cap, source, (limit, free))) in cases.into_iter().enumerate() {
+        let got = mount_capacity(&reported, configured, cap, source);
+        assert_eq!(
+            (got.limit, got.free),
+            (limit, free),
+            "case {i}: {reported:?} {configured:?}"
+        );
+    }
+}
+
+const FLEET: &str = r#"
+[[server]]
+name = "a"
+url = "http://127.0.0.1:1"
+status = "json"
+max_listeners = 10
+location = { lat = 48.2, lon = 16.4 }
+[[server]]
+name = "b"
+url = "http://127.0.0.1:2"
+public_url = "https://b.example/radio/"
+admin_user = "admin"
+admin_password = "x"
+[[stream]]
+name = "s"
+mounts = [{ server = "a", mount = "/s.ogg" }, { server = "b", mount = "/s.ogg" }, { server = "b", mount = "/other.ogg" }]
+fallback = "t"
+[[stream]]
+name = "t"
+mounts = [{ server = "a", mount = "/t.ogg", max_listeners = 3 }]
+"#;
+
+#[test]
+fn snapshot_tells_live_no_source_full_down_and_drained_apart() {
+    let fleet = balancer_fleet::parse(FLEET, Path::new("f.toml"), &|_| None).unwrap();
+    let mut health = HashMap::new();
+    let mut a = ServerHealth::default();
+    a.record(
+        &PollResult::Report(report(&[
+            ("/s.ogg", 6, ReportedLimit::Unknown),
+            ("/t.ogg", 1, ReportedLimit::Unknown),
+        ])),
+        1000,
+        5,
+        2,
+        3,
+    );
+    health.insert("a".to_owned(), a);
+    let mut b = ServerHealth::default();
+    b.record(
+        &PollResult::Report(report(&[("/s.ogg", 2, ReportedLimit::Count(2))])),
+        1000,
+        5,
+        2,
+        3,
+    );
+    health.insert("b".to_owned(), b);
+    let drained = BTreeSet::from(["b".to_owned()]);
+
+    let snapshot = build_snapshot(&fleet, &health, &drained, 2000, "me");
+    assert_eq!(snapshot.published_at_ms, 2000);
+    assert_eq!(snapshot.poll_interval_ms, 2000);
+    let a = &snapshot.servers[0];
+    assert_eq!(
+        (a.state(), a.drained, a.listeners, a.max_listeners),
+        (ServerState::Up, false, 7, Some(10))
+    );
+    assert_eq!(a.location.as_ref().map(|l| l.lat), Some(48.2));
+    let b = &snapshot.servers[1];
+    assert_eq!(b.public_url, "https://b.example/radio");
+    assert!(b.drained);
+
+    let s = &snapshot.streams[0];
+    assert_eq!(s.fallback, "t");
+    // On a: no mount limit, server cap 10 shared with /t.ogg: 10 - 7 = 3 free.
+    assert_eq!(
+        (
+            s.mounts[0].state(),
+            s.mounts[0].listeners,
+            s.mounts[0].free_slots
+        ),
+        (MountState::Live, 6, 3)
+    );
+    // On b: Icecast's limit 2 is reached.
+    assert_eq!(
+        (s.mounts[1].max_listeners, s.mounts[1].free_slots),
+        (Some(2), 0)
+    );
+    // b has no source on /other.ogg.
+    assert_eq!(
+        (s.mounts[2].state(), s.mounts[2].free_slots),
+        (MountState::NoSource, 0)
+    );
+    // t's config limit 3 with 1 listener: 2 free (under the server's 3).
+    let t = &snapshot.streams[1].mounts[0];
+    assert_eq!((t.max_listeners, t.free_slots), (Some(3), 2));
+
+    // Full: mounts stay live but get no free slots.
+    health
+        .get_mut("a")
+        .unwrap()
+        .record(&PollResult::Full, 3000, 5, 2, 3);
+    let full = build_snapshot(&fleet, &health, &drained, 3000, "me");
+    assert_eq!(full.servers[0].state(), ServerState::Full);
+    assert_eq!(full.streams[0].mounts[0].free_slots, 0);
+    assert_eq!(
+        full.servers[0].observed_at_ms, 1000,
+        "observed_at is the last report's time"
+    );
+
+    // Down: mounts are unspecified with no free slots.
+    for t in 4..7 {
+        health
+            .get_mut("a")
+            .unwrap()
+            .record(&failed(), t * 1000, 5, 2, 3);
+    }
+    let down = build_snapshot(&fleet, &health, &drained, 7000, "me");
+    assert_eq!(down.servers[0].state(), ServerState::Down);
+    assert_eq!(
+        (
+            down.streams[0].mounts[0].state(),
+            down.streams[0].mounts[0].free_slots
+        ),
+        (MountState::Unspecified, 0)
+    );
+    assert!(!down.servers[0].last_error.is_empty());
+}
+
+#[test]
+fn servers_never_polled_are_in_the_snapshot_as_unknown() {
+    let fleet = balancer_fleet::parse(FLEET, Path::new("f.toml"), &|_| None).unwrap();
+    let snapshot = build_snapshot(&fleet, &HashMap::new(), &BTreeSet::new(), 1, "me");
+    assert_eq!(snapshot.servers.len(), 2);
+    assert!(
+        snapshot
+            .servers
+            .iter()
+            .all(|s| s.state() == ServerState::Unspecified && s.observed_at_ms == 0)
+    );
+    assert!(
+        snapshot
+            .streams
+            .iter()
+            .flat_map(|s| &s.mounts)
+            .all(|m| m.free_slots == 0)
+    );
+}
