@@ -8,4 +8,5 @@
 pub mod cli;
 pub mod fetch;
 pub mod health;
+pub mod service;
 pub mod status;

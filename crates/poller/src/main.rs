@@ -1,10 +1,25 @@
-//! `icecast-poller`: parse flags, set up logging, load the fleet, run.
+//! `icecast-poller`: parse flags, set up logging, load the fleet, then poll and
+//! publish until SIGTERM.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use balancer_service::{EXIT_CONFIG, EXIT_SOFTWARE, init_logging};
+use balancer_fleet::Fleet;
+use balancer_service::{EXIT_CONFIG, EXIT_UNAVAILABLE, Signal, init_logging, serve_admin, signals};
+use balancer_store::{DEFAULT_OPERATION_TIMEOUT, Keys, RedisStore};
 use clap::Parser;
 use icecast_poller::cli::{Args, Command};
+use icecast_poller::service::{self, Poller};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use url::Url;
+
+/// How long the poller may take to stop (finish a cycle, release the lease).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long in-flight admin calls may take once the poller has stopped.
+const ADMIN_GRACE: Duration = Duration::from_millis(500);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -32,18 +47,117 @@ fn main() -> ExitCode {
                 Ok(loaded) => loaded,
                 Err(e) => return fail(EXIT_CONFIG, &e.to_string()),
             };
-            tracing::info!(config = %fleet.display(), summary = %loaded.summary(), "fleet loaded");
-            tracing::info!(redis = %redacted(&redis), %admin, "would publish");
-            fail(
-                EXIT_SOFTWARE,
-                "polling is not implemented yet; use --check-config",
-            )
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(e) => return fail(EXIT_UNAVAILABLE, &format!("cannot start the runtime: {e}")),
+            };
+            runtime.block_on(run(fleet, loaded, redis, admin))
         }
     }
 }
 
+async fn run(fleet_path: PathBuf, fleet: Fleet, redis: Url, admin: SocketAddr) -> ExitCode {
+    tracing::info!(config = %fleet_path.display(), summary = %fleet.summary(), "fleet loaded");
+    let store = match RedisStore::new(redis.as_str(), Keys::default(), DEFAULT_OPERATION_TIMEOUT) {
+        Ok(store) => store,
+        Err(e) => return fail(EXIT_CONFIG, &format!("--redis {}: {e}", redacted(&redis))),
+    };
+    let mut signals = match signals() {
+        Ok(signals) => signals,
+        Err(e) => return fail(EXIT_UNAVAILABLE, &format!("cannot listen for signals: {e}")),
+    };
+    let listener = match TcpListener::bind(admin).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            return fail(
+                EXIT_UNAVAILABLE,
+                &format!("cannot listen on --admin {admin}: {e}"),
+            );
+        }
+    };
+    tracing::info!(admin = %listener.local_addr().unwrap_or(admin), redis = %redacted(&redis), "admin gRPC listening");
+
+    let (stop_admin, admin_stopped) = oneshot::channel::<()>();
+    let (health_tx, health_rx) = oneshot::channel();
+    let admin_server = tokio::spawn(serve_admin(
+        listener,
+        |health| {
+            let _ = health_tx.send(health);
+        },
+        async {
+            let _ = admin_stopped.await;
+        },
+    ));
+    let Ok(health) = health_rx.await else {
+        return fail(EXIT_UNAVAILABLE, "the admin server did not start");
+    };
+
+    let (poller, mut status) = Poller::new(
+        fleet_path,
+        balancer_fleet::process_env,
+        fleet,
+        store,
+        identity(),
+    );
+    let (commands, command_rx) = mpsc::channel(4);
+    let (stop_poller, poller_stopped) = watch::channel(false);
+    let poller = tokio::spawn(poller.run(command_rx, async move {
+        let mut stopped = poller_stopped;
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    let follower_health = health.clone();
+    let health_follower = tokio::spawn(async move {
+        loop {
+            let serving = status.borrow_and_update().serving();
+            follower_health.set(serving).await;
+            if status.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+
+    while let Some(signal) = signals.recv().await {
+        match signal {
+            Signal::Reload => {
+                tracing::info!("SIGHUP: reloading the fleet config");
+                let _ = commands.send(service::Command::Reload).await;
+            }
+            Signal::Terminate => break,
+        }
+    }
+    tracing::info!("shutting down");
+    // Probes see NOT_SERVING before anything stops.
+    health_follower.abort();
+    health.set(false).await;
+    let _ = stop_poller.send(true);
+    if tokio::time::timeout(SHUTDOWN_GRACE, poller).await.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "the poller did not stop in time; exiting anyway");
+    }
+    // Open health Watch streams never end by themselves: give calls a moment, then stop.
+    let _ = stop_admin.send(());
+    let mut admin_server = admin_server;
+    if tokio::time::timeout(ADMIN_GRACE, &mut admin_server)
+        .await
+        .is_err()
+    {
+        admin_server.abort();
+    }
+    ExitCode::SUCCESS
+}
+
+/// A name for this process in the lease: host and process id.
+fn identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".to_owned());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{host}:{}:{started}", std::process::id())
+}
+
 /// The Redis URL without its password, for logs.
-fn redacted(url: &url::Url) -> url::Url {
+fn redacted(url: &Url) -> Url {
     let mut url = url.clone();
     if url.password().is_some() {
         let _ = url.set_password(Some("***"));

@@ -52,6 +52,19 @@ end
 return 0
 ";
 
+/// The next snapshot version: one more than the counter, and more than
+/// `ARGV[1]` (the last version the caller published), so versions keep growing
+/// even after Redis lost the counter in a restart.
+const VERSION_SCRIPT: &str = r"
+local version = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if version <= floor then
+  version = floor + 1
+  redis.call('SET', KEYS[1], version)
+end
+return version
+";
+
 /// Writes the snapshot and announces it, only while `ARGV[1]` holds the lease
 /// (a fence against a paused ex-leader writing after a standby took over).
 const PUBLISH_SCRIPT: &str = r"
@@ -72,6 +85,7 @@ pub struct RedisStore {
     timeout: Duration,
     lease: Script,
     release: Script,
+    version: Script,
     publish: Script,
 }
 
@@ -92,6 +106,7 @@ impl RedisStore {
             timeout,
             lease: Script::new(LEASE_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
+            version: Script::new(VERSION_SCRIPT),
             publish: Script::new(PUBLISH_SCRIPT),
         })
     }
@@ -120,18 +135,20 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Numbers `snapshot` with the next version, stores it for `ttl` and
-    /// announces the version, as long as `holder` holds the lease. Returns the version.
+    /// Numbers `snapshot` with the next version (above `floor`, the last
+    /// version this caller published), stores it for `ttl` and announces the
+    /// version, as long as `holder` holds the lease. Returns the version.
     pub async fn publish_snapshot(
         &self,
         holder: &str,
         snapshot: &mut Snapshot,
         ttl: Duration,
+        floor: u64,
     ) -> Result<u64, StoreError> {
         let mut conn = self.connection.clone();
-        let version: u64 = self
-            .bounded(conn.incr(self.keys.snapshot_version(), 1u64))
-            .await?;
+        let mut next = self.version.key(self.keys.snapshot_version());
+        next.arg(floor);
+        let version: u64 = self.bounded(next.invoke_async(&mut conn)).await?;
         snapshot.version = version;
         let mut call = self.publish.key(self.keys.poller_lease());
         call.key(self.keys.snapshot())

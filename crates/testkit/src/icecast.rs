@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::ports::free_port;
-use crate::process::Guarded;
+use crate::process::ChildProcess;
 
 /// Where Debian's icecast2 package keeps its web and admin XSLT files.
 const ICECAST_SHARE: &str = "/usr/share/icecast2";
@@ -121,8 +121,8 @@ pub struct IcecastServer {
     spec: IcecastSpec,
     port: u16,
     dir: TempDir,
-    process: Option<Guarded>,
-    sources: Vec<(String, Guarded)>,
+    process: Option<ChildProcess>,
+    sources: Vec<(String, ChildProcess)>,
     http: reqwest::Client,
 }
 
@@ -207,7 +207,7 @@ impl IcecastServer {
 
     /// Process ids of icecast2 and its sources, for checking nothing is left behind.
     pub fn pids(&self) -> Vec<u32> {
-        let icecast = self.process.as_ref().and_then(Guarded::pid);
+        let icecast = self.process.as_ref().and_then(ChildProcess::pid);
         let sources = self.sources.iter().filter_map(|(_, s)| s.pid());
         icecast.into_iter().chain(sources).collect()
     }
@@ -303,7 +303,7 @@ impl IcecastServer {
         std::fs::write(&config, self.config_xml()).expect("write icecast.xml");
         let mut command = Command::new("icecast2");
         command.arg("-c").arg(&config);
-        self.process = Some(Guarded::spawn(
+        self.process = Some(ChildProcess::spawn(
             "icecast2",
             &mut command,
             &self.dir.path().join("stdout.log"),
@@ -388,7 +388,7 @@ impl IcecastServer {
         }
     }
 
-    fn spawn_source(&self, mount: &MountSpec) -> Guarded {
+    fn spawn_source(&self, mount: &MountSpec) -> ChildProcess {
         let (codec, content_type, muxer) = match mount.format {
             Format::Ogg => ("libvorbis", "application/ogg", "ogg"),
             Format::Mp3 => ("libmp3lame", "audio/mpeg", "mp3"),
@@ -414,7 +414,7 @@ impl IcecastServer {
             .dir
             .path()
             .join(format!("source{}.log", mount.path.replace('/', "_")));
-        Guarded::spawn("ffmpeg", &mut command, &log)
+        ChildProcess::spawn("ffmpeg", &mut command, &log)
     }
 
     fn config_xml(&self) -> String {

@@ -21,6 +21,7 @@
 //! # }
 //! ```
 
+mod dribble;
 mod icecast;
 mod player;
 mod ports;
@@ -28,9 +29,11 @@ mod process;
 mod redis;
 mod wait;
 
+pub use dribble::DribblingServer;
 pub use icecast::{Format, IcecastServer, IcecastSpec, MountSpec};
 pub use player::{PlayOutcome, Player};
-pub use process::process_exists;
+pub use ports::free_port;
+pub use process::{ChildProcess, process_exists};
 pub use redis::RedisServer;
 pub use wait::wait_until;
 

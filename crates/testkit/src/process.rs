@@ -5,16 +5,17 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
-/// A child process, killed with SIGKILL and reaped when dropped.
-pub(crate) struct Guarded {
+/// A child process, killed with SIGKILL and reaped when dropped. Its output
+/// goes to a log file whose tail failure messages can show.
+pub struct ChildProcess {
     name: String,
     child: Option<Child>,
     log: PathBuf,
 }
 
-impl Guarded {
-    /// Starts `command` with its output appended to `log`.
-    pub(crate) fn spawn(name: &str, command: &mut Command, log: &Path) -> Self {
+impl ChildProcess {
+    /// Starts `command` with its output appended to `log`; panics if it cannot start.
+    pub fn spawn(name: &str, command: &mut Command, log: &Path) -> Self {
         let out = File::options()
             .create(true)
             .append(true)
@@ -26,7 +27,7 @@ impl Guarded {
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}; is it installed? `cargo xtask test` installs it"));
-        Guarded {
+        ChildProcess {
             name: name.to_owned(),
             child: Some(child),
             log: log.to_path_buf(),
@@ -34,19 +35,19 @@ impl Guarded {
     }
 
     /// The process id, while it runs.
-    pub(crate) fn pid(&self) -> Option<u32> {
+    pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
     /// How it ended, if it did.
-    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+    pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Sends a signal, e.g. SIGSTOP to freeze it.
-    pub(crate) fn signal(&self, signal: i32) {
+    pub fn signal(&self, signal: i32) {
         if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
             #[allow(unsafe_code)]
             // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child.
@@ -57,20 +58,39 @@ impl Guarded {
     }
 
     /// Kills it with SIGKILL and reaps it, so no zombie remains.
-    pub(crate) fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
+    /// Waits up to `timeout` for it to exit by itself; returns its status.
+    pub async fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines the process wrote, for failure messages.
-    pub(crate) fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         format!("[{} log] {}", self.name, log_tail(&self.log))
     }
 }
 
-impl Drop for Guarded {
+impl Drop for ChildProcess {
     fn drop(&mut self) {
         self.kill();
     }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::ports::free_port;
-use crate::process::Guarded;
+use crate::process::ChildProcess;
 
 /// How long a redis-server may take to answer PING after starting.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,7 +23,7 @@ const PORT_ATTEMPTS: usize = 5;
 pub struct RedisServer {
     port: u16,
     dir: TempDir,
-    process: Option<Guarded>,
+    process: Option<ChildProcess>,
 }
 
 impl RedisServer {
@@ -64,7 +64,7 @@ impl RedisServer {
 
     /// The process id while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().and_then(Guarded::pid)
+        self.process.as_ref().and_then(ChildProcess::pid)
     }
 
     /// Kills it with SIGKILL: every key is lost, as in a crash without persistence.
@@ -134,7 +134,7 @@ impl RedisServer {
             .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path());
-        self.process = Some(Guarded::spawn("redis-server", &mut command, &log));
+        self.process = Some(ChildProcess::spawn("redis-server", &mut command, &log));
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let process = self.process.as_mut().expect("started above");
@@ -170,6 +170,6 @@ fn process_tail(server: &RedisServer) -> String {
     server
         .process
         .as_ref()
-        .map(Guarded::log_tail)
+        .map(ChildProcess::log_tail)
         .unwrap_or_default()
 }

@@ -63,7 +63,7 @@ async fn snapshots_are_versioned_fenced_and_expire() {
     let mut s = snapshot();
     assert!(matches!(
         store
-            .publish_snapshot("p1", &mut s, Duration::from_secs(30))
+            .publish_snapshot("p1", &mut s, Duration::from_secs(30), 0)
             .await,
         Err(StoreError::NotLeader)
     ));
@@ -75,11 +75,11 @@ async fn snapshots_are_versioned_fenced_and_expire() {
             .unwrap()
     );
     let v1 = store
-        .publish_snapshot("p1", &mut s, Duration::from_secs(30))
+        .publish_snapshot("p1", &mut s, Duration::from_secs(30), 0)
         .await
         .unwrap();
     let v2 = store
-        .publish_snapshot("p1", &mut s, Duration::from_secs(30))
+        .publish_snapshot("p1", &mut s, Duration::from_secs(30), 0)
         .await
         .unwrap();
     assert!(v2 > v1);
@@ -106,12 +106,12 @@ async fn snapshots_are_versioned_fenced_and_expire() {
     );
     assert!(matches!(
         store
-            .publish_snapshot("p1", &mut s, Duration::from_secs(30))
+            .publish_snapshot("p1", &mut s, Duration::from_secs(30), 0)
             .await,
         Err(StoreError::NotLeader)
     ));
     let v3 = store
-        .publish_snapshot("p2", &mut s, Duration::from_secs(30))
+        .publish_snapshot("p2", &mut s, Duration::from_secs(30), 0)
         .await
         .unwrap();
     assert!(v3 > v2, "versions keep growing across leaders");
@@ -123,7 +123,7 @@ async fn every_key_written_is_bounded() {
     let store = store(&redis);
     assert!(store.hold_lease("p", Duration::from_secs(5)).await.unwrap());
     store
-        .publish_snapshot("p", &mut snapshot(), Duration::from_secs(30))
+        .publish_snapshot("p", &mut snapshot(), Duration::from_secs(30), 0)
         .await
         .unwrap();
     store.set_drained("a", true).await.unwrap();
@@ -215,10 +215,14 @@ async fn redis_down_frozen_and_back() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    store
-        .publish_snapshot("p", &mut snapshot(), Duration::from_secs(30))
+    let v = store
+        .publish_snapshot("p", &mut snapshot(), Duration::from_secs(30), 41)
         .await
         .unwrap();
+    assert_eq!(
+        v, 42,
+        "versions continue above what was published before Redis lost its data"
+    );
 }
 
 #[tokio::test]

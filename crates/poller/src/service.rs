@@ -1,0 +1,323 @@
+//! The poller's run loop: hold the lease, poll every server each interval,
+//! publish one snapshot per cycle, reload the fleet on request.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use balancer_fleet::{Fleet, Server};
+use balancer_proto::snapshot::v1::Snapshot;
+use balancer_store::{RedisStore, StoreError, lease_ttl, snapshot_ttl};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+
+use crate::fetch::{Fetcher, PollResult};
+use crate::health::{ServerHealth, ServerStateKind, build_snapshot};
+
+/// Longest wait between two attempts to publish while Redis is unavailable.
+const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(2);
+/// First wait after a failed publish.
+const MIN_PUBLISH_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the poller is doing, for health checks and the control API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Holds the lease, so polls and publishes.
+    pub leader: bool,
+    /// The last attempt to publish succeeded.
+    pub published: bool,
+    /// Version of the last snapshot published.
+    pub snapshot_version: u64,
+}
+
+impl Status {
+    /// SERVING in gRPC health terms: leading and able to write to Redis.
+    pub fn serving(&self) -> bool {
+        self.leader && self.published
+    }
+}
+
+/// Requests from signals or the control API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Re-read the fleet file; a bad one is logged and the running one kept.
+    Reload,
+}
+
+/// Reads the environment for `admin_password_env`; injected so tests need no `set_var`.
+pub type EnvLookup = fn(&str) -> Option<String>;
+
+/// The poller. Build it with [`Poller::new`], then [`Poller::run`] it.
+pub struct Poller {
+    fleet_path: PathBuf,
+    env: EnvLookup,
+    fleet: Fleet,
+    store: RedisStore,
+    identity: String,
+    fetcher: Fetcher,
+    health: HashMap<String, ServerHealth>,
+    drained: BTreeSet<String>,
+    status: watch::Sender<Status>,
+    /// The role last logged, so each change is logged once.
+    logged_role: Option<bool>,
+}
+
+impl Poller {
+    /// A poller for `fleet` (read from `fleet_path`, re-read on reload) that
+    /// publishes to `store` under the lease name `identity`.
+    pub fn new(
+        fleet_path: PathBuf,
+        env: EnvLookup,
+        fleet: Fleet,
+        store: RedisStore,
+        identity: String,
+    ) -> (Self, watch::Receiver<Status>) {
+        let (status, status_rx) = watch::channel(Status::default());
+        let poller = Poller {
+            fleet_path,
+            env,
+            fleet,
+            store,
+            identity,
+            fetcher: Fetcher::new(),
+            health: HashMap::new(),
+            drained: BTreeSet::new(),
+            status,
+            logged_role: None,
+        };
+        (poller, status_rx)
+    }
+
+    /// Runs until `shutdown` completes, then gives the lease up so a standby
+    /// takes over at once.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let (snapshots, latest) = watch::channel(None::<Snapshot>);
+        let publisher = tokio::spawn(publish_loop(
+            self.store.clone(),
+            self.identity.clone(),
+            latest,
+            self.status.clone(),
+        ));
+        let mut ticker = self.ticker();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(command) = commands.recv() => match command {
+                    Command::Reload => {
+                        let interval = self.fleet.poller.interval;
+                        self.reload().await;
+                        if self.fleet.poller.interval != interval {
+                            ticker = self.ticker();
+                        }
+                    }
+                },
+                _ = ticker.tick() => {
+                    if let Some(snapshot) = self.cycle().await {
+                        snapshots.send_replace(Some(snapshot));
+                    }
+                }
+            }
+        }
+        publisher.abort();
+        if self.status.borrow().leader {
+            match self.store.release_lease(&self.identity).await {
+                Ok(()) => tracing::info!("lease released"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not release the lease; it expires by itself")
+                }
+            }
+        }
+    }
+
+    fn ticker(&self) -> tokio::time::Interval {
+        let mut ticker = tokio::time::interval(self.fleet.poller.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker
+    }
+
+    /// One cycle: renew or take the lease, then (as leader) poll and build a snapshot.
+    async fn cycle(&mut self) -> Option<Snapshot> {
+        let was_leader = self.status.borrow().leader;
+        let leader = match self
+            .store
+            .hold_lease(&self.identity, lease_ttl(self.fleet.poller.interval))
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                // Keep doing what we did: a leader keeps polling and publishes once Redis is back.
+                tracing::warn!(error = %e, "cannot reach Redis to renew the lease");
+                was_leader
+            }
+        };
+        if self.logged_role != Some(leader) {
+            if leader {
+                tracing::info!(identity = %self.identity, "holding the lease: polling and publishing");
+            } else {
+                tracing::warn!(identity = %self.identity, "another poller holds the lease: standing by");
+            }
+            self.logged_role = Some(leader);
+        }
+        if leader != was_leader {
+            self.status.send_modify(|s| {
+                s.leader = leader;
+                if !leader {
+                    s.published = false;
+                }
+            });
+        }
+        if !leader {
+            return None;
+        }
+        match self.store.drained().await {
+            Ok(drained) => self.drained = drained,
+            Err(e) => tracing::debug!(error = %e, "cannot read drains; keeping the last known"),
+        }
+        self.poll_all().await;
+        Some(build_snapshot(
+            &self.fleet,
+            &self.health,
+            &self.drained,
+            now_ms(),
+            &self.identity,
+        ))
+    }
+
+    /// Polls every server at once; each poll ends within the timeout, so one
+    /// slow server never delays the others' data beyond that.
+    async fn poll_all(&mut self) {
+        let timeout = self.fleet.poller.timeout;
+        let mut polls = JoinSet::new();
+        for server in &self.fleet.servers {
+            let (fetcher, server) = (self.fetcher.clone(), server.clone());
+            polls.spawn(async move {
+                let (result, took) = fetcher.poll(&server, timeout).await;
+                (server, result, took)
+            });
+        }
+        let (rise, fall) = (self.fleet.poller.rise, self.fleet.poller.fall);
+        while let Some(joined) = polls.join_next().await {
+            let Ok((server, result, took)) = joined else {
+                continue;
+            };
+            let health = self.health.entry(server.name.clone()).or_default();
+            let before = health.state;
+            let took_ms = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
+            health.record(&result, now_ms(), took_ms, rise, fall);
+            log_change(&server, before, health, &result);
+        }
+    }
+
+    async fn reload(&mut self) {
+        match balancer_fleet::load(&self.fleet_path, &self.env) {
+            Ok(fleet) => {
+                // Keep what is known about servers whose polling did not change.
+                let unchanged = |old: &Server| {
+                    fleet
+                        .server(&old.name)
+                        .is_some_and(|new| new.url == old.url && new.status == old.status)
+                };
+                let old_servers = std::mem::take(&mut self.fleet.servers);
+                self.health
+                    .retain(|name, _| old_servers.iter().any(|s| &s.name == name && unchanged(s)));
+                tracing::info!(config = %self.fleet_path.display(), summary = %fleet.summary(), "fleet reloaded");
+                self.fleet = fleet;
+                let names: BTreeSet<String> =
+                    self.fleet.servers.iter().map(|s| s.name.clone()).collect();
+                if let Err(e) = self.store.forget_drains_except(&names).await {
+                    tracing::debug!(error = %e, "cannot prune drains now; will on a later reload");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reload refused; the running fleet config stays"),
+        }
+    }
+}
+
+/// Publishes the latest snapshot; while Redis is unavailable, retries with
+/// backoff, always with the newest snapshot.
+async fn publish_loop(
+    store: RedisStore,
+    identity: String,
+    mut latest: watch::Receiver<Option<Snapshot>>,
+    status: watch::Sender<Status>,
+) {
+    let mut backoff = MIN_PUBLISH_BACKOFF;
+    while latest.changed().await.is_ok() {
+        loop {
+            let Some(mut snapshot) = latest.borrow_and_update().clone() else {
+                break;
+            };
+            let ttl = snapshot_ttl(Duration::from_millis(u64::from(snapshot.poll_interval_ms)));
+            let floor = status.borrow().snapshot_version;
+            match store
+                .publish_snapshot(&identity, &mut snapshot, ttl, floor)
+                .await
+            {
+                Ok(version) => {
+                    if !status.borrow().published {
+                        tracing::info!(version, "publishing snapshots");
+                    }
+                    status.send_modify(|s| {
+                        s.published = true;
+                        s.snapshot_version = version;
+                    });
+                    backoff = MIN_PUBLISH_BACKOFF;
+                    break;
+                }
+                Err(StoreError::NotLeader) => {
+                    tracing::warn!("lost the lease before publishing");
+                    status.send_modify(|s| {
+                        s.leader = false;
+                        s.published = false;
+                    });
+                    break;
+                }
+                Err(e) => {
+                    if status.borrow().published {
+                        tracing::warn!(error = %e, "cannot publish; retrying with backoff");
+                    }
+                    status.send_modify(|s| s.published = false);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        changed = latest.changed() => if changed.is_err() { return },
+                    }
+                    backoff = (backoff * 2).min(MAX_PUBLISH_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+fn log_change(server: &Server, before: ServerStateKind, after: &ServerHealth, result: &PollResult) {
+    if let PollResult::Report(report) = result {
+        for skipped in &report.skipped {
+            tracing::debug!(server = %server.name, %skipped, "mount left out of the status");
+        }
+    }
+    if before == after.state {
+        return;
+    }
+    match after.state {
+        ServerStateKind::Down => {
+            tracing::warn!(server = %server.name, url = %server.url, error = %after.last_error, "server down")
+        }
+        ServerStateKind::Full => {
+            tracing::warn!(server = %server.name, "server full (Icecast answers 403)")
+        }
+        ServerStateKind::Up => tracing::info!(server = %server.name, "server up"),
+        ServerStateKind::Unknown => {}
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
