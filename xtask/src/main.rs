@@ -2,7 +2,9 @@
 //!
 //! - `cargo xtask codegen [--check]`: regenerate (or check) `crates/proto/src/generated/`.
 //! - `cargo xtask test`: install what the tests need, then fmt, clippy and every test.
+//! - `cargo xtask bench`: benchmarks on this machine, recorded in BENCHMARKS.md.
 
+mod bench;
 mod packages;
 
 use std::path::{Path, PathBuf};
@@ -16,7 +18,8 @@ usage: cargo xtask <command>
 commands:
   codegen [--check]   regenerate the checked-in gRPC/protobuf code (--check: fail if stale)
   test                install redis-server, icecast2 and ffmpeg if missing (apt-get, as root),
-                      then run cargo fmt --check, clippy -D warnings and every test";
+                      then run cargo fmt --check, clippy -D warnings and every test
+  bench               run the benchmarks on this machine and record them in BENCHMARKS.md";
 
 fn main() -> ExitCode {
     match dispatch() {
@@ -35,6 +38,7 @@ fn dispatch() -> anyhow::Result<()> {
         ["codegen"] => codegen(false),
         ["codegen", "--check"] => codegen(true),
         ["test"] => test(),
+        ["bench"] => bench::bench(),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())

@@ -62,6 +62,8 @@ pub struct Poller {
     status: watch::Sender<Status>,
     /// The role last logged, so each change is logged once.
     logged_role: Option<bool>,
+    /// Whether the last lease call reached Redis, so an outage is logged once.
+    redis_reachable: bool,
 }
 
 impl Poller {
@@ -86,6 +88,7 @@ impl Poller {
             drained: BTreeSet::new(),
             status,
             logged_role: None,
+            redis_reachable: true,
         };
         (poller, status_rx)
     }
@@ -145,26 +148,37 @@ impl Poller {
     /// One cycle: renew or take the lease, then (as leader) poll and build a snapshot.
     async fn cycle(&mut self) -> Option<Snapshot> {
         let was_leader = self.status.borrow().leader;
-        let leader = match self
+        let lease = self
             .store
             .hold_lease(&self.identity, lease_ttl(self.fleet.poller.interval))
-            .await
-        {
-            Ok(held) => held,
+            .await;
+        let leader = match lease {
+            Ok(held) => {
+                if !self.redis_reachable {
+                    tracing::info!("Redis reachable again");
+                    self.redis_reachable = true;
+                }
+                if self.logged_role != Some(held) {
+                    if held {
+                        tracing::info!(identity = %self.identity, "holding the lease: polling and publishing");
+                    } else {
+                        tracing::warn!(identity = %self.identity, "another poller holds the lease: standing by");
+                    }
+                    self.logged_role = Some(held);
+                }
+                held
+            }
             Err(e) => {
                 // Keep doing what we did: a leader keeps polling and publishes once Redis is back.
-                tracing::warn!(error = %e, "cannot reach Redis to renew the lease");
+                if self.redis_reachable {
+                    tracing::warn!(error = %e, "cannot reach Redis to renew the lease; carrying on");
+                    self.redis_reachable = false;
+                } else {
+                    tracing::debug!(error = %e, "Redis still unreachable");
+                }
                 was_leader
             }
         };
-        if self.logged_role != Some(leader) {
-            if leader {
-                tracing::info!(identity = %self.identity, "holding the lease: polling and publishing");
-            } else {
-                tracing::warn!(identity = %self.identity, "another poller holds the lease: standing by");
-            }
-            self.logged_role = Some(leader);
-        }
         if leader != was_leader {
             self.status.send_modify(|s| {
                 s.leader = leader;
@@ -180,7 +194,19 @@ impl Poller {
             Ok(drained) => self.drained = drained,
             Err(e) => tracing::debug!(error = %e, "cannot read drains; keeping the last known"),
         }
+        let started = std::time::Instant::now();
         self.poll_all().await;
+        let up = self
+            .health
+            .values()
+            .filter(|h| h.state == ServerStateKind::Up)
+            .count();
+        tracing::debug!(
+            servers = self.fleet.servers.len(),
+            up,
+            took_ms = started.elapsed().as_millis() as u64,
+            "cycle done"
+        );
         Some(build_snapshot(
             &self.fleet,
             &self.health,

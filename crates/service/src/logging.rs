@@ -1,5 +1,7 @@
 //! Logging setup: tracing to stderr, filtered by `RUST_LOG`, plain or JSON.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 /// How log lines look.
@@ -18,7 +20,9 @@ pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never in journald or files.
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -1,0 +1,173 @@
+//! `icecast-sim`: many simulated Icecast servers in one process, for load tests.
+//!
+//! Each server listens on its own loopback port and answers every request with
+//! an `/admin/stats` document for `--mounts` live mounts whose listener counts
+//! drift. It writes a fleet config naming all of them, then serves until killed.
+//!
+//! ```text
+//! icecast-sim --servers 1000 --mounts 5 --interval 1s --fleet /tmp/fleet.toml
+//! ```
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+struct Options {
+    servers: usize,
+    mounts: usize,
+    interval: String,
+    fleet: String,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options = Options {
+        servers: 1000,
+        mounts: 5,
+        interval: "1s".into(),
+        fleet: "fleet.toml".into(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--servers" => {
+                options.servers = value.parse().map_err(|e| format!("--servers: {e}"))?
+            }
+            "--mounts" => options.mounts = value.parse().map_err(|e| format!("--mounts: {e}"))?,
+            "--interval" => options.interval = value,
+            "--fleet" => options.fleet = value,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(options)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    let options = match options() {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!(
+                "icecast-sim: {e}\nusage: icecast-sim --servers N --mounts M --interval 1s --fleet PATH"
+            );
+            return std::process::ExitCode::from(64);
+        }
+    };
+    let requests = Arc::new(AtomicU64::new(0));
+    let mut fleet = format!(
+        "[poller]\ninterval = \"{}\"\ntimeout = \"{}\"\n\n",
+        options.interval, options.interval
+    );
+    let mut stream = String::from("[[stream]]\nname = \"sim\"\nmounts = [\n");
+    for server in 0..options.servers {
+        let listener = match TcpListener::bind("127.0.0.1:0").await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("icecast-sim: cannot bind server {server}: {e}");
+                return std::process::ExitCode::from(69);
+            }
+        };
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let _ = write!(
+            fleet,
+            "[[server]]\nname = \"sim-{server}\"\nurl = \"http://127.0.0.1:{port}\"\nadmin_user = \"admin\"\nadmin_password = \"sim\"\n\n"
+        );
+        for mount in 0..options.mounts {
+            let _ = writeln!(
+                stream,
+                "  {{ server = \"sim-{server}\", mount = \"/m{mount}.ogg\" }},"
+            );
+        }
+        tokio::spawn(serve(
+            listener,
+            options.mounts,
+            server,
+            Arc::clone(&requests),
+        ));
+    }
+    stream.push_str("]\n");
+    fleet.push_str(&stream);
+    if let Err(e) = std::fs::write(&options.fleet, fleet) {
+        eprintln!("icecast-sim: cannot write {}: {e}", options.fleet);
+        return std::process::ExitCode::from(73);
+    }
+    println!(
+        "ready: {} servers x {} mounts, fleet in {}",
+        options.servers, options.mounts, options.fleet
+    );
+    std::future::pending::<()>().await;
+    std::process::ExitCode::SUCCESS
+}
+
+async fn serve(listener: TcpListener, mounts: usize, server: usize, requests: Arc<AtomicU64>) {
+    while let Ok((mut socket, _)) = listener.accept().await {
+        let requests = Arc::clone(&requests);
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 4096];
+            let mut filled = 0;
+            loop {
+                let Ok(n) = socket.read(&mut buffer[filled..]).await else {
+                    return;
+                };
+                if n == 0 {
+                    return;
+                }
+                filled += n;
+                // Answer each complete request head; bodies are never sent to us.
+                while let Some(end) = find_head_end(&buffer[..filled]) {
+                    let count = requests.fetch_add(1, Ordering::Relaxed);
+                    let body = stats(mounts, server, count);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if socket.write_all(head.as_bytes()).await.is_err()
+                        || socket.write_all(body.as_bytes()).await.is_err()
+                    {
+                        return;
+                    }
+                    buffer.copy_within(end..filled, 0);
+                    filled -= end;
+                }
+                if filled == buffer.len() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn find_head_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+}
+
+/// An /admin/stats document shaped like Icecast 2.4's, with drifting counts.
+fn stats(mounts: usize, server: usize, count: u64) -> String {
+    let mut body = String::from(
+        "<?xml version=\"1.0\"?>\n<icestats><admin>sim@localhost</admin><host>127.0.0.1</host><server_id>Icecast 2.4.4</server_id>",
+    );
+    let mut total = 0;
+    let mut sources = String::new();
+    for mount in 0..mounts {
+        let listeners = (count as usize + server + mount * 7) % 90;
+        total += listeners;
+        let _ = write!(
+            sources,
+            "<source mount=\"/m{mount}.ogg\"><genre>various</genre><listener_peak>90</listener_peak><listeners>{listeners}</listeners>\
+             <listenurl>http://127.0.0.1/m{mount}.ogg</listenurl><max_listeners>100</max_listeners><public>0</public>\
+             <server_name>Simulated</server_name><server_type>application/ogg</server_type><slow_listeners>0</slow_listeners>\
+             <source_ip>127.0.0.1</source_ip><total_bytes_read>0</total_bytes_read><total_bytes_sent>0</total_bytes_sent></source>"
+        );
+    }
+    let _ = write!(
+        body,
+        "<listeners>{total}</listeners><sources>{mounts}</sources>{sources}</icestats>"
+    );
+    body
+}

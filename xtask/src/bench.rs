@@ -1,0 +1,294 @@
+//! `cargo xtask bench`: load tests on this machine, results in BENCHMARKS.md.
+//!
+//! Each server under test is pinned to CPU 0 and its load to CPU 1
+//! (`taskset`), and CPU time is read from `/proc/PID/stat`.
+
+use std::fs;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::packages::{self, Tool};
+use crate::{cargo, run, workspace_root};
+
+const BENCH_TOOLS: &[Tool] = &[
+    Tool {
+        program: "redis-server",
+        package: "redis-server",
+    },
+    Tool {
+        program: "taskset",
+        package: "util-linux",
+    },
+];
+
+/// Runs every benchmark case and records the results.
+pub(crate) fn bench() -> anyhow::Result<()> {
+    packages::ensure(BENCH_TOOLS)?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "icecast-poller",
+        "-p",
+        "balancer-testkit",
+        "--bin",
+        "icecast-poller",
+        "--bin",
+        "icecast-sim",
+    ]))?;
+    let poller = poller_case(1000, 5, Duration::from_secs(30))?;
+    let section = format!(
+        "## Poller: 1,000 simulated Icecast servers x 5 mounts, 1 s interval\n\n\
+         Command: `cargo xtask bench`. Machine: {machine}. Run: {date}.\n\n\
+         `icecast-sim` (crates/testkit) serves 1,000 `/admin/stats` documents on 1,000 loopback\n\
+         ports (CPU 1); the release-built poller polls all of them every second on CPU 0 and\n\
+         publishes to redis-server (CPU 1). Measured over {window} s after a 5 s warm-up.\n\n\
+         | measure | value | goal |\n|---|---|---|\n\
+         | poller CPU, share of one core | {cpu:.1}% | under 25% |\n\
+         | cycles completed / intervals elapsed | {cycles} / {intervals} | all |\n\
+         | cycle time, median | {median} ms | under 1000 ms |\n\
+         | cycle time, max | {max} ms | under 1000 ms |\n\
+         | servers up in the last cycle | {up} / 1000 | all |\n\
+         | redis-server CPU per snapshot published | {redis_us:.0} µs | |\n",
+        machine = machine(),
+        date = today(),
+        window = poller.window.as_secs(),
+        cpu = poller.cpu_share * 100.0,
+        cycles = poller.cycles.len(),
+        intervals = poller.window.as_secs(),
+        median = percentile(&poller.cycles, 50),
+        max = poller.cycles.iter().max().copied().unwrap_or(0),
+        up = poller.last_up,
+        redis_us = poller.redis_cpu_per_cycle.as_secs_f64() * 1e6,
+    );
+    println!("{section}");
+    record("poller", &section)
+}
+
+struct PollerResult {
+    window: Duration,
+    cpu_share: f64,
+    cycles: Vec<u64>,
+    last_up: u64,
+    redis_cpu_per_cycle: Duration,
+}
+
+fn poller_case(servers: usize, mounts: usize, window: Duration) -> anyhow::Result<PollerResult> {
+    let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let release = workspace_root().join("target/release");
+    let port = free_port()?;
+    let redis = Guard(
+        pinned(1, "redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start redis-server")?,
+    );
+    // Redis must own its port before the simulator binds 1,000 ephemeral ones.
+    let redis_pid = redis.0.id(); // taskset execs the program, so this is redis-server's pid
+    wait_for(|| redis_answers(port), "redis-server to answer PING")?;
+    let fleet = dir.join("fleet.toml");
+    let _sim = Guard(
+        pinned(1, &release.join("icecast-sim").to_string_lossy())
+            .args([
+                "--servers",
+                &servers.to_string(),
+                "--mounts",
+                &mounts.to_string(),
+                "--interval",
+                "1s",
+                "--fleet",
+            ])
+            .arg(&fleet)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start icecast-sim")?,
+    );
+    wait_for(|| fleet.exists(), "icecast-sim to write the fleet")?;
+    let log = dir.join("poller.log");
+    let poller = Guard(
+        pinned(0, &release.join("icecast-poller").to_string_lossy())
+            .arg("--config")
+            .arg(&fleet)
+            .args([
+                "--redis",
+                &format!("redis://127.0.0.1:{port}/"),
+                "--admin",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "warn,icecast_poller::service=debug")
+            .stderr(fs::File::create(&log)?)
+            .spawn()
+            .context("start icecast-poller")?,
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let (cpu_before, redis_before, log_before) = (
+        cpu_time(poller.0.id())?,
+        cpu_time(redis_pid)?,
+        fs::read_to_string(&log)?.len(),
+    );
+    let started = Instant::now();
+    std::thread::sleep(window);
+    let (cpu_after, redis_after) = (cpu_time(poller.0.id())?, cpu_time(redis_pid)?);
+    let elapsed = started.elapsed();
+    let text = fs::read_to_string(&log)?;
+    let cycles: Vec<(u64, u64)> = text[log_before..]
+        .lines()
+        .filter(|l| l.contains("cycle done"))
+        .filter_map(|l| Some((field(l, "took_ms=")?, field(l, "up=")?)))
+        .collect();
+    if cycles.is_empty() {
+        bail!(
+            "the poller logged no cycle; its log:\n{}",
+            &text[text.len().saturating_sub(2000)..]
+        );
+    }
+    let _ = fs::remove_dir_all(&dir);
+    Ok(PollerResult {
+        window,
+        cpu_share: (cpu_after - cpu_before).as_secs_f64() / elapsed.as_secs_f64(),
+        last_up: cycles.last().map_or(0, |c| c.1),
+        redis_cpu_per_cycle: (redis_after - redis_before)
+            / u32::try_from(cycles.len()).unwrap_or(1),
+        cycles: cycles.into_iter().map(|c| c.0).collect(),
+    })
+}
+
+/// Replaces (or appends) the section between `<!-- NAME:start -->` and `<!-- NAME:end -->`.
+fn record(name: &str, section: &str) -> anyhow::Result<()> {
+    let path = workspace_root().join("BENCHMARKS.md");
+    let text = fs::read_to_string(&path).unwrap_or_else(|_| {
+        "# Benchmarks\n\nMeasured with `cargo xtask bench` on the project's 2-core build machine. The\n\
+         machines are shared and noisy: compare ratios and medians, not single numbers.\n"
+            .to_owned()
+    });
+    let (start, end) = (
+        format!("<!-- {name}:start -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let block = format!("{start}\n{section}{end}");
+    let text = match (text.find(&start), text.find(&end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &text[..a], &text[b + end.len()..]),
+        _ => format!("{}\n{block}\n", text.trim_end()),
+    };
+    fs::write(&path, text).with_context(|| format!("write {}", path.display()))
+}
+
+fn pinned(cpu: u32, program: &str) -> Command {
+    let mut command = Command::new("taskset");
+    command.args(["-c", &cpu.to_string(), program]);
+    command
+}
+
+/// Kills a benchmark process when the case ends, however it ends.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// User plus system CPU time of a process, from /proc/PID/stat.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn redis_answers(port: u16) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
+fn field(line: &str, name: &str) -> Option<u64> {
+    line.split(name)
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn percentile(values: &[u64], p: usize) -> u64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted
+        .get((sorted.len().saturating_sub(1)) * p / 100)
+        .copied()
+        .unwrap_or(0)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_for(mut ready: impl FnMut() -> bool, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown CPU", str::trim)
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {model}")
+}
+
+fn today() -> String {
+    Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
