@@ -100,6 +100,7 @@ impl Poller {
         mut commands: mpsc::Receiver<Command>,
         shutdown: impl Future<Output = ()>,
     ) {
+        self.forget_removed_drains().await;
         let (snapshots, latest) = watch::channel(None::<Snapshot>);
         let publisher = tokio::spawn(publish_loop(
             self.store.clone(),
@@ -255,13 +256,20 @@ impl Poller {
                     .retain(|name, _| old_servers.iter().any(|s| &s.name == name && unchanged(s)));
                 tracing::info!(config = %self.fleet_path.display(), summary = %fleet.summary(), "fleet reloaded");
                 self.fleet = fleet;
-                let names: BTreeSet<String> =
-                    self.fleet.servers.iter().map(|s| s.name.clone()).collect();
-                if let Err(e) = self.store.forget_drains_except(&names).await {
-                    tracing::debug!(error = %e, "cannot prune drains now; will on a later reload");
-                }
+                self.forget_removed_drains().await;
             }
             Err(e) => tracing::error!(error = %e, "reload refused; the running fleet config stays"),
+        }
+    }
+}
+
+impl Poller {
+    /// Drops drains of servers no longer in the fleet, so the drained set stays
+    /// bounded by the config. Best effort: a later start or reload retries.
+    async fn forget_removed_drains(&self) {
+        let names: BTreeSet<String> = self.fleet.servers.iter().map(|s| s.name.clone()).collect();
+        if let Err(e) = self.store.forget_drains_except(&names).await {
+            tracing::debug!(error = %e, "cannot prune drains now");
         }
     }
 }
