@@ -21,7 +21,7 @@ location = { lat = 48.2, lon = 16.4 }
 
 [[server]]
 name = "b"
-url = "https://10.0.0.2"
+url = "http://10.0.0.2"
 status = "json"
 
 [[stream]]
@@ -136,37 +136,43 @@ fn mistakes_name_line_and_field() {
             "not a valid name",
         ),
         (
+            "url = \"http://10.0.0.2\"",
             "url = \"https://10.0.0.2\"",
+            "server[1].url",
+            "not supported yet",
+        ),
+        (
+            "url = \"http://10.0.0.2\"",
             "url = \"ftp://10.0.0.2\"",
             "server[1].url",
             "use http or https",
         ),
         (
-            "url = \"https://10.0.0.2\"",
+            "url = \"http://10.0.0.2\"",
             "url = \"10.0.0.2:8000\"",
             "server[1].url",
             "not a URL",
         ),
         (
-            "url = \"https://10.0.0.2\"",
+            "url = \"http://10.0.0.2\"",
             "url = \"localhost:8000\"",
             "server[1].url",
             "scheme \"localhost\" is not allowed",
         ),
         (
-            "url = \"https://10.0.0.2\"",
+            "url = \"http://10.0.0.2\"",
             "url = \"http://u:p@10.0.0.2\"",
             "server[1].url",
             "credentials",
         ),
         (
-            "url = \"https://10.0.0.2\"",
+            "url = \"http://10.0.0.2\"",
             "url = \"http://10.0.0.2/?x\"",
             "server[1].url",
             "query",
         ),
         (
-            "url = \"https://10.0.0.2\"",
+            "url = \"http://10.0.0.2\"",
             "url = \"not a url\"",
             "server[1].url",
             "not a URL",

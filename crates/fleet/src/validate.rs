@@ -117,6 +117,16 @@ fn servers(
         let field = |name: &str| format!("server[{i}].{name}");
         let name = name(source, &raw.name, &field("name"), &mut seen, "server")?;
         let url = http_url(source, &raw.url, &field("url"))?;
+        if url.scheme() == "https" {
+            // The poller's HTTP client is built without TLS for now; refuse
+            // rather than show the server as down for ever.
+            return Err(source.error(
+                raw.url.span(),
+                field("url"),
+                "polling over https is not supported yet: poll Icecast over http on a private \
+                 network (public_url may be https)",
+            ));
+        }
         let public_url = match &raw.public_url {
             Some(v) => http_url(source, v, &field("public_url"))?,
             None => url.clone(),

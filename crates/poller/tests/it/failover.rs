@@ -204,17 +204,41 @@ async fn drains_show_in_the_snapshot_and_survive_a_poller_restart() {
     let fleet = fleet_for(&icecast, &["a"]);
     let drained_key = Keys::default().drained();
     // A drain of a server that is no longer in the fleet is forgotten at start.
-    redis.command(&["SADD", &drained_key, "removed-server"]).await.unwrap();
+    redis
+        .command(&["SADD", &drained_key, "removed-server"])
+        .await
+        .unwrap();
     let poller = PollerProcess::start(&fleet, &redis).await;
     let store = reader(&redis);
-    wait_snapshot(&store, "ice up, not drained", |s| server(s, "ice").state() == ServerState::Up && !server(s, "ice").drained).await;
-    assert_eq!(redis.command(&["SISMEMBER", &drained_key, "removed-server"]).await.unwrap(), ":0", "{}", poller.process.log());
+    wait_snapshot(&store, "ice up, not drained", |s| {
+        server(s, "ice").state() == ServerState::Up && !server(s, "ice").drained
+    })
+    .await;
+    assert_eq!(
+        redis
+            .command(&["SISMEMBER", &drained_key, "removed-server"])
+            .await
+            .unwrap(),
+        ":0",
+        "{}",
+        poller.process.log()
+    );
 
     store.set_drained("ice", true).await.unwrap();
     wait_snapshot(&store, "ice drained", |s| server(s, "ice").drained).await;
     drop(poller);
     let restarted = PollerProcess::start(&fleet, &redis).await;
-    let s = wait_snapshot(&store, "a snapshot from the new poller", |s| restarted.owns(s)).await;
-    assert!(server(&s, "ice").drained, "the drain survives a poller restart");
-    assert_eq!(server(&s, "ice").state(), ServerState::Up, "a drained server is still polled");
+    let s = wait_snapshot(&store, "a snapshot from the new poller", |s| {
+        restarted.owns(s)
+    })
+    .await;
+    assert!(
+        server(&s, "ice").drained,
+        "the drain survives a poller restart"
+    );
+    assert_eq!(
+        server(&s, "ice").state(),
+        ServerState::Up,
+        "a drained server is still polled"
+    );
 }
