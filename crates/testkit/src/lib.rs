@@ -22,6 +22,7 @@
 //! ```
 
 mod dribble;
+pub mod geoip;
 mod icecast;
 mod player;
 mod ports;
