@@ -33,7 +33,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-pub use balancer_geo::Coordinates;
+pub use balancer_geo::{Code, Coordinates, CountryRule};
 pub use error::{ConfigError, Location};
 pub use url::Url;
 
@@ -89,6 +89,8 @@ pub struct Server {
     pub admin: Option<AdminCredentials>,
     /// Where the server stands; when absent, geo looks up the server's address.
     pub location: Option<Coordinates>,
+    /// The server's country; when absent, geo looks up the server's address.
+    pub country: Option<Code>,
     /// Operator weight in `1..=MAX_WEIGHT`; a bigger weight gets a bigger share.
     pub weight: u32,
     /// Optional cap on listeners across all mounts of this server.
@@ -163,6 +165,8 @@ pub struct Stream {
     pub mounts: Vec<MountRef>,
     /// Another stream to send players to when every mount is full.
     pub fallback: Option<String>,
+    /// Where the stream may be played (radio licensing).
+    pub countries: CountryRule,
 }
 
 /// A stream carried on a server under a mount name.

@@ -35,6 +35,7 @@ pub(crate) struct RawServer {
     pub(crate) admin_password: Option<Spanned<String>>,
     pub(crate) admin_password_env: Option<Spanned<String>>,
     pub(crate) location: Option<Coordinates>,
+    pub(crate) country: Option<Spanned<String>>,
     pub(crate) weight: Option<Spanned<u32>>,
     pub(crate) max_listeners: Option<Spanned<u32>>,
 }
@@ -53,6 +54,8 @@ pub(crate) struct RawStream {
     pub(crate) name: Spanned<String>,
     pub(crate) mounts: Spanned<Vec<RawMount>>,
     pub(crate) fallback: Option<Spanned<String>>,
+    pub(crate) allow_countries: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) deny_countries: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

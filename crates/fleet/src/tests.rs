@@ -18,6 +18,7 @@ public_url = "https://a.example/radio/"
 admin_user = "admin"
 admin_password_env = "A_PASS"
 location = { lat = 48.2, lon = 16.4 }
+country = "at"
 
 [[server]]
 name = "b"
@@ -28,6 +29,7 @@ status = "json"
 name = "hq"
 mounts = [{ server = "a", mount = "/hq.ogg" }, { server = "b", mount = "/hq.ogg", max_listeners = 50 }]
 fallback = "lq"
+deny_countries = ["US"]
 
 [[stream]]
 name = "lq"
@@ -56,11 +58,17 @@ fn valid_file_resolves_everything() {
     assert_eq!(a.status, StatusSource::Admin);
     assert_eq!(a.admin.as_ref().expect("creds").password.expose(), "s3cret");
     assert_eq!(a.weight, 100);
+    assert_eq!(a.country.map(|c| c.to_string()).as_deref(), Some("AT"));
+    assert_eq!(fleet.server("b").expect("b").country, None);
     let b = fleet.server("b").expect("b");
     assert_eq!(b.public_url, b.url);
     assert_eq!(b.status, StatusSource::Json);
     let hq = fleet.stream("hq").expect("hq");
     assert_eq!(hq.fallback.as_deref(), Some("lq"));
+    assert_eq!(
+        hq.countries,
+        crate::CountryRule::Except(vec![crate::Code::new("US").expect("code")])
+    );
     assert_eq!(
         hq.mounts[1].max_listeners,
         Some(ListenerLimit::Listeners(50))
@@ -284,6 +292,30 @@ fn mistakes_name_line_and_field() {
             "mounts = [{ server = \"b\", mount = \"/lq.mp3\" }]",
             "stream[1].mounts[0].max_listeners",
             "reports no limits",
+        ),
+        (
+            "country = \"at\"",
+            "country = \"AUT\"",
+            "server[0].country",
+            "not an ISO 3166-1",
+        ),
+        (
+            "deny_countries = [\"US\"]",
+            "deny_countries = [\"US\", \"U5\"]",
+            "stream[0].deny_countries[1]",
+            "not an ISO",
+        ),
+        (
+            "deny_countries = [\"US\"]",
+            "deny_countries = [\"US\"]\nallow_countries = [\"AT\"]",
+            "stream[0].deny_countries",
+            "not both",
+        ),
+        (
+            "deny_countries = [\"US\"]",
+            "allow_countries = []",
+            "stream[0].allow_countries",
+            "refuse every player",
         ),
         ("[poller]", "[poller", "(syntax)", "expected"),
     ];

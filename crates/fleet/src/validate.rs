@@ -9,9 +9,9 @@ use url::Url;
 use crate::error::{ConfigError, Source};
 use crate::raw::{RawFleet, RawLimit, RawMount, RawPoller, RawServer, RawStatus, RawStream};
 use crate::{
-    AdminCredentials, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE, DEFAULT_TIMEOUT,
-    DEFAULT_WEIGHT, Fleet, ListenerLimit, MAX_WEIGHT, MountRef, PollerSettings, Secret, Server,
-    StatusSource, Stream,
+    AdminCredentials, Code, CountryRule, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE,
+    DEFAULT_TIMEOUT, DEFAULT_WEIGHT, Fleet, ListenerLimit, MAX_WEIGHT, MountRef, PollerSettings,
+    Secret, Server, StatusSource, Stream,
 };
 
 /// File extensions the redirector answers with a playlist; a stream name must not end in one.
@@ -163,6 +163,10 @@ fn servers(
             }
             other => other.map(Spanned::into_inner),
         };
+        let country = match &raw.country {
+            Some(c) => Some(country_code(source, c, &field("country"))?),
+            None => None,
+        };
         servers.push(Server {
             name,
             url,
@@ -170,6 +174,7 @@ fn servers(
             status,
             admin,
             location: raw.location,
+            country,
             weight,
             max_listeners,
         });
@@ -335,10 +340,12 @@ fn streams(
             }
             mounts.push(mount);
         }
+        let countries = country_rule(source, raw, i)?;
         streams.push(Stream {
             name,
             mounts,
             fallback: raw.fallback.as_ref().map(|f| f.get_ref().clone()),
+            countries,
         });
     }
     check_fallbacks(source, &raw, &streams)?;
@@ -399,6 +406,54 @@ fn mount(
         mount: mount.clone(),
         max_listeners,
     })
+}
+
+fn country_code(
+    source: &Source<'_>,
+    value: &Spanned<String>,
+    field: &str,
+) -> Result<Code, ConfigError> {
+    Code::new(value.get_ref()).ok_or_else(|| {
+        source.error(
+            value.span(),
+            field,
+            format!(
+                "{:?} is not an ISO 3166-1 alpha-2 country code like \"AT\"",
+                value.get_ref()
+            ),
+        )
+    })
+}
+
+/// `allow_countries` or `deny_countries` (not both), each a list of country codes.
+fn country_rule(
+    source: &Source<'_>,
+    raw: &RawStream,
+    i: usize,
+) -> Result<CountryRule, ConfigError> {
+    let codes =
+        |list: &Spanned<Vec<Spanned<String>>>, key: &str| -> Result<Vec<Code>, ConfigError> {
+            list.get_ref()
+                .iter()
+                .enumerate()
+                .map(|(j, c)| country_code(source, c, &format!("stream[{i}].{key}[{j}]")))
+                .collect()
+        };
+    match (&raw.allow_countries, &raw.deny_countries) {
+        (Some(_), Some(deny)) => Err(source.error(
+            deny.span(),
+            format!("stream[{i}].deny_countries"),
+            "give allow_countries or deny_countries, not both",
+        )),
+        (Some(allow), None) if allow.get_ref().is_empty() => Err(source.error(
+            allow.span(),
+            format!("stream[{i}].allow_countries"),
+            "an empty allow list would refuse every player; remove the key to allow everyone",
+        )),
+        (Some(allow), None) => Ok(CountryRule::Only(codes(allow, "allow_countries")?)),
+        (None, Some(deny)) => Ok(CountryRule::Except(codes(deny, "deny_countries")?)),
+        (None, None) => Ok(CountryRule::Anyone),
+    }
 }
 
 /// Every fallback names another stream, and following fallbacks never comes back.

@@ -136,6 +136,28 @@ impl GeoDb {
         place
     }
 
+    /// Where a server is: the fleet config's location and country when given,
+    /// the rest (and whatever the config leaves out) from looking up its
+    /// address. A server known by host name only has what the config says; geo
+    /// does no DNS.
+    pub fn server_place(
+        &self,
+        location: Option<Coordinates>,
+        country: Option<Code>,
+        address: Option<IpAddr>,
+    ) -> Place {
+        let mut place = address.map(|ip| self.lookup(ip)).unwrap_or_default();
+        if location.is_some() {
+            place.location = location;
+        }
+        if country.is_some() && country != place.country {
+            // The looked-up continent belongs to another country.
+            place.continent = None;
+            place.country = country;
+        }
+        place
+    }
+
     /// Re-reads both files. A file that cannot be used keeps the database
     /// already loaded (if any); its error is returned.
     pub fn reload(&self) -> Vec<DbError> {

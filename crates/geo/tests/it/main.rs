@@ -213,3 +213,27 @@ async fn reloads_under_concurrent_lookups_never_fail_one() {
     assert!(lookups > 1000);
     assert_eq!(failures, 0);
 }
+
+#[test]
+fn server_places_prefer_the_fleet_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let city = write(dir.path(), "city.mmdb", &city_db(&networks("AT")));
+    let (db, _) = GeoDb::open(Some(city), None);
+    let graz = balancer_geo::Coordinates::new(47.07, 15.44).unwrap();
+    let looked_up = db.server_place(None, None, Some(ip("127.0.0.2")));
+    assert_eq!(country(looked_up).as_deref(), Some("AT"));
+    assert_eq!(looked_up.location.map(|l| l.lat()), Some(48.21));
+    let configured = db.server_place(Some(graz), None, Some(ip("127.0.0.2")));
+    assert_eq!(configured.location, Some(graz));
+    assert_eq!(configured.continent, Code::new("EU"));
+    let moved = db.server_place(None, Code::new("DE"), Some(ip("127.0.0.2")));
+    assert_eq!(
+        (country(moved).as_deref(), moved.continent),
+        (Some("DE"), None)
+    );
+    let by_name_only = db.server_place(Some(graz), Code::new("AT"), None);
+    assert_eq!(
+        (by_name_only.location, by_name_only.country),
+        (Some(graz), Code::new("AT"))
+    );
+}

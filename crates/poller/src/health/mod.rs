@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use balancer_fleet::{Fleet, ListenerLimit, MountRef, Server, StatusSource};
+use balancer_fleet::{CountryRule, Fleet, ListenerLimit, MountRef, Server, StatusSource};
 use balancer_proto::snapshot::v1 as wire;
 use wire::{MountState, ServerState};
 
@@ -127,6 +127,14 @@ pub fn build_snapshot(
                 })
                 .collect(),
             fallback: stream.fallback.clone().unwrap_or_default(),
+            allow_countries: match &stream.countries {
+                CountryRule::Only(codes) => codes.iter().map(ToString::to_string).collect(),
+                _ => Vec::new(),
+            },
+            deny_countries: match &stream.countries {
+                CountryRule::Except(codes) => codes.iter().map(ToString::to_string).collect(),
+                _ => Vec::new(),
+            },
         })
         .collect();
     wire::Snapshot {
@@ -158,6 +166,7 @@ fn wire_server(server: &Server, health: &ServerHealth, drained: bool) -> wire::S
         listeners,
         max_listeners: server.max_listeners,
         last_error: health.last_error.clone(),
+        country: server.country.map(|c| c.to_string()).unwrap_or_default(),
     }
 }
 

@@ -200,6 +200,7 @@ url = "http://127.0.0.1:1"
 status = "json"
 max_listeners = 10
 location = { lat = 48.2, lon = 16.4 }
+country = "AT"
 [[server]]
 name = "b"
 url = "http://127.0.0.1:2"
@@ -210,6 +211,7 @@ admin_password = "x"
 name = "s"
 mounts = [{ server = "a", mount = "/s.ogg" }, { server = "b", mount = "/s.ogg" }, { server = "b", mount = "/other.ogg" }]
 fallback = "t"
+allow_countries = ["AT", "DE"]
 [[stream]]
 name = "t"
 mounts = [{ server = "a", mount = "/t.ogg", max_listeners = 3 }]
@@ -257,6 +259,11 @@ fn snapshot_tells_live_no_source_full_down_and_drained_apart() {
 
     let s = &snapshot.streams[0];
     assert_eq!(s.fallback, "t");
+    assert_eq!(
+        (s.allow_countries.clone(), s.deny_countries.len()),
+        (vec!["AT".to_owned(), "DE".to_owned()], 0)
+    );
+    assert_eq!((a.country.as_str(), b.country.as_str()), ("AT", ""));
     // On a: no mount limit, server cap 10 shared with /t.ogg: 10 - 7 = 3 free.
     assert_eq!(
         (

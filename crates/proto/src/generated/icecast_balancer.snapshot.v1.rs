@@ -64,6 +64,9 @@ pub struct Server {
     /// Why the last poll failed; empty when it succeeded.
     #[prost(string, tag = "10")]
     pub last_error: ::prost::alloc::string::String,
+    /// ISO country code from the fleet config; empty: look the server's address up.
+    #[prost(string, tag = "11")]
+    pub country: ::prost::alloc::string::String,
 }
 /// A stream carried on one server under one mount name.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -99,6 +102,12 @@ pub struct Stream {
     /// Stream to use when every mount is full; empty when none.
     #[prost(string, tag = "3")]
     pub fallback: ::prost::alloc::string::String,
+    /// If not empty, only players from these countries (ISO codes) may play it.
+    #[prost(string, repeated, tag = "4")]
+    pub allow_countries: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Players from these countries may not play it.
+    #[prost(string, repeated, tag = "5")]
+    pub deny_countries: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Whether a server answers its status polls, after rise/fall hysteresis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
