@@ -74,7 +74,14 @@ pub(crate) fn bench() -> anyhow::Result<()> {
 
 /// The geo benchmark binary, pinned to CPU 0; its lines become a table.
 fn geo_case() -> anyhow::Result<String> {
-    let bench = ["bench", "--locked", "-p", "balancer-geo", "--bench", "lookup_and_rank"];
+    let bench = [
+        "bench",
+        "--locked",
+        "-p",
+        "balancer-geo",
+        "--bench",
+        "lookup_and_rank",
+    ];
     run(cargo().args(bench).arg("--no-run"))?;
     let output = Command::new("taskset")
         .args(["-c", "0"])
@@ -85,12 +92,18 @@ fn geo_case() -> anyhow::Result<String> {
         .output()
         .context("run the geo benchmark")?;
     if !output.status.success() {
-        bail!("the geo benchmark failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "the geo benchmark failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let mut rows = String::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         if let Some((label, result)) = line.split_once(": median ") {
-            rows.push_str(&format!("| {label} | {} |\n", result.replace(" (", " | (").trim_end()));
+            rows.push_str(&format!(
+                "| {label} | {} |\n",
+                result.replace(" (", " | (").trim_end()
+            ));
         }
     }
     Ok(format!(

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use balancer_fleet::{Fleet, Server};
 use balancer_proto::snapshot::v1::Snapshot;
-use balancer_store::{RedisStore, StoreError, lease_ttl, snapshot_ttl};
+use balancer_store::{PollerStore, StoreError, lease_ttl, snapshot_ttl};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
@@ -49,12 +49,14 @@ pub enum Command {
 /// Reads the environment for `admin_password_env`; injected so tests need no `set_var`.
 pub type EnvLookup = fn(&str) -> Option<String>;
 
-/// The poller. Build it with [`Poller::new`], then [`Poller::run`] it.
-pub struct Poller {
+/// The poller. Build it with [`Poller::new`], then [`Poller::run`] it. It
+/// publishes to Redis ([`balancer_store::RedisStore`]) or, in the standalone
+/// redirector, to memory ([`balancer_store::MemoryStore`]).
+pub struct Poller<S: PollerStore> {
     fleet_path: PathBuf,
     env: EnvLookup,
     fleet: Fleet,
-    store: RedisStore,
+    store: S,
     identity: String,
     fetcher: Fetcher,
     health: HashMap<String, ServerHealth>,
@@ -66,14 +68,14 @@ pub struct Poller {
     redis_reachable: bool,
 }
 
-impl Poller {
+impl<S: PollerStore> Poller<S> {
     /// A poller for `fleet` (read from `fleet_path`, re-read on reload) that
     /// publishes to `store` under the lease name `identity`.
     pub fn new(
         fleet_path: PathBuf,
         env: EnvLookup,
         fleet: Fleet,
-        store: RedisStore,
+        store: S,
         identity: String,
     ) -> (Self, watch::Receiver<Status>) {
         let (status, status_rx) = watch::channel(Status::default());
@@ -263,7 +265,7 @@ impl Poller {
     }
 }
 
-impl Poller {
+impl<S: PollerStore> Poller<S> {
     /// Drops drains of servers no longer in the fleet, so the drained set stays
     /// bounded by the config. Best effort: a later start or reload retries.
     async fn forget_removed_drains(&self) {
@@ -276,8 +278,8 @@ impl Poller {
 
 /// Publishes the latest snapshot; while Redis is unavailable, retries with
 /// backoff, always with the newest snapshot.
-async fn publish_loop(
-    store: RedisStore,
+async fn publish_loop<S: PollerStore>(
+    store: S,
     identity: String,
     mut latest: watch::Receiver<Option<Snapshot>>,
     status: watch::Sender<Status>,

@@ -89,9 +89,17 @@ impl Keys {
         format!("{}:drained", self.prefix)
     }
 
-    /// Slots handed out for one mount since the snapshot `version`. TTL: [`reservation_ttl`].
-    pub fn reservations(&self, version: u64, server: &str, mount: &str) -> String {
-        format!("{}:reserved:{version}:{server}:{mount}", self.prefix)
+    /// Sorted set of the slots redirectors handed out for one mount, scored by
+    /// the time they were handed out; entries older than the TTL are trimmed on
+    /// every write. TTL: [`reservation_ttl`].
+    pub fn reservations(&self, server: &str, mount: &str) -> String {
+        format!("{}:reserved:{server}:{mount}", self.prefix)
+    }
+
+    /// Sorted set of live redirector replicas, scored by their last heartbeat;
+    /// stale ones are trimmed on every heartbeat. TTL: 10 s.
+    pub fn replicas(&self) -> String {
+        format!("{}:replicas", self.prefix)
     }
 
     /// Every key and channel, with its bound. Per-mount keys are shown for one
@@ -117,10 +125,11 @@ impl Keys {
             spec(self.poller_lease(), Bound::Ttl, "active poller lease"),
             spec(self.drained(), Bound::Fixed, "drained servers"),
             spec(
-                self.reservations(1, "server", "/mount.ogg"),
+                self.reservations("server", "/mount.ogg"),
                 Bound::Ttl,
                 "slots reserved for one mount",
             ),
+            spec(self.replicas(), Bound::Ttl, "live redirector replicas"),
         ]
     }
 }
@@ -138,10 +147,10 @@ pub fn lease_ttl(poll_interval: Duration) -> Duration {
     (poll_interval * 3).max(Duration::from_secs(3))
 }
 
-/// How long reservations against one snapshot live: long enough for the next two
-/// polls to see the players that were sent.
-pub fn reservation_ttl(poll_interval: Duration) -> Duration {
-    (poll_interval * 3).max(Duration::from_secs(5))
+/// How long a reservation is remembered: long enough for the poll after the
+/// player connected (`connect_grace` after the redirect) to count it.
+pub fn reservation_ttl(poll_interval: Duration, connect_grace: Duration) -> Duration {
+    (poll_interval * 3 + connect_grace).max(Duration::from_secs(10))
 }
 
 #[cfg(test)]
@@ -194,9 +203,14 @@ mod tests {
             lease_ttl(Duration::from_millis(500)),
             Duration::from_secs(3)
         );
+        let grace = Duration::from_secs(3);
         assert_eq!(
-            reservation_ttl(Duration::from_secs(2)),
-            Duration::from_secs(6)
+            reservation_ttl(Duration::from_secs(2), grace),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            reservation_ttl(Duration::from_secs(5), grace),
+            Duration::from_secs(18)
         );
     }
 }

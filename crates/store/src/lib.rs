@@ -9,11 +9,77 @@
 
 mod codec;
 mod keys;
+mod memory;
 mod redis_store;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use balancer_proto::snapshot::v1::Snapshot;
+
+pub use memory::MemoryStore;
 
 pub use codec::{DecodeError, MAX_SNAPSHOT_BYTES, decode_snapshot, encode_snapshot};
 pub use keys::{
     Bound, DEFAULT_NAMESPACE, KeySpec, Keys, NamespaceError, lease_ttl, reservation_ttl,
     snapshot_ttl,
 };
-pub use redis_store::{DEFAULT_OPERATION_TIMEOUT, RedisStore, StoreError};
+pub use redis_store::{DEFAULT_OPERATION_TIMEOUT, RedisStore, Reserve, StoreError};
+
+/// What the poller needs from shared state: Redis for a fleet of redirectors,
+/// [`MemoryStore`] for the standalone redirector. See [`RedisStore`] for the
+/// meaning of each call.
+pub trait PollerStore: Clone + Send + Sync + 'static {
+    /// Takes or renews the lease; whether `holder` holds it now.
+    fn hold_lease(
+        &self,
+        holder: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Gives the lease up if `holder` has it.
+    fn release_lease(&self, holder: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Numbers (above `floor`), stores and announces a snapshot; returns its version.
+    fn publish_snapshot(
+        &self,
+        holder: &str,
+        snapshot: &mut Snapshot,
+        ttl: Duration,
+        floor: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Names of drained servers.
+    fn drained(&self) -> impl Future<Output = Result<BTreeSet<String>, StoreError>> + Send;
+    /// Forgets drains of servers not in `servers`.
+    fn forget_drains_except(
+        &self,
+        servers: &BTreeSet<String>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl PollerStore for RedisStore {
+    async fn hold_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        RedisStore::hold_lease(self, holder, ttl).await
+    }
+
+    async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
+        RedisStore::release_lease(self, holder).await
+    }
+
+    async fn publish_snapshot(
+        &self,
+        holder: &str,
+        snapshot: &mut Snapshot,
+        ttl: Duration,
+        floor: u64,
+    ) -> Result<u64, StoreError> {
+        RedisStore::publish_snapshot(self, holder, snapshot, ttl, floor).await
+    }
+
+    async fn drained(&self) -> Result<BTreeSet<String>, StoreError> {
+        RedisStore::drained(self).await
+    }
+
+    async fn forget_drains_except(&self, servers: &BTreeSet<String>) -> Result<(), StoreError> {
+        RedisStore::forget_drains_except(self, servers).await
+    }
+}

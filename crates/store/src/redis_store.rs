@@ -76,17 +76,73 @@ redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 ";
 
+/// Hands out up to `ARGV[4]` slots of a mount whose poll (at `ARGV[2]` ms,
+/// minus the connect grace) found `ARGV[3]` free, minus the slots already
+/// handed out since then: so all replicas together never exceed what the poll saw.
+/// KEYS[1]: the mount's reservation set. ARGV: now, window start, free, want,
+/// member prefix, ttl ms. Returns the number of slots granted.
+const RESERVE_SCRIPT: &str = r"
+local now = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+local used = redis.call('ZCOUNT', KEYS[1], ARGV[2], '+inf')
+local grant = math.min(tonumber(ARGV[4]), tonumber(ARGV[3]) - used)
+if grant <= 0 then
+  return 0
+end
+for i = 1, grant do
+  redis.call('ZADD', KEYS[1], now, ARGV[5] .. ':' .. i)
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return grant
+";
+
+/// Records a replica's heartbeat, forgets replicas silent for `ARGV[3]` ms,
+/// and returns how many are alive.
+const HEARTBEAT_SCRIPT: &str = r"
+local now = tonumber(ARGV[1])
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], 10000)
+return redis.call('ZCARD', KEYS[1])
+";
+
+/// A reservation request for one mount.
+#[derive(Debug, Clone, Copy)]
+pub struct Reserve<'a> {
+    /// The server's name.
+    pub server: &'a str,
+    /// The mount.
+    pub mount: &'a str,
+    /// Now, in ms since the epoch.
+    pub now_ms: i64,
+    /// Reservations made at or after this time (the poll time minus the
+    /// connect grace) are not yet in the poll's listener count.
+    pub window_start_ms: i64,
+    /// Free slots the poll saw.
+    pub free_slots: u32,
+    /// How many to take.
+    pub want: u32,
+    /// Unique prefix for the reservation entries (replica id and a counter).
+    pub member: &'a str,
+    /// How long entries are kept.
+    pub ttl: Duration,
+}
+
 /// A connection to the shared Redis, created without I/O so a service can
 /// start while Redis is down; it connects on first use and reconnects by itself.
 #[derive(Clone)]
 pub struct RedisStore {
     keys: Keys,
+    client: redis::Client,
     connection: ConnectionManager,
     timeout: Duration,
     lease: Script,
     release: Script,
     version: Script,
     publish: Script,
+    reserve: Script,
+    heartbeat: Script,
 }
 
 impl RedisStore {
@@ -99,15 +155,18 @@ impl RedisStore {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         Ok(RedisStore {
             keys,
+            client,
             connection,
             timeout,
             lease: Script::new(LEASE_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
             version: Script::new(VERSION_SCRIPT),
             publish: Script::new(PUBLISH_SCRIPT),
+            reserve: Script::new(RESERVE_SCRIPT),
+            heartbeat: Script::new(HEARTBEAT_SCRIPT),
         })
     }
 
@@ -174,6 +233,64 @@ impl RedisStore {
         let mut conn = self.connection.clone();
         let bytes: Option<Vec<u8>> = self.bounded(conn.get(self.keys.snapshot())).await?;
         Ok(bytes.map(|b| decode_snapshot(&b)).transpose()?)
+    }
+
+    /// The version of the newest snapshot, without fetching it (0 if none).
+    pub async fn latest_version(&self) -> Result<u64, StoreError> {
+        let mut conn = self.connection.clone();
+        let version: Option<u64> = self.bounded(conn.get(self.keys.snapshot_version())).await?;
+        Ok(version.unwrap_or(0))
+    }
+
+    /// Takes up to `request.want` slots of a mount; returns how many were granted.
+    /// Bounded by `timeout`, which a request path keeps short.
+    pub async fn reserve(
+        &self,
+        request: &Reserve<'_>,
+        timeout: Duration,
+    ) -> Result<u32, StoreError> {
+        let mut conn = self.connection.clone();
+        let mut call = self
+            .reserve
+            .key(self.keys.reservations(request.server, request.mount));
+        call.arg(request.now_ms)
+            .arg(request.window_start_ms)
+            .arg(request.free_slots)
+            .arg(request.want)
+            .arg(request.member)
+            .arg(millis(request.ttl));
+        match tokio::time::timeout(timeout, call.invoke_async::<u32>(&mut conn)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        }
+    }
+
+    /// Records that replica `id` is alive at `now_ms`; returns how many replicas
+    /// sent a heartbeat within `stale_after`.
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        now_ms: i64,
+        stale_after: Duration,
+    ) -> Result<u32, StoreError> {
+        let mut conn = self.connection.clone();
+        let mut call = self.heartbeat.key(self.keys.replicas());
+        call.arg(now_ms).arg(id).arg(millis(stale_after));
+        self.bounded(call.invoke_async(&mut conn)).await
+    }
+
+    /// Subscribes to new-snapshot announcements; each item is a version. The
+    /// stream ends when the connection breaks: subscribe again.
+    pub async fn subscribe(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = u64> + Send + use<>, StoreError> {
+        let mut pubsub = self.bounded(self.client.get_async_pubsub()).await?;
+        self.bounded(pubsub.subscribe(self.keys.snapshot_channel()))
+            .await?;
+        Ok(futures_util::StreamExt::filter_map(
+            pubsub.into_on_message(),
+            |message| async move { message.get_payload::<u64>().ok() },
+        ))
     }
 
     /// Names of drained servers.

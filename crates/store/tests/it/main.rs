@@ -134,6 +134,14 @@ async fn every_key_written_is_bounded() {
         .unwrap();
     assert_eq!(store.drained().await.unwrap(), ["a".to_owned()].into());
 
+    store
+        .heartbeat("replica", 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    store
+        .reserve(&reserve("r:1", 1000, 0, 5, 2), TIMEOUT)
+        .await
+        .unwrap();
     let keys = Keys::default();
     let fixed: Vec<String> = keys
         .all()
@@ -143,12 +151,17 @@ async fn every_key_written_is_bounded() {
         .collect();
     let listed = redis.command(&["KEYS", "*"]).await.unwrap();
     let count: usize = listed.trim_start_matches('*').parse().unwrap();
-    assert_eq!(count, 4, "snapshot, version, lease, drained");
+    assert_eq!(
+        count, 6,
+        "snapshot, version, lease, drained, replicas, one reservation set"
+    );
     for key in [
         keys.snapshot(),
         keys.poller_lease(),
         keys.snapshot_version(),
         keys.drained(),
+        keys.replicas(),
+        keys.reservations("a", "/a.ogg"),
     ] {
         let ttl = redis.command(&["PTTL", &key]).await.unwrap();
         let ttl: i64 = ttl.trim_start_matches(':').parse().unwrap();
@@ -157,6 +170,102 @@ async fn every_key_written_is_bounded() {
             "{key} has no TTL and is not a fixed-size key"
         );
     }
+}
+
+fn reserve(
+    member: &str,
+    now_ms: i64,
+    window_start_ms: i64,
+    free_slots: u32,
+    want: u32,
+) -> balancer_store::Reserve<'_> {
+    balancer_store::Reserve {
+        server: "a",
+        mount: "/a.ogg",
+        now_ms,
+        window_start_ms,
+        free_slots,
+        want,
+        member,
+        ttl: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test]
+async fn reservations_never_exceed_what_the_poll_saw() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (store(&redis), store(&redis));
+    // A poll at t=1000 saw 5 free; two replicas ask for 3 each.
+    assert_eq!(
+        a.reserve(&reserve("a:1", 1100, 1000, 5, 3), TIMEOUT)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        b.reserve(&reserve("b:1", 1200, 1000, 5, 3), TIMEOUT)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        a.reserve(&reserve("a:2", 1300, 1000, 5, 1), TIMEOUT)
+            .await
+            .unwrap(),
+        0
+    );
+    // The next poll (t=3000, window from 1250) counted the first players: 1 free
+    // remains for it, and the reservation made at 1300 still counts against it.
+    assert_eq!(
+        a.reserve(&reserve("a:3", 3100, 1250, 2, 5), TIMEOUT)
+            .await
+            .unwrap(),
+        1
+    );
+    // Entries older than the TTL are forgotten.
+    assert_eq!(
+        b.reserve(&reserve("b:2", 60_000, 0, 3, 3), TIMEOUT)
+            .await
+            .unwrap(),
+        3
+    );
+    let size = redis
+        .command(&["ZCARD", &Keys::default().reservations("a", "/a.ogg")])
+        .await
+        .unwrap();
+    assert_eq!(size, ":3", "only the live entries are kept");
+}
+
+#[tokio::test]
+async fn heartbeats_count_live_replicas() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis);
+    let stale = Duration::from_secs(5);
+    assert_eq!(store.heartbeat("r1", 10_000, stale).await.unwrap(), 1);
+    assert_eq!(store.heartbeat("r2", 11_000, stale).await.unwrap(), 2);
+    assert_eq!(
+        store.heartbeat("r2", 16_000, stale).await.unwrap(),
+        1,
+        "r1 fell silent"
+    );
+}
+
+#[tokio::test]
+async fn subscribers_hear_each_published_version() {
+    use futures_util::StreamExt as _;
+    let redis = RedisServer::start().await;
+    let store = store(&redis);
+    let mut versions = Box::pin(store.subscribe().await.unwrap());
+    assert!(store.hold_lease("p", Duration::from_secs(5)).await.unwrap());
+    let v = store
+        .publish_snapshot("p", &mut snapshot(), Duration::from_secs(30), 0)
+        .await
+        .unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(2), versions.next())
+        .await
+        .unwrap();
+    assert_eq!(heard, Some(v));
+    assert_eq!(store.latest_version().await.unwrap(), v);
 }
 
 #[tokio::test]
