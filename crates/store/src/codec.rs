@@ -61,6 +61,7 @@ mod tests {
                     free_slots: u32::MAX,
                 }],
                 fallback: String::new(),
+                ..Default::default()
             }],
         };
         let decoded = decode_snapshot(&encode_snapshot(&snapshot)).expect("decodes");
