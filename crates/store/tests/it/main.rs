@@ -195,45 +195,37 @@ fn reserve(
 async fn reservations_never_exceed_what_the_poll_saw() {
     let redis = RedisServer::start().await;
     let (a, b) = (store(&redis), store(&redis));
+    let granted = |store: &RedisStore, r: balancer_store::Reserve<'static>| {
+        let store = store.clone();
+        async move { store.reserve(&r, TIMEOUT).await.unwrap() }
+    };
     // A poll at t=1000 saw 5 free; two replicas ask for 3 each.
-    assert_eq!(
-        a.reserve(&reserve("a:1", 1100, 1000, 5, 3), TIMEOUT)
-            .await
-            .unwrap(),
-        3
-    );
-    assert_eq!(
-        b.reserve(&reserve("b:1", 1200, 1000, 5, 3), TIMEOUT)
-            .await
-            .unwrap(),
-        2
-    );
-    assert_eq!(
-        a.reserve(&reserve("a:2", 1300, 1000, 5, 1), TIMEOUT)
-            .await
-            .unwrap(),
-        0
-    );
-    // The next poll (t=3000, window from 1250) counted the first players: 1 free
-    // remains for it, and the reservation made at 1300 still counts against it.
-    assert_eq!(
-        a.reserve(&reserve("a:3", 3100, 1250, 2, 5), TIMEOUT)
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(granted(&a, reserve("a:1", 1100, 1000, 5, 3)).await, 3);
+    assert_eq!(granted(&b, reserve("b:1", 1200, 1000, 5, 3)).await, 2);
+    assert_eq!(granted(&a, reserve("a:2", 1250, 1000, 5, 1)).await, 0);
+    // (Had that poll seen 6 free, one more would have gone out, at t=1300.)
+    assert_eq!(granted(&a, reserve("a:3", 1300, 1000, 6, 1)).await, 1);
+    // The next poll (window from 1250) counted the first five players and saw
+    // 2 free; the slot handed out at 1300 is not in its count yet: 1 is left.
+    assert_eq!(granted(&a, reserve("a:4", 3100, 1250, 2, 5)).await, 1);
     // Entries older than the TTL are forgotten.
+    assert_eq!(granted(&b, reserve("b:2", 60_000, 0, 3, 3)).await, 3);
+    let key = Keys::default().reservations("a", "/a.ogg");
     assert_eq!(
-        b.reserve(&reserve("b:2", 60_000, 0, 3, 3), TIMEOUT)
-            .await
-            .unwrap(),
-        3
+        redis.command(&["ZCARD", &key]).await.unwrap(),
+        ":3",
+        "only live entries are kept"
     );
-    let size = redis
-        .command(&["ZCARD", &Keys::default().reservations("a", "/a.ogg")])
-        .await
-        .unwrap();
-    assert_eq!(size, ":3", "only the live entries are kept");
+    // A frozen Redis costs a request the reservation timeout, no more.
+    redis.pause();
+    let started = std::time::Instant::now();
+    let frozen = a
+        .reserve(&reserve("a:5", 60_001, 0, 3, 1), Duration::from_millis(30))
+        .await;
+    let waited = started.elapsed();
+    redis.resume();
+    assert!(matches!(frozen, Err(StoreError::Timeout(_))), "{frozen:?}");
+    assert!(waited < Duration::from_millis(200), "{waited:?}");
 }
 
 #[tokio::test]
