@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use balancer_service::{LogFormat, parse_redis_url, parse_trusted_proxy};
 use clap::Parser;
@@ -54,6 +55,29 @@ pub struct Args {
     )]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// URL prefix of django-icecast-balancer's stream URLs, so `/icecast_balancer/<stream>/` keeps working.
+    #[arg(
+        long,
+        env = "ICB_PREFIX",
+        value_name = "PATH",
+        default_value = "/icecast_balancer"
+    )]
+    pub prefix: String,
+
+    /// Servers whose data is older than this get no new players (the poller or Redis may be gone).
+    #[arg(long, env = "ICB_MAX_DATA_AGE", value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub max_data_age: Duration,
+
+    /// How long after a redirect a player may take to connect; its slot stays
+    /// reserved until a poll after that has counted it.
+    #[arg(long, env = "ICB_CONNECT_GRACE", value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub connect_grace: Duration,
+
+    /// On SIGTERM, keep answering this long after health turns NOT_SERVING, so
+    /// load balancers stop sending players first.
+    #[arg(long, env = "ICB_DRAIN_DELAY", value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+
     /// Log format; the filter comes from RUST_LOG (default: info).
     #[arg(long, env = "ICB_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
@@ -90,6 +114,14 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     /// Validate and exit instead of serving.
     pub check_only: bool,
+    /// django-icecast-balancer's URL prefix.
+    pub prefix: String,
+    /// Staleness limit for server data.
+    pub max_data_age: Duration,
+    /// Time a player may take to connect after a redirect.
+    pub connect_grace: Duration,
+    /// Time to keep answering after health turns NOT_SERVING on SIGTERM.
+    pub drain_delay: Duration,
 }
 
 impl Args {
@@ -122,7 +154,21 @@ impl Args {
                 return Err(format!("{flag} {}: no such file", path.display()));
             }
         }
+        if !self.prefix.is_empty() && (!self.prefix.starts_with('/') || self.prefix.ends_with('/'))
+        {
+            return Err(format!(
+                "--prefix {:?} must start with '/' and not end with one",
+                self.prefix
+            ));
+        }
+        if self.drain_delay > Duration::from_secs(8) {
+            return Err("--drain-delay must be at most 8s: shutdown ends within 10s".into());
+        }
         Ok(Settings {
+            prefix: self.prefix.clone(),
+            max_data_age: self.max_data_age,
+            connect_grace: self.connect_grace,
+            drain_delay: self.drain_delay,
             source,
             listen: self.listen,
             admin: self.admin,

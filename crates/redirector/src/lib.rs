@@ -2,7 +2,24 @@
 //! that has a free slot, following the snapshot the poller publishes in Redis
 //! (or, in standalone mode, polling in-process).
 //!
-//! So far this crate holds the command line ([`cli`]); serving arrives with the
-//! redirector issue.
+//! Request path, in order: [`route`] (which stream, which format),
+//! [`client_ip`] (who asks), [`select`] (usable mounts, geo ranking,
+//! a slot from [`reserve`]), [`http`] (the answer). [`follow`] keeps the
+//! [`view`] current; [`server`] accepts connections; [`service`] wires it all.
+//!
+//! Architecture invariant: no request waits for Redis except to lease slots,
+//! which happens once per batch and is bounded by a 30 ms timeout; a `Location`
+//! only ever holds a `public_url` from the snapshot plus a validated mount and
+//! the request's query string.
 
 pub mod cli;
+pub mod client_ip;
+pub mod follow;
+pub mod http;
+pub mod playlist;
+pub mod reserve;
+pub mod route;
+pub mod select;
+pub mod server;
+pub mod service;
+pub mod view;

@@ -1,10 +1,13 @@
-//! `icecast-redirector`: parse flags, set up logging, check the config, run.
+//! `icecast-redirector`: parse flags, set up logging, check the config, bind, run.
 
 use std::process::ExitCode;
 
-use balancer_service::{EXIT_CONFIG, EXIT_SOFTWARE, init_logging};
+use balancer_service::{EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE, init_logging, signals};
 use clap::Parser;
 use icecast_redirector::cli::{Args, Settings, Source};
+use icecast_redirector::client_ip::TrustedProxies;
+use icecast_redirector::service::{self, Options};
+use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -13,29 +16,79 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(message) => return fail(EXIT_CONFIG, &message),
     };
-    let summary = match summarize(&settings) {
-        Ok(summary) => summary,
+    let (summary, source) = match load(&settings) {
+        Ok(loaded) => loaded,
         Err(message) => return fail(EXIT_CONFIG, &message),
     };
     if settings.check_only {
         println!("{summary}");
         return ExitCode::SUCCESS;
     }
-    tracing::info!(%summary, "configuration valid");
-    fail(
-        EXIT_SOFTWARE,
-        "serving players is not implemented yet; use --check-config",
-    )
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(EXIT_UNAVAILABLE, &format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        tracing::info!(%summary, "configuration valid");
+        let Some(listen) = settings.listen else {
+            return fail(EXIT_CONFIG, "--listen ADDR is required");
+        };
+        let listener = match TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                return fail(
+                    EXIT_UNAVAILABLE,
+                    &format!("cannot listen on --listen {listen}: {e}"),
+                );
+            }
+        };
+        let admin = match TcpListener::bind(settings.admin).await {
+            Ok(admin) => admin,
+            Err(e) => {
+                return fail(
+                    EXIT_UNAVAILABLE,
+                    &format!("cannot listen on --admin {}: {e}", settings.admin),
+                );
+            }
+        };
+        tracing::info!(
+            listen = %service::describe(listener.local_addr().ok()),
+            admin = %service::describe(admin.local_addr().ok()),
+            "listening"
+        );
+        let signals = match signals() {
+            Ok(signals) => signals,
+            Err(e) => return fail(EXIT_UNAVAILABLE, &format!("cannot listen for signals: {e}")),
+        };
+        let options = Options {
+            source,
+            geoip_city: settings.geoip_city.clone(),
+            geoip_asn: settings.geoip_asn.clone(),
+            trusted: TrustedProxies::new(settings.trusted_proxies.clone()),
+            prefix: settings.prefix.clone(),
+            max_data_age: settings.max_data_age,
+            connect_grace: settings.connect_grace,
+            drain_delay: settings.drain_delay,
+        };
+        match service::run(options, listener, admin, signals).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => fail(EXIT_SOFTWARE, &message),
+        }
+    })
 }
 
 /// Loads what the settings point at and describes it in one line.
-fn summarize(settings: &Settings) -> Result<String, String> {
-    let source = match &settings.source {
-        Source::Redis(_) => "redis mode".to_owned(),
+fn load(settings: &Settings) -> Result<(String, service::Source), String> {
+    let (description, source) = match &settings.source {
+        Source::Redis(url) => ("redis mode".to_owned(), service::Source::Redis(url.clone())),
         Source::Standalone(path) => {
             let fleet = balancer_fleet::load(path, &balancer_fleet::process_env)
                 .map_err(|e| e.to_string())?;
-            format!("standalone: {}: ok: {}", path.display(), fleet.summary())
+            let description = format!("standalone: {}: ok: {}", path.display(), fleet.summary());
+            (
+                description,
+                service::Source::Standalone(path.clone(), fleet),
+            )
         }
     };
     let listen = settings
@@ -46,10 +99,13 @@ fn summarize(settings: &Settings) -> Result<String, String> {
     } else {
         "geoip off"
     };
-    Ok(format!(
-        "{source}; {listen}; admin {}; {} trusted proxies; {geoip}",
-        settings.admin,
-        settings.trusted_proxies.len()
+    Ok((
+        format!(
+            "{description}; {listen}; admin {}; {} trusted proxies; {geoip}",
+            settings.admin,
+            settings.trusted_proxies.len()
+        ),
+        source,
     ))
 }
 

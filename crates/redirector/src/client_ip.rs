@@ -1,0 +1,211 @@
+//! The player's address: the socket peer, unless the peer is a trusted proxy,
+//! then the forwarding headers read from the right, skipping trusted hops.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hyper::HeaderMap;
+use hyper::header::{FORWARDED, HeaderName};
+use ipnet::IpNet;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Proxies whose forwarding headers are believed (`--trusted-proxy`).
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Trusts the given networks.
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        TrustedProxies(nets)
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// The address to place the player by. A header from an untrusted peer changes
+/// nothing; with trusted proxies, the rightmost address that is not a trusted
+/// proxy is the player (`Forwarded` if present, else `X-Forwarded-For`).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+    let mut client = canonical(peer);
+    if !trusted.contains(client) {
+        return client;
+    }
+    let hops = forwarded_hops(headers);
+    for hop in hops.iter().rev() {
+        if !trusted.contains(client) {
+            break;
+        }
+        match parse_hop(hop) {
+            Some(ip) => client = ip,
+            // Garbage or an obfuscated identifier: the last address we can vouch for stands.
+            None => break,
+        }
+    }
+    client
+}
+
+/// The hop list, oldest first: `for=` of every `Forwarded` element, else every
+/// `X-Forwarded-For` entry, across repeated headers in order.
+fn forwarded_hops(headers: &HeaderMap) -> Vec<&str> {
+    let values = |name: &HeaderName| headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    if headers.contains_key(FORWARDED) {
+        values(&FORWARDED)
+            .flat_map(|v| v.split(','))
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    key.trim().eq_ignore_ascii_case("for").then_some(value)
+                })
+            })
+            .collect()
+    } else {
+        values(&X_FORWARDED_FOR)
+            .flat_map(|v| v.split(','))
+            .collect()
+    }
+}
+
+/// `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `"[2001:db8::1]:443"`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim().trim_matches('"');
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Ok(addr) = hop.parse::<SocketAddr>() {
+        return Some(canonical(addr.ip()));
+    }
+    let bracketed = hop.strip_prefix('[')?.split(']').next()?;
+    bracketed.parse::<IpAddr>().ok().map(canonical)
+}
+
+/// `::ffff:1.2.3.4` is `1.2.3.4`.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn table() {
+        let trusted = TrustedProxies::new(vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "fd00::/8".parse().unwrap(),
+        ]);
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
+            // An untrusted peer's headers change nothing.
+            (
+                "203.0.113.9",
+                &[("x-forwarded-for", "1.1.1.1")],
+                "203.0.113.9",
+            ),
+            (
+                "203.0.113.9",
+                &[("forwarded", "for=1.1.1.1")],
+                "203.0.113.9",
+            ),
+            // A trusted proxy: the rightmost untrusted hop.
+            ("10.0.0.1", &[("x-forwarded-for", "1.1.1.1")], "1.1.1.1"),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "6.6.6.6, 1.1.1.1, 10.0.0.2")],
+                "1.1.1.1",
+            ),
+            (
+                "10.0.0.1",
+                &[
+                    ("x-forwarded-for", "6.6.6.6"),
+                    ("x-forwarded-for", "1.1.1.1"),
+                ],
+                "1.1.1.1",
+            ),
+            // Spoofed entries to the left of the real client are ignored.
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "10.9.9.9, 1.1.1.1")],
+                "1.1.1.1",
+            ),
+            // Forwarded wins over X-Forwarded-For; ports, quotes and brackets are handled.
+            (
+                "10.0.0.1",
+                &[
+                    ("forwarded", "for=1.1.1.1;proto=http"),
+                    ("x-forwarded-for", "2.2.2.2"),
+                ],
+                "1.1.1.1",
+            ),
+            (
+                "10.0.0.1",
+                &[("forwarded", "for=\"[2001:db8::7]:4711\", for=10.0.0.3")],
+                "2001:db8::7",
+            ),
+            ("10.0.0.1", &[("forwarded", "For=3.3.3.3:80")], "3.3.3.3"),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "::ffff:4.4.4.4")],
+                "4.4.4.4",
+            ),
+            // Garbage stops the walk at the last address we can vouch for.
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "1.1.1.1, garbage")],
+                "10.0.0.1",
+            ),
+            ("10.0.0.1", &[("forwarded", "for=_hidden")], "10.0.0.1"),
+            ("10.0.0.1", &[("forwarded", "by=1.2.3.4")], "10.0.0.1"),
+            ("10.0.0.1", &[], "10.0.0.1"),
+            // Everyone trusted: the leftmost.
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "10.0.0.5, 10.0.0.6")],
+                "10.0.0.5",
+            ),
+            ("fd00::1", &[("x-forwarded-for", "5.5.5.5")], "5.5.5.5"),
+            (
+                "::ffff:10.0.0.1",
+                &[("x-forwarded-for", "5.5.5.5")],
+                "5.5.5.5",
+            ),
+        ];
+        for (peer, hdrs, want) in cases {
+            let got = client_ip(peer.parse().unwrap(), &headers(hdrs), &trusted);
+            assert_eq!(
+                got,
+                want.parse::<IpAddr>().unwrap(),
+                "peer {peer} headers {hdrs:?}"
+            );
+        }
+        let nobody = TrustedProxies::default();
+        let got = client_ip(
+            "10.0.0.1".parse().unwrap(),
+            &headers(&[("x-forwarded-for", "1.1.1.1")]),
+            &nobody,
+        );
+        assert_eq!(
+            got.to_string(),
+            "10.0.0.1",
+            "no trusted proxies: headers ignored"
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! Answering one HTTP request: 302, playlist, 404, 405, 451 or 503.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::client_ip::{TrustedProxies, client_ip};
+use crate::follow::Views;
+use crate::playlist;
+use crate::route::route;
+use crate::select::{Decision, Selector};
+
+/// Seconds a player is asked to wait before retrying when nothing is free.
+const RETRY_AFTER_SECONDS: &str = "10";
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    /// Selection and reservations.
+    pub selector: Selector,
+    /// The current fleet view.
+    pub views: Arc<Views>,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted: TrustedProxies,
+    /// django-icecast-balancer's URL prefix, e.g. `/icecast_balancer`.
+    pub prefix: String,
+}
+
+/// Answers `request` from `peer`. Never fails: every problem is a status code.
+pub async fn handle(
+    app: &App,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let head_only = request.method() == Method::HEAD;
+    let mut response = answer(app, &request, peer).await;
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if head_only {
+        *response.body_mut() = Full::new(Bytes::new());
+    }
+    response
+}
+
+async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Only GET and HEAD are supported.\n",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    if has_body(request) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "A request for a stream has no body.\n",
+        );
+    }
+    let Some(route) = route(request.uri().path(), &app.prefix) else {
+        return text(StatusCode::NOT_FOUND, "No such stream.\n");
+    };
+    let Some(view) = app.views.load() else {
+        return unavailable(
+            "The balancer has no data about the servers yet. Please try again later.\n",
+        );
+    };
+    let client = client_ip(peer.ip(), request.headers(), &app.trusted);
+    let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
+    let decision = app
+        .selector
+        .decide(
+            &view,
+            route.stream,
+            client,
+            route.format,
+            &mut rng,
+            now_ms(),
+        )
+        .await;
+    match decision {
+        Decision::Redirect(url) => redirect(&url, request.uri().query()),
+        Decision::Playlist(urls) => {
+            let urls: Vec<String> = urls
+                .iter()
+                .map(|u| with_query(u, request.uri().query()))
+                .collect();
+            let (content_type, body) = playlist::render(route.format, route.stream, &urls);
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response
+        }
+        Decision::NotFound => text(StatusCode::NOT_FOUND, "No such stream.\n"),
+        Decision::Denied => text(
+            StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+            "This stream is not available in your country.\n",
+        ),
+        Decision::Full => {
+            unavailable("No relay available at the moment. Please try again later.\n")
+        }
+    }
+}
+
+/// A GET with a body (or announcing one) is refused rather than read.
+fn has_body(request: &Request<Incoming>) -> bool {
+    request.headers().contains_key(header::TRANSFER_ENCODING)
+        || request.body().size_hint().lower() > 0
+        || request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// The URL with the request's query string, if it can travel in a header.
+fn with_query(url: &str, query: Option<&str>) -> String {
+    match query.filter(|q| !q.is_empty() && q.bytes().all(|b| b.is_ascii_graphic())) {
+        Some(query) => format!("{url}?{query}"),
+        None => url.to_owned(),
+    }
+}
+
+fn redirect(url: &str, query: Option<&str>) -> Response<Full<Bytes>> {
+    let target = with_query(url, query);
+    let location = HeaderValue::from_str(&target)
+        .or_else(|_| HeaderValue::from_str(url))
+        .unwrap_or_else(|_| HeaderValue::from_static("/"));
+    let mut response = text(StatusCode::FOUND, "Redirecting to a relay.\n");
+    response.headers_mut().insert(header::LOCATION, location);
+    response
+}
+
+fn unavailable(body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, body);
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,173 @@
+//! Choosing the mount for one player: usable mounts only, ranked by geo,
+//! a slot reserved, the fallback stream when nothing is free.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use balancer_geo::{Candidate, Client, GeoDb, RankPolicy, rank_top};
+use balancer_proto::snapshot::v1::{MountState, ServerState};
+
+use crate::reserve::{Observed, Reservations};
+use crate::route::Format;
+use crate::view::{FleetView, MountView};
+
+/// How many candidates a redirect ranks: the choice and spares in case a
+/// reservation fails. A playlist lists this many too.
+const SPARES: usize = 3;
+
+/// What to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// 302 to this URL (public URL and mount).
+    Redirect(String),
+    /// A playlist of these URLs, best (and reserved) first.
+    Playlist(Vec<String>),
+    /// No such stream: 404.
+    NotFound,
+    /// Not licensed in the player's country: 451.
+    Denied,
+    /// No free slot anywhere, fallbacks included: 503.
+    Full,
+}
+
+/// Why a mount cannot take a player now, for logs and `Explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    /// Its server is down (or not yet polled).
+    Down,
+    /// Its server is drained.
+    Drained,
+    /// Its server's data is older than the staleness limit.
+    Stale,
+    /// No source is connected.
+    NoSource,
+    /// No free slot.
+    Full,
+}
+
+/// The selection logic, shared by all connections.
+pub struct Selector {
+    /// GeoIP lookups.
+    pub geo: Arc<GeoDb>,
+    /// This replica's reservations.
+    pub reservations: Arc<Reservations>,
+    /// Ranking tuning.
+    pub policy: RankPolicy,
+    /// Servers whose data is older than this (ms) get no new players.
+    pub max_age_ms: i64,
+}
+
+impl Selector {
+    /// Whether a mount can take a player now, and if not, why.
+    pub fn usable(&self, view: &FleetView, mount: &MountView, now_ms: i64) -> Result<(), Unusable> {
+        let server = &view.servers[mount.server];
+        if server.state != ServerState::Up {
+            return Err(Unusable::Down);
+        }
+        if server.drained {
+            return Err(Unusable::Drained);
+        }
+        if now_ms - server.observed_at_ms > self.max_age_ms {
+            return Err(Unusable::Stale);
+        }
+        if mount.state != MountState::Live {
+            return Err(Unusable::NoSource);
+        }
+        if mount.free_slots == 0 {
+            return Err(Unusable::Full);
+        }
+        Ok(())
+    }
+
+    /// Decides the answer for `client` asking for `stream` as `format`.
+    pub async fn decide(
+        &self,
+        view: &FleetView,
+        stream: &str,
+        client: IpAddr,
+        format: Format,
+        rng: &mut fastrand::Rng,
+        now_ms: i64,
+    ) -> Decision {
+        let Some(first) = view.streams.get(stream) else {
+            return Decision::NotFound;
+        };
+        let place = self.geo.lookup(client);
+        if !first.rule.permits(place.country) {
+            return Decision::Denied;
+        }
+        let client = Client {
+            place,
+            ipv6: client.is_ipv6(),
+        };
+        let mut name = stream;
+        // Follow fallbacks at most once per stream: the config forbids cycles,
+        // this guards against a bad snapshot.
+        for _ in 0..view.streams.len() {
+            let Some(current) = view.streams.get(name) else {
+                break;
+            };
+            if current.rule.permits(place.country)
+                && let Some(decision) = self
+                    .choose(view, &current.mounts, &client, format, rng, now_ms)
+                    .await
+            {
+                return decision;
+            }
+            match &current.fallback {
+                Some(next) => name = next,
+                None => break,
+            }
+        }
+        Decision::Full
+    }
+
+    async fn choose(
+        &self,
+        view: &FleetView,
+        mounts: &[MountView],
+        client: &Client,
+        format: Format,
+        rng: &mut fastrand::Rng,
+        now_ms: i64,
+    ) -> Option<Decision> {
+        let mut candidates = Vec::with_capacity(mounts.len());
+        let mut which = Vec::with_capacity(mounts.len());
+        for (i, mount) in mounts.iter().enumerate() {
+            if self.usable(view, mount, now_ms).is_ok() {
+                let server = &view.servers[mount.server];
+                candidates.push(Candidate {
+                    place: server.place,
+                    free_slots: mount.free_slots,
+                    weight: server.weight,
+                    ipv4: server.ipv4,
+                    ipv6: server.ipv6,
+                });
+                which.push(i);
+            }
+        }
+        let order = rank_top(client, &candidates, &self.policy, rng, SPARES);
+        for (position, &candidate) in order.iter().enumerate() {
+            let mount = &mounts[which[candidate]];
+            let server = &view.servers[mount.server];
+            let observed = Observed {
+                server: &server.name,
+                mount: &mount.mount,
+                observed_at_ms: server.observed_at_ms,
+                free_slots: mount.free_slots,
+            };
+            if self.reservations.take(&mount.slots, observed, now_ms).await {
+                return Some(match format {
+                    Format::Redirect => Decision::Redirect(mount.url.clone()),
+                    _ => {
+                        let rest = order[position + 1..]
+                            .iter()
+                            .map(|&c| mounts[which[c]].url.clone());
+                        Decision::Playlist(std::iter::once(mount.url.clone()).chain(rest).collect())
+                    }
+                });
+            }
+        }
+        None
+    }
+}

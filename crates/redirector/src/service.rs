@@ -1,0 +1,297 @@
+//! Running a redirector: the snapshot source (Redis, or an in-process poller),
+//! the player-facing server, the admin server, and a bounded shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use balancer_fleet::Fleet;
+use balancer_geo::{GeoDb, RankPolicy};
+use balancer_service::{Health, Signal, serve_admin};
+use balancer_store::{Keys, MemoryStore, RedisStore};
+use icecast_poller::service::{Command, Poller};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::client_ip::TrustedProxies;
+use crate::follow::{Views, follow_memory, follow_redis};
+use crate::http::{App, now_ms};
+use crate::reserve::Reservations;
+use crate::select::Selector;
+use crate::server::serve;
+
+/// Everything shutdown may take, end to end.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
+/// How often a redirector re-reads the snapshot version from Redis in case a
+/// notification was lost.
+const REFRESH: Duration = Duration::from_secs(1);
+/// How often a replica tells the others it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often GeoIP files are checked for replacement.
+const GEOIP_CHECK: Duration = Duration::from_secs(10);
+
+/// Where the fleet picture comes from.
+pub enum Source {
+    /// A poller's snapshots in Redis.
+    Redis(url::Url),
+    /// An in-process poller reading this fleet file (standalone mode).
+    Standalone(PathBuf, Fleet),
+}
+
+/// What `run` needs besides its sockets.
+pub struct Options {
+    /// Where the fleet picture comes from.
+    pub source: Source,
+    /// City or Country database.
+    pub geoip_city: Option<PathBuf>,
+    /// ASN database.
+    pub geoip_asn: Option<PathBuf>,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted: TrustedProxies,
+    /// django-icecast-balancer's URL prefix.
+    pub prefix: String,
+    /// Staleness limit for server data.
+    pub max_data_age: Duration,
+    /// Time a player may take to connect after a redirect.
+    pub connect_grace: Duration,
+    /// Time to keep answering after health turns NOT_SERVING.
+    pub drain_delay: Duration,
+}
+
+/// Runs until SIGTERM (or the signal channel closes), then shuts down within 10 s.
+pub async fn run(
+    options: Options,
+    listener: TcpListener,
+    admin: TcpListener,
+    mut signals: mpsc::Receiver<Signal>,
+) -> Result<(), String> {
+    let (geo, errors) = GeoDb::open(options.geoip_city.clone(), options.geoip_asn.clone());
+    for error in errors {
+        tracing::warn!(%error, "GeoIP database unavailable; ranking without it");
+    }
+    let geo = Arc::new(geo);
+    let identity = identity();
+    let views = Arc::new(Views::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let ttl = options.max_data_age + options.connect_grace + Duration::from_secs(5);
+    let mut poller_commands = None;
+    let reservations = match options.source {
+        Source::Redis(url) => {
+            let store = RedisStore::new(url.as_str(), Keys::default(), Duration::from_millis(500))
+                .map_err(|e| format!("--redis: {e}"))?;
+            let reservations = Arc::new(Reservations::new(
+                Some(store.clone()),
+                identity.clone(),
+                options.connect_grace,
+                ttl,
+            ));
+            tokio::spawn(follow_redis(
+                store.clone(),
+                views.clone(),
+                geo.clone(),
+                reservations.clone(),
+                REFRESH,
+                stop.clone(),
+            ));
+            tokio::spawn(heartbeat(
+                store,
+                identity.clone(),
+                reservations.clone(),
+                stop.clone(),
+            ));
+            reservations
+        }
+        Source::Standalone(path, fleet) => {
+            let memory = MemoryStore::new();
+            let reservations = Arc::new(Reservations::new(
+                None,
+                identity.clone(),
+                options.connect_grace,
+                ttl,
+            ));
+            let (poller, _status) = Poller::new(
+                path,
+                balancer_fleet::process_env,
+                fleet,
+                memory.clone(),
+                identity.clone(),
+            );
+            let (commands, command_rx) = mpsc::channel(4);
+            poller_commands = Some(commands);
+            let mut poller_stop = stop.clone();
+            tokio::spawn(poller.run(command_rx, async move {
+                let _ = poller_stop.wait_for(|s| *s).await;
+            }));
+            tokio::spawn(follow_memory(
+                memory.subscribe(),
+                views.clone(),
+                geo.clone(),
+                reservations.clone(),
+            ));
+            reservations
+        }
+    };
+    tokio::spawn(watch_geoip(geo.clone(), stop.clone()));
+
+    let max_age_ms = i64::try_from(options.max_data_age.as_millis()).unwrap_or(i64::MAX);
+    let app = Arc::new(App {
+        selector: Selector {
+            geo: geo.clone(),
+            reservations,
+            policy: RankPolicy::default(),
+            max_age_ms,
+        },
+        views: views.clone(),
+        trusted: options.trusted,
+        prefix: options.prefix,
+    });
+
+    let (health_tx, health_rx) = oneshot::channel();
+    let (stop_admin, admin_stopped) = oneshot::channel::<()>();
+    let admin_server = tokio::spawn(serve_admin(
+        admin,
+        |health| {
+            let _ = health_tx.send(health);
+        },
+        async {
+            let _ = admin_stopped.await;
+        },
+    ));
+    let health = health_rx
+        .await
+        .map_err(|_| "the admin server did not start".to_owned())?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    tokio::spawn(report_health(
+        health.clone(),
+        views.clone(),
+        max_age_ms,
+        stopping.clone(),
+    ));
+
+    let (stop_http, http_stopped) = oneshot::channel::<()>();
+    let grace = SHUTDOWN_BUDGET.saturating_sub(options.drain_delay + Duration::from_secs(1));
+    let http = tokio::spawn(serve(
+        listener,
+        app,
+        async {
+            let _ = http_stopped.await;
+        },
+        grace,
+    ));
+
+    while let Some(signal) = signals.recv().await {
+        match signal {
+            Signal::Reload => {
+                tracing::info!(
+                    "SIGHUP: reloading GeoIP databases{}",
+                    if poller_commands.is_some() {
+                        " and the fleet config"
+                    } else {
+                        ""
+                    }
+                );
+                for error in geo.reload() {
+                    tracing::error!(%error, "GeoIP reload refused; the loaded database stays");
+                }
+                if let Some(commands) = &poller_commands {
+                    let _ = commands.send(Command::Reload).await;
+                }
+            }
+            Signal::Terminate => break,
+        }
+    }
+    tracing::info!(drain = ?options.drain_delay, "shutting down: NOT_SERVING, then draining");
+    stopping.store(true, Ordering::Relaxed);
+    health.set(false).await;
+    tokio::time::sleep(options.drain_delay).await;
+    let _ = stop_http.send(());
+    let _ = tokio::time::timeout(grace + Duration::from_millis(200), http).await;
+    let _ = stop_tx.send(true);
+    let _ = stop_admin.send(());
+    let mut admin_server = admin_server;
+    if tokio::time::timeout(Duration::from_millis(500), &mut admin_server)
+        .await
+        .is_err()
+    {
+        admin_server.abort();
+    }
+    Ok(())
+}
+
+/// SERVING while a snapshot with fresh data is loaded and no shutdown started.
+async fn report_health(
+    health: Health,
+    views: Arc<Views>,
+    max_age_ms: i64,
+    stopping: Arc<AtomicBool>,
+) {
+    let mut last = None;
+    loop {
+        let fresh = views
+            .load()
+            .is_some_and(|v| now_ms() - v.newest_observation_ms() <= max_age_ms);
+        let serving = fresh && !stopping.load(Ordering::Relaxed);
+        if last != Some(serving) {
+            if last.is_some() || serving {
+                tracing::info!(serving, "health changed");
+            }
+            health.set(serving).await;
+            last = Some(serving);
+        }
+        if stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Tells the other replicas this one is alive, and learns how many there are.
+async fn heartbeat(
+    store: RedisStore,
+    id: String,
+    reservations: Arc<Reservations>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        match store.heartbeat(&id, now_ms(), HEARTBEAT * 5).await {
+            Ok(replicas) => reservations.set_replicas(replicas),
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat failed; keeping the last replica count")
+            }
+        }
+    }
+}
+
+/// Picks up GeoIP files replaced on disk.
+async fn watch_geoip(geo: Arc<GeoDb>, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(GEOIP_CHECK);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        for error in geo.reload_if_changed() {
+            tracing::warn!(%error, "GeoIP file changed but cannot be loaded; keeping the old one");
+        }
+    }
+}
+
+/// A name for this replica: host, process id and start time.
+fn identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".to_owned());
+    format!("{host}:{}:{}", std::process::id(), now_ms())
+}
+
+/// Formats an address for logs.
+pub fn describe(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "?".to_owned(), |a| a.to_string())
+}

@@ -1,0 +1,171 @@
+//! A snapshot prepared for answering players: streams indexed by name, server
+//! places looked up once, reservation pools attached to their mounts.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use balancer_geo::{Code, Coordinates, CountryRule, GeoDb, Place};
+use balancer_proto::snapshot::v1::{MountState, ServerState, Snapshot};
+
+use crate::reserve::{Reservations, SlotPool};
+
+/// One snapshot, ready for selection. Immutable; swapped whole when a newer one arrives.
+pub struct FleetView {
+    /// The snapshot's version.
+    pub version: u64,
+    /// When the poller published it (ms since the epoch).
+    pub published_at_ms: i64,
+    /// Servers, in snapshot order.
+    pub servers: Vec<ServerView>,
+    /// Streams by name.
+    pub streams: HashMap<String, StreamView>,
+}
+
+/// A server as selection needs it.
+pub struct ServerView {
+    /// Its name.
+    pub name: String,
+    /// Health after hysteresis.
+    pub state: ServerState,
+    /// Drained by an operator.
+    pub drained: bool,
+    /// When its data was read (ms since the epoch).
+    pub observed_at_ms: i64,
+    /// Where it is.
+    pub place: Place,
+    /// Operator weight.
+    pub weight: u32,
+    /// Reachable over IPv4 (its public address is not an IPv6 literal).
+    pub ipv4: bool,
+    /// Reachable over IPv6 (its public address is not an IPv4 literal).
+    pub ipv6: bool,
+    /// Why its last poll failed, if it did.
+    pub last_error: String,
+}
+
+/// A stream.
+pub struct StreamView {
+    /// Its mounts, in config order.
+    pub mounts: Vec<MountView>,
+    /// The stream to use when every mount is full.
+    pub fallback: Option<String>,
+    /// Where it may be played.
+    pub rule: CountryRule,
+}
+
+/// A mount of a stream.
+pub struct MountView {
+    /// Index into [`FleetView::servers`].
+    pub server: usize,
+    /// The mount path.
+    pub mount: String,
+    /// Live or not.
+    pub state: MountState,
+    /// Free slots the poll saw.
+    pub free_slots: u32,
+    /// Where players are sent: public URL and mount, without a query.
+    pub url: String,
+    /// This replica's reservations for the mount; shared across views.
+    pub slots: Arc<SlotPool>,
+}
+
+impl FleetView {
+    /// Prepares `snapshot`, placing servers with `geo` and attaching the pools of `reservations`.
+    pub fn build(snapshot: &Snapshot, geo: &GeoDb, reservations: &Reservations) -> FleetView {
+        let servers: Vec<ServerView> = snapshot
+            .servers
+            .iter()
+            .map(|s| {
+                let address = host_address(&s.public_url);
+                let location = s
+                    .location
+                    .as_ref()
+                    .and_then(|l| Coordinates::new(l.lat, l.lon).ok());
+                ServerView {
+                    name: s.name.clone(),
+                    state: s.state(),
+                    drained: s.drained,
+                    observed_at_ms: s.observed_at_ms,
+                    place: geo.server_place(location, Code::new(&s.country), address),
+                    weight: s.weight.max(1),
+                    ipv4: !matches!(address, Some(IpAddr::V6(_))),
+                    ipv6: !matches!(address, Some(IpAddr::V4(_))),
+                    last_error: s.last_error.clone(),
+                }
+            })
+            .collect();
+        let index: HashMap<&str, usize> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        let public_urls: HashMap<&str, &str> = snapshot
+            .servers
+            .iter()
+            .map(|s| (s.name.as_str(), s.public_url.as_str()))
+            .collect();
+        let streams = snapshot
+            .streams
+            .iter()
+            .map(|stream| {
+                let mounts = stream
+                    .mounts
+                    .iter()
+                    .filter_map(|m| {
+                        let server = *index.get(m.server.as_str())?;
+                        let base = public_urls.get(m.server.as_str())?;
+                        Some(MountView {
+                            server,
+                            mount: m.mount.clone(),
+                            state: m.state(),
+                            free_slots: m.free_slots,
+                            url: format!("{}{}", base.trim_end_matches('/'), m.mount),
+                            slots: reservations.pool(&m.server, &m.mount),
+                        })
+                    })
+                    .collect();
+                let codes =
+                    |list: &[String]| list.iter().filter_map(|c| Code::new(c)).collect::<Vec<_>>();
+                let rule = if !stream.allow_countries.is_empty() {
+                    CountryRule::Only(codes(&stream.allow_countries))
+                } else if !stream.deny_countries.is_empty() {
+                    CountryRule::Except(codes(&stream.deny_countries))
+                } else {
+                    CountryRule::Anyone
+                };
+                let view = StreamView {
+                    mounts,
+                    fallback: Some(stream.fallback.clone()).filter(|f| !f.is_empty()),
+                    rule,
+                };
+                (stream.name.clone(), view)
+            })
+            .collect();
+        FleetView {
+            version: snapshot.version,
+            published_at_ms: snapshot.published_at_ms,
+            servers,
+            streams,
+        }
+    }
+
+    /// The newest observation of any server, to judge if the whole view is stale.
+    pub fn newest_observation_ms(&self) -> i64 {
+        self.servers
+            .iter()
+            .map(|s| s.observed_at_ms)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The IP address in a URL's host, if the host is a literal address.
+fn host_address(url: &str) -> Option<IpAddr> {
+    let host = url::Url::parse(url).ok()?.host()?.to_owned();
+    match host {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
+    }
+}
