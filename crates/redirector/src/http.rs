@@ -75,6 +75,9 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
     };
     let client = client_ip(peer.ip(), request.headers(), &app.trusted);
     let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
+    // A HEAD request is a probe, not a player: it takes no slot.
+    let reserve = request.method() != Method::HEAD;
+    let now = now_ms();
     let decision = app
         .selector
         .decide(
@@ -82,8 +85,9 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
             route.stream,
             client,
             route.format,
+            reserve,
             &mut rng,
-            now_ms(),
+            now,
         )
         .await;
     match decision {

@@ -79,13 +79,16 @@ impl Selector {
         Ok(())
     }
 
-    /// Decides the answer for `client` asking for `stream` as `format`.
+    /// Decides the answer for `client` asking for `stream` as `format`. With
+    /// `reserve` false (a HEAD probe, not a player), no slot is taken.
+    #[allow(clippy::too_many_arguments)]
     pub async fn decide(
         &self,
         view: &FleetView,
         stream: &str,
         client: IpAddr,
         format: Format,
+        reserve: bool,
         rng: &mut fastrand::Rng,
         now_ms: i64,
     ) -> Decision {
@@ -109,7 +112,7 @@ impl Selector {
             };
             if current.rule.permits(place.country)
                 && let Some(decision) = self
-                    .choose(view, &current.mounts, &client, format, rng, now_ms)
+                    .choose(view, &current.mounts, &client, format, reserve, rng, now_ms)
                     .await
             {
                 return decision;
@@ -119,15 +122,32 @@ impl Selector {
                 None => break,
             }
         }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let reasons: Vec<String> = first
+                .mounts
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}{}: {:?}",
+                        view.servers[m.server].name,
+                        m.mount,
+                        self.usable(view, m, now_ms)
+                    )
+                })
+                .collect();
+            tracing::debug!(stream, ?reasons, "no free slot");
+        }
         Decision::Full
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn choose(
         &self,
         view: &FleetView,
         mounts: &[MountView],
         client: &Client,
         format: Format,
+        reserve: bool,
         rng: &mut fastrand::Rng,
         now_ms: i64,
     ) -> Option<Decision> {
@@ -147,6 +167,7 @@ impl Selector {
             }
         }
         let order = rank_top(client, &candidates, &self.policy, rng, SPARES);
+        tracing::trace!(?order, candidates = candidates.len(), "ranked");
         for (position, &candidate) in order.iter().enumerate() {
             let mount = &mounts[which[candidate]];
             let server = &view.servers[mount.server];
@@ -156,7 +177,7 @@ impl Selector {
                 observed_at_ms: server.observed_at_ms,
                 free_slots: mount.free_slots,
             };
-            if self.reservations.take(&mount.slots, observed, now_ms).await {
+            if !reserve || self.reservations.take(&mount.slots, observed, now_ms).await {
                 return Some(match format {
                     Format::Redirect => Decision::Redirect(mount.url.clone()),
                     _ => {

@@ -1,0 +1,6 @@
+//! The redirector binary with real icecast2, redis-server, poller and players.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod standalone;
+mod support;

@@ -1,0 +1,162 @@
+//! Starting the redirector (and poller) binaries, and asking them for streams.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use balancer_testkit::{ChildProcess, IcecastServer, RedisServer, free_port};
+use tempfile::TempDir;
+
+/// Poll often so tests are quick.
+pub(crate) const POLLER_TABLE: &str =
+    "[poller]\ninterval = \"250ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 3\n";
+/// How long tests wait for something that should take a few poll cycles.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(15);
+
+/// A running binary of ours with its ports.
+pub(crate) struct Service {
+    pub(crate) process: ChildProcess,
+    pub(crate) listen: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Service {
+    /// `icecast-redirector` standalone on `fleet` (TOML text).
+    pub(crate) async fn standalone(fleet: &str, extra: &[&str]) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.toml");
+        std::fs::write(&path, fleet).unwrap();
+        let mut args = vec!["--fleet".to_owned(), path.display().to_string()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Service::redirector(dir, args).await
+    }
+
+    /// `icecast-redirector` following `redis`.
+    pub(crate) async fn following(redis: &RedisServer, extra: &[&str]) -> Service {
+        let mut args = vec!["--redis".to_owned(), redis.url()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Service::redirector(tempfile::tempdir().unwrap(), args).await
+    }
+
+    async fn redirector(dir: TempDir, mut args: Vec<String>) -> Service {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        args.extend([
+            "--listen".to_owned(),
+            listen.to_string(),
+            "--admin".to_owned(),
+            admin.to_string(),
+        ]);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_icecast-redirector"));
+        command
+            .args(&args)
+            .env("RUST_LOG", "info,icecast_redirector=debug");
+        let process = ChildProcess::spawn(
+            "icecast-redirector",
+            &mut command,
+            &dir.path().join("redirector.log"),
+        );
+        let mut service = Service {
+            process,
+            listen,
+            admin,
+            _dir: dir,
+        };
+        service.wait_port(listen).await;
+        service
+    }
+
+    /// `icecast-poller` on `fleet` publishing to `redis`.
+    pub(crate) async fn poller(fleet: &str, redis: &RedisServer) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let path: PathBuf = dir.path().join("fleet.toml");
+        std::fs::write(&path, fleet).unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // Another package's binary: built beside ours by a workspace build.
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_icecast-redirector"))
+            .with_file_name("icecast-poller");
+        assert!(
+            binary.exists(),
+            "{} is missing: run `cargo build -p icecast-poller` (cargo xtask test does)",
+            binary.display()
+        );
+        let mut command = Command::new(binary);
+        command
+            .arg("--config")
+            .arg(&path)
+            .args(["--redis", &redis.url(), "--admin", &admin.to_string()])
+            .env("RUST_LOG", "info");
+        let process = ChildProcess::spawn(
+            "icecast-poller",
+            &mut command,
+            &dir.path().join("poller.log"),
+        );
+        let mut service = Service {
+            process,
+            listen: admin,
+            admin,
+            _dir: dir,
+        };
+        service.wait_port(admin).await;
+        service
+    }
+
+    async fn wait_port(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if let Some(status) = self.process.exited() {
+                panic!("exited ({status}): {}", self.process.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "port {addr} never opened: {}",
+                self.process.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `http://LISTEN/path`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+}
+
+/// An HTTP client that does not follow redirects, to look at 302s.
+pub(crate) fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// Asks until the redirector answers `status` (it may still be waiting for data).
+pub(crate) async fn wait_status(url: &str, status: u16) -> reqwest::Response {
+    let client = client();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok(response) = client.get(url).send().await {
+            if response.status().as_u16() == status {
+                return response;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} never answered {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `Location` of a response.
+pub(crate) fn location(response: &reqwest::Response) -> String {
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// A `[[server]]` block for a test Icecast polled through `/admin/stats`.
+pub(crate) fn server_block(name: &str, icecast: &IcecastServer, extra: &str) -> String {
+    format!(
+        "[[server]]\nname = \"{name}\"\nurl = \"{}\"\nadmin_user = \"admin\"\nadmin_password = \"testkit-admin\"\n{extra}\n",
+        icecast.base_url()
+    )
+}
