@@ -70,6 +70,7 @@ fn main() {
                     asn: Some(64_500 + rng.u32(..100)),
                 },
                 free_slots: rng.u32(1..500),
+                limit: Some(500),
                 weight: 100,
                 ipv4: true,
                 ipv6: true,

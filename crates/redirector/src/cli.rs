@@ -73,6 +73,11 @@ pub struct Args {
     #[arg(long, env = "ICB_CONNECT_GRACE", value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     pub connect_grace: Duration,
 
+    /// Close a connection whose request head is still arriving after this, and
+    /// idle keep-alive connections after it (at most 10s).
+    #[arg(long, env = "ICB_HEADER_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
     /// On SIGTERM, keep answering this long after health turns NOT_SERVING, so
     /// load balancers stop sending players first.
     #[arg(long, env = "ICB_DRAIN_DELAY", value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
@@ -122,6 +127,8 @@ pub struct Settings {
     pub connect_grace: Duration,
     /// Time to keep answering after health turns NOT_SERVING on SIGTERM.
     pub drain_delay: Duration,
+    /// Time allowed for a request head, and for an idle keep-alive connection.
+    pub header_timeout: Duration,
 }
 
 impl Args {
@@ -161,6 +168,9 @@ impl Args {
                 self.prefix
             ));
         }
+        if self.header_timeout.is_zero() || self.header_timeout > Duration::from_secs(10) {
+            return Err("--header-timeout must be between 1ms and 10s".into());
+        }
         if self.drain_delay > Duration::from_secs(8) {
             return Err("--drain-delay must be at most 8s: shutdown ends within 10s".into());
         }
@@ -169,6 +179,7 @@ impl Args {
             max_data_age: self.max_data_age,
             connect_grace: self.connect_grace,
             drain_delay: self.drain_delay,
+            header_timeout: self.header_timeout,
             source,
             listen: self.listen,
             admin: self.admin,

@@ -69,6 +69,7 @@ fn main() -> ExitCode {
             max_data_age: settings.max_data_age,
             connect_grace: settings.connect_grace,
             drain_delay: settings.drain_delay,
+            header_timeout: settings.header_timeout,
         };
         match service::run(options, listener, admin, signals).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -159,6 +159,7 @@ impl Selector {
                 candidates.push(Candidate {
                     place: server.place,
                     free_slots: mount.free_slots,
+                    limit: mount.limit,
                     weight: server.weight,
                     ipv4: server.ipv4,
                     ipv6: server.ipv6,

@@ -15,23 +15,22 @@ use crate::http::{App, handle};
 
 /// The largest request head accepted; a bigger one gets 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// A request head still arriving after this is cut off, and an idle
-/// keep-alive connection is closed after it.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves players on `listener` until `shutdown` completes, then waits up to
-/// `grace` for requests in flight before returning.
+/// `grace` for requests in flight before returning. A request head still
+/// arriving after `header_timeout` is cut off, and so is an idle connection.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    header_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     tokio::pin!(shutdown);

@@ -58,6 +58,8 @@ pub struct Options {
     pub connect_grace: Duration,
     /// Time to keep answering after health turns NOT_SERVING.
     pub drain_delay: Duration,
+    /// Time allowed for a request head.
+    pub header_timeout: Duration,
 }
 
 /// Runs until SIGTERM (or the signal channel closes), then shuts down within 10 s.
@@ -179,6 +181,7 @@ pub async fn run(
             let _ = http_stopped.await;
         },
         grace,
+        options.header_timeout,
     ));
 
     while let Some(signal) = signals.recv().await {

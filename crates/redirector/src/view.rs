@@ -64,6 +64,8 @@ pub struct MountView {
     pub state: MountState,
     /// Free slots the poll saw.
     pub free_slots: u32,
+    /// The mount's listener limit; `None` when unlimited.
+    pub limit: Option<u32>,
     /// Where players are sent: public URL and mount, without a query.
     pub url: String,
     /// This replica's reservations for the mount; shared across views.
@@ -120,6 +122,7 @@ impl FleetView {
                             mount: m.mount.clone(),
                             state: m.state(),
                             free_slots: m.free_slots,
+                            limit: m.max_listeners,
                             url: format!("{}{}", base.trim_end_matches('/'), m.mount),
                             slots: reservations.pool(&m.server, &m.mount),
                         })

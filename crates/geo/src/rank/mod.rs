@@ -5,9 +5,10 @@
 //! 2. Each gets a tier: same network (ASN) 0, same country 1, same continent 2,
 //!    elsewhere 3; and a great-circle distance when both places are known.
 //! 3. The best group is the best tier's candidates within a distance band
-//!    around its closest one (like mirrorbits' 1.5x range). If the group has
-//!    fewer free slots than `spill_below`, the next-best candidates join it,
-//!    so a lone, nearly full server does not take its whole region.
+//!    around its closest one (like mirrorbits' 1.5x range). While the group
+//!    has less than `nearly_full` (10%) of its listener limit free, the
+//!    next-best candidates join it, so a nearly full server does not take its
+//!    whole region; a small server with room keeps its region.
 //! 4. The group's first places are drawn at random, each in proportion to
 //!    free slots times weight, so a crowd spreads; the rest follow by tier and
 //!    distance. [`rank_top`] computes only the first few places, which is all a
@@ -39,6 +40,8 @@ pub struct Candidate {
     pub place: Place,
     /// Listeners it can still take (after reservations).
     pub free_slots: u32,
+    /// Its listener limit; `None` when unlimited (never nearly full).
+    pub limit: Option<u32>,
     /// Operator weight, 1..=1000.
     pub weight: u32,
     /// Reachable over IPv4.
@@ -54,8 +57,9 @@ pub struct RankPolicy {
     pub distance_band: f64,
     /// ... plus this many kilometres, so servers in one city count as equals.
     pub band_slack_km: f64,
-    /// A best group with fewer free slots than this takes in the next-best candidates.
-    pub spill_below: u32,
+    /// A best group with less than this share of its listener limit free takes
+    /// in the next-best candidates.
+    pub nearly_full: f64,
 }
 
 impl Default for RankPolicy {
@@ -63,7 +67,7 @@ impl Default for RankPolicy {
         RankPolicy {
             distance_band: 1.5,
             band_slack_km: 50.0,
-            spill_below: 20,
+            nearly_full: 0.1,
         }
     }
 }
@@ -125,19 +129,18 @@ pub fn rank_top(
             group += 1;
         }
     }
-    let free = |s: &[Scored]| {
-        s.iter()
-            .map(|s| u64::from(candidates[s.index].free_slots))
-            .sum::<u64>()
-    };
+    // Free slots and limits of the group; an unlimited member is never nearly full.
+    let mut room = Room::default();
+    for s in &scored[..group] {
+        room.add(&candidates[s.index]);
+    }
     let mut rest_sorted = false;
-    let mut room = free(&scored[..group]);
-    if room < u64::from(policy.spill_below) && group < scored.len() {
-        // Too little room nearby: the next-best candidates join the group.
+    if room.nearly_full(policy) && group < scored.len() {
+        // Little room nearby: the next-best candidates join the group.
         scored[group..].sort_by(by_tier_and_chord);
         rest_sorted = true;
-        while room < u64::from(policy.spill_below) && group < scored.len() {
-            room += u64::from(candidates[scored[group].index].free_slots);
+        while room.nearly_full(policy) && group < scored.len() {
+            room.add(&candidates[scored[group].index]);
             group += 1;
         }
     }
@@ -177,6 +180,37 @@ pub fn rank_top(
         order.extend(scored[draws..].iter().take(k - draws).map(|s| s.index));
     }
     order
+}
+
+/// Free slots and listener limits of a group of candidates.
+struct Room {
+    free: f64,
+    /// `None` once an unlimited candidate is in the group.
+    limit: Option<f64>,
+}
+
+impl Default for Room {
+    fn default() -> Self {
+        Room {
+            free: 0.0,
+            limit: Some(0.0),
+        }
+    }
+}
+
+impl Room {
+    fn add(&mut self, candidate: &Candidate) {
+        self.free += f64::from(candidate.free_slots);
+        self.limit = self
+            .limit
+            .zip(candidate.limit)
+            .map(|(sum, l)| sum + f64::from(l));
+    }
+
+    fn nearly_full(&self, policy: &RankPolicy) -> bool {
+        self.limit
+            .is_some_and(|limit| self.free < policy.nearly_full * limit)
+    }
 }
 
 fn by_tier_and_chord(a: &Scored, b: &Scored) -> std::cmp::Ordering {

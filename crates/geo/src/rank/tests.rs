@@ -16,6 +16,7 @@ fn server(place: Place, free: u32) -> Candidate {
     Candidate {
         place,
         free_slots: free,
+        limit: Some(free.max(1) * 2),
         weight: 100,
         ipv4: true,
         ipv6: true,
@@ -112,16 +113,35 @@ fn the_distance_band_keeps_near_equals_together() {
 
 #[test]
 fn a_nearly_full_lone_server_does_not_swallow_its_region() {
+    let nearly_full = Candidate {
+        limit: Some(400),
+        ..server(at(VIENNA), 4)
+    };
     let candidates = [
-        server(at(VIENNA), 4),
+        nearly_full,
         server(place("DE", "EU", MUNICH.0, MUNICH.1, None), 400),
     ];
     let counts = first_choices(&client(at(VIENNA)), &candidates, 10_000, 6);
-    // Vienna has 4 of the group's 404 free slots: about 1% of first choices.
+    // Vienna has 4 of its 400 free (1%): it shares with Munich by free slots, 4 of 404.
     assert!((50..=200).contains(&counts[0]), "{counts:?}");
-    // With room, it takes its whole region.
-    let roomy = [server(at(VIENNA), 40), candidates[1]];
-    assert_eq!(first_choices(&client(at(VIENNA)), &roomy, 500, 7), [500, 0]);
+    // A small server with room keeps its region: 2 of 2 free.
+    let small = Candidate {
+        limit: Some(2),
+        ..server(at(VIENNA), 2)
+    };
+    assert_eq!(
+        first_choices(&client(at(VIENNA)), &[small, candidates[1]], 500, 7),
+        [500, 0]
+    );
+    // So does an unlimited one.
+    let unlimited = Candidate {
+        limit: None,
+        ..nearly_full
+    };
+    assert_eq!(
+        first_choices(&client(at(VIENNA)), &[unlimited, candidates[1]], 500, 8),
+        [500, 0]
+    );
 }
 
 #[test]
@@ -189,6 +209,7 @@ fn random_case(rng: &mut fastrand::Rng) -> (Client, Vec<Candidate>) {
             } else {
                 rng.u32(1..2000)
             },
+            limit: rng.bool().then(|| rng.u32(2000..4000)),
             weight: rng.u32(1..=1000),
             ipv4: rng.u8(..5) > 0,
             ipv6: rng.bool(),

@@ -2,5 +2,9 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod crowd;
+mod geo;
+mod limits;
+mod outages;
 mod standalone;
 mod support;

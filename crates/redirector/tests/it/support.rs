@@ -19,7 +19,7 @@ pub(crate) struct Service {
     pub(crate) process: ChildProcess,
     pub(crate) listen: SocketAddr,
     pub(crate) admin: SocketAddr,
-    _dir: TempDir,
+    pub(crate) _dir: TempDir,
 }
 
 impl Service {
@@ -138,10 +138,10 @@ pub(crate) async fn wait_status(url: &str, status: u16) -> reqwest::Response {
     let client = client();
     let deadline = Instant::now() + PATIENCE;
     loop {
-        if let Ok(response) = client.get(url).send().await {
-            if response.status().as_u16() == status {
-                return response;
-            }
+        if let Ok(response) = client.get(url).send().await
+            && response.status().as_u16() == status
+        {
+            return response;
         }
         assert!(Instant::now() < deadline, "{url} never answered {status}");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -159,4 +159,77 @@ pub(crate) fn server_block(name: &str, icecast: &IcecastServer, extra: &str) -> 
         "[[server]]\nname = \"{name}\"\nurl = \"{}\"\nadmin_user = \"admin\"\nadmin_password = \"testkit-admin\"\n{extra}\n",
         icecast.base_url()
     )
+}
+
+/// A fleet with one stream `s` carried by `/s.ogg` on every server, polled through `status`.
+pub(crate) fn one_stream_fleet(servers: &[(&str, &IcecastServer, &str)], status: &str) -> String {
+    let mut fleet = POLLER_TABLE.to_owned();
+    let mut mounts = Vec::new();
+    for (name, icecast, extra) in servers {
+        fleet += &server_block(name, icecast, &format!("status = \"{status}\"\n{extra}"));
+        mounts.push(format!("{{ server = \"{name}\", mount = \"/s.ogg\" }}"));
+    }
+    fleet
+        + &format!(
+            "[[stream]]\nname = \"s\"\nmounts = [{}]\n",
+            mounts.join(", ")
+        )
+}
+
+/// A poller and `replicas` redirectors on one Redis, ready to redirect `/s`.
+pub(crate) async fn balancer(
+    redis: &RedisServer,
+    fleet: &str,
+    replicas: usize,
+    extra: &[&str],
+) -> (Service, Vec<Service>) {
+    let poller = Service::poller(fleet, redis).await;
+    let mut redirectors = Vec::new();
+    for _ in 0..replicas {
+        redirectors.push(Service::following(redis, extra).await);
+    }
+    for redirector in &redirectors {
+        wait_health(redirector, true).await;
+    }
+    (poller, redirectors)
+}
+
+/// Waits until the service's gRPC health says SERVING (or NOT_SERVING).
+pub(crate) async fn wait_health(service: &Service, serving: bool) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let want = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = async {
+            let channel =
+                tonic::transport::Channel::from_shared(format!("http://{}", service.admin))
+                    .ok()?
+                    .connect()
+                    .await
+                    .ok()?;
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+            let reply = client
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .ok()?;
+            Some(reply.into_inner().status())
+        }
+        .await;
+        if status == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health never became {want:?}: {}",
+            service.process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

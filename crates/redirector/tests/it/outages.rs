@@ -1,0 +1,149 @@
+//! Dead servers, Redis going away or freezing, and shutdown.
+
+use std::time::{Duration, Instant};
+
+use balancer_testkit::{IcecastServer, IcecastSpec, MountSpec, Player, RedisServer};
+
+use crate::support::*;
+
+fn spec() -> IcecastSpec {
+    IcecastSpec::new([MountSpec::ogg("/s.ogg").max_listeners(500)])
+}
+
+#[tokio::test]
+async fn a_killed_server_gets_no_players_once_marked_down() {
+    let (redis, mut servers) = tokio::join!(
+        RedisServer::start(),
+        IcecastServer::start_many([spec(), spec()])
+    );
+    let fleet = one_stream_fleet(
+        &[("one", &servers[0], ""), ("two", &servers[1], "")],
+        "admin",
+    );
+    let (_poller, replicas) = balancer(&redis, &fleet, 1, &[]).await;
+    let redirector = &replicas[0];
+    let dead = servers[1].mount_url("/s.ogg");
+    servers[1].kill();
+    let killed = Instant::now();
+    // Until the poller marks it down (3 polls of 250 ms), it may still be chosen.
+    let client = client();
+    loop {
+        let mut seen_dead = false;
+        for _ in 0..20 {
+            let response = client.get(redirector.url("/s")).send().await.unwrap();
+            assert_eq!(response.status(), 302);
+            seen_dead |= location(&response) == dead;
+        }
+        if !seen_dead {
+            break;
+        }
+        assert!(
+            killed.elapsed() < PATIENCE,
+            "still sending players to a dead server"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "no redirects to the killed server {:?} after it died",
+        killed.elapsed()
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "two poll intervals plus fall: {:?}",
+        killed.elapsed()
+    );
+    for _ in 0..50 {
+        let response = client.get(redirector.url("/s")).send().await.unwrap();
+        assert_eq!(location(&response), servers[0].mount_url("/s.ogg"));
+    }
+    let outcome = Player::play(&redirector.url("/s")).await.unwrap();
+    assert!(outcome.played(), "{outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_frozen_and_restarted_under_load() {
+    let (mut redis, servers) = tokio::join!(
+        RedisServer::start(),
+        IcecastServer::start_many([spec(), spec()])
+    );
+    let fleet = one_stream_fleet(
+        &[("one", &servers[0], ""), ("two", &servers[1], "")],
+        "admin",
+    );
+    let (_poller, replicas) = balancer(&redis, &fleet, 2, &[]).await;
+    let good: Vec<String> = servers.iter().map(|s| s.mount_url("/s.ogg")).collect();
+    let client = client();
+    let burst = |label: &'static str| {
+        let (client, urls, good) = (
+            client.clone(),
+            [replicas[0].url("/s"), replicas[1].url("/s")],
+            good.clone(),
+        );
+        async move {
+            let mut slowest = Duration::ZERO;
+            for i in 0..100 {
+                let started = Instant::now();
+                let response = client.get(&urls[i % 2]).send().await.unwrap();
+                slowest = slowest.max(started.elapsed());
+                let status = response.status().as_u16();
+                assert!(status == 302 || status == 503, "{label}: got {status}");
+                if status == 302 {
+                    assert!(
+                        good.contains(&location(&response)),
+                        "{label}: redirect outside the fleet"
+                    );
+                }
+            }
+            println!("{label}: 100 requests, slowest {slowest:?}");
+            slowest
+        }
+    };
+    burst("redis up").await;
+
+    redis.pause();
+    let slowest = burst("redis frozen").await;
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a frozen Redis must not hold requests: {slowest:?}"
+    );
+    redis.resume();
+
+    redis.kill();
+    burst("redis dead").await;
+    redis.restart().await;
+    let back = Instant::now();
+    // The restarted Redis is empty: redirectors recover once the poller publishes again.
+    let redirected = wait_status(&replicas[0].url("/s"), 302).await;
+    assert!(good.contains(&location(&redirected)));
+    burst("redis back").await;
+    println!("service normal {:?} after Redis returned", back.elapsed());
+    assert!(back.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn sigterm_turns_not_serving_keeps_answering_then_exits() {
+    let (redis, icecast) = tokio::join!(RedisServer::start(), IcecastServer::start(spec()));
+    let fleet = one_stream_fleet(&[("one", &icecast, "")], "admin");
+    let (_poller, mut replicas) = balancer(&redis, &fleet, 1, &["--drain-delay", "1s"]).await;
+    let mut redirector = replicas.remove(0);
+    redirector.process.signal(libc::SIGTERM);
+    let stopping = Instant::now();
+    wait_health(&redirector, false).await;
+    assert!(
+        stopping.elapsed() < Duration::from_millis(900),
+        "NOT_SERVING at once"
+    );
+    let response = client().get(redirector.url("/s")).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        302,
+        "players are still answered during the drain delay"
+    );
+    let status = redirector
+        .process
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits within 10 s");
+    assert!(status.success(), "{status}");
+    println!("exited {:?} after SIGTERM", stopping.elapsed());
+}
