@@ -125,8 +125,9 @@ fn has_body(request: &Request<Incoming>) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
-/// The URL with the request's query string, if it can travel in a header.
-fn with_query(url: &str, query: Option<&str>) -> String {
+/// The URL with the request's query string, if it can travel in a header
+/// (printable ASCII only; anything else drops the query, never the URL).
+pub fn with_query(url: &str, query: Option<&str>) -> String {
     match query.filter(|q| !q.is_empty() && q.bytes().all(|b| b.is_ascii_graphic())) {
         Some(query) => format!("{url}?{query}"),
         None => url.to_owned(),
