@@ -34,16 +34,43 @@ const EVIL: &[&str] = &[
 ];
 
 fn random_text(rng: &mut fastrand::Rng) -> String {
-    let pieces = ["/", "s", "0", "1", ".", "..", "%2f", "%0d%0a", "?", "#", "@", ":", "\r\n", " ", "ü", "\u{0}", "evil.example", "icecast_balancer", ".m3u", "-", "_"];
-    (0..rng.usize(0..8)).map(|_| pieces[rng.usize(..pieces.len())]).collect()
+    let pieces = [
+        "/",
+        "s",
+        "0",
+        "1",
+        ".",
+        "..",
+        "%2f",
+        "%0d%0a",
+        "?",
+        "#",
+        "@",
+        ":",
+        "\r\n",
+        " ",
+        "ü",
+        "\u{0}",
+        "evil.example",
+        "icecast_balancer",
+        ".m3u",
+        "-",
+        "_",
+    ];
+    (0..rng.usize(0..8))
+        .map(|_| pieces[rng.usize(..pieces.len())])
+        .collect()
 }
 
 fn random_snapshot(rng: &mut fastrand::Rng, now_ms: i64) -> Snapshot {
     let servers: Vec<Server> = (0..rng.usize(1..5))
         .map(|i| Server {
             name: format!("srv{i}"),
-            public_url: [format!("http://10.0.0.{i}:8000"), format!("https://s{i}.radio.example/base"), format!("http://[2001:db8::{i}]:8000")]
-                [rng.usize(..3)]
+            public_url: [
+                format!("http://10.0.0.{i}:8000"),
+                format!("https://s{i}.radio.example/base"),
+                format!("http://[2001:db8::{i}]:8000"),
+            ][rng.usize(..3)]
             .clone(),
             state: ServerState::Up.into(),
             weight: rng.u32(1..1000),
@@ -85,16 +112,30 @@ async fn location_only_ever_points_into_the_fleet() {
     let mut redirects = 0;
     for round in 0..300 {
         let snapshot = random_snapshot(&mut rng, now_ms);
-        let reservations = Arc::new(Reservations::new(None, "t".into(), Duration::from_secs(1), Duration::from_secs(10)));
+        let reservations = Arc::new(Reservations::new(
+            None,
+            "t".into(),
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        ));
         let geo = Arc::new(GeoDb::disabled());
         let view = FleetView::build(&snapshot, &geo, &reservations);
-        let selector = Selector { geo, reservations, policy: RankPolicy::default(), max_age_ms: 15_000 };
+        let selector = Selector {
+            geo,
+            reservations,
+            policy: RankPolicy::default(),
+            max_age_ms: 15_000,
+        };
         let allowed: Vec<String> = snapshot
             .streams
             .iter()
             .flat_map(|s| &s.mounts)
             .map(|m| {
-                let server = snapshot.servers.iter().find(|s| s.name == m.server).unwrap();
+                let server = snapshot
+                    .servers
+                    .iter()
+                    .find(|s| s.name == m.server)
+                    .unwrap();
                 format!("{}{}", server.public_url, m.mount)
             })
             .collect();
@@ -102,21 +143,53 @@ async fn location_only_ever_points_into_the_fleet() {
         paths.extend((0..20).map(|_| format!("/{}", random_text(&mut rng))));
         paths.extend(["/s0", "/s1/", "/icecast_balancer/s2/", "/s0.m3u"].map(str::to_owned));
         for path in paths {
-            let Some(route) = route(&path, "/icecast_balancer") else { continue };
+            let Some(route) = route(&path, "/icecast_balancer") else {
+                continue;
+            };
             let query = Some(random_text(&mut rng));
-            let client = format!("127.0.{}.{}", rng.u8(..), rng.u8(..)).parse().unwrap();
-            let decision = selector.decide(&view, route.stream, client, Format::Redirect, true, &mut rng, now_ms).await;
+            let client = format!("127.0.{}.{}", rng.u8(..), rng.u8(..))
+                .parse()
+                .unwrap();
+            let decision = selector
+                .decide(
+                    &view,
+                    route.stream,
+                    client,
+                    Format::Redirect,
+                    true,
+                    &mut rng,
+                    now_ms,
+                )
+                .await;
             if let Decision::Redirect(url) = decision {
                 redirects += 1;
                 let location = with_query(&url, query.as_deref());
-                assert!(allowed.contains(&url), "round {round}: {path:?} redirected to {url}, not a fleet mount");
+                assert!(
+                    allowed.contains(&url),
+                    "round {round}: {path:?} redirected to {url}, not a fleet mount"
+                );
                 let rest = &location[url.len()..];
-                assert!(rest.is_empty() || (rest.starts_with('?') && rest.bytes().all(|b| b.is_ascii_graphic())), "{location:?}");
-                assert!(hyper::header::HeaderValue::from_str(&location).is_ok(), "{location:?}");
+                assert!(
+                    rest.is_empty()
+                        || (rest.starts_with('?') && rest.bytes().all(|b| b.is_ascii_graphic())),
+                    "{location:?}"
+                );
+                assert!(
+                    hyper::header::HeaderValue::from_str(&location).is_ok(),
+                    "{location:?}"
+                );
                 let parsed = url::Url::parse(&location).unwrap();
-                assert!(snapshot.servers.iter().any(|s| url::Url::parse(&s.public_url).unwrap().host() == parsed.host()));
+                assert!(
+                    snapshot
+                        .servers
+                        .iter()
+                        .any(|s| url::Url::parse(&s.public_url).unwrap().host() == parsed.host())
+                );
             }
         }
     }
-    assert!(redirects > 300, "the property must be exercised: {redirects} redirects");
+    assert!(
+        redirects > 300,
+        "the property must be exercised: {redirects} redirects"
+    );
 }
