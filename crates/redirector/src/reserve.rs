@@ -195,7 +195,6 @@ impl Reservations {
             .iter()
             .filter(|&&t| t >= window_start)
             .count();
-        tracing::trace!(used, share, window_start, now_ms, "local count");
         if (used as u64) < u64::from(share) {
             state.handed_out.push_back(now_ms);
             true

@@ -168,7 +168,6 @@ impl Selector {
             }
         }
         let order = rank_top(client, &candidates, &self.policy, rng, SPARES);
-        tracing::trace!(?order, candidates = candidates.len(), "ranked");
         for (position, &candidate) in order.iter().enumerate() {
             let mount = &mounts[which[candidate]];
             let server = &view.servers[mount.server];
