@@ -239,3 +239,110 @@ async fn a_hung_server_does_not_delay_the_others() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_full_icecast_is_full_not_down() {
+    // Icecast counts sources as clients: 1 source + 2 players fill a limit of 3.
+    let (redis, icecast) = tokio::join!(
+        RedisServer::start(),
+        IcecastServer::start(IcecastSpec::new([MountSpec::ogg("/a.ogg")]).client_limit(3))
+    );
+    let fleet = format!(
+        "{POLLER_TABLE}{}[[stream]]\nname = \"a\"\nmounts = [{{ server = \"ice\", mount = \"/a.ogg\" }}]\n",
+        server_block("ice", &icecast.base_url(), "admin")
+    );
+    let _poller = PollerProcess::start(&fleet, &redis).await;
+    let store = reader(&redis);
+    wait_snapshot(&store, "ice up", |s| {
+        server(s, "ice").state() == ServerState::Up
+    })
+    .await;
+    let _players = [
+        Player::connect(&icecast.mount_url("/a.ogg")).await.unwrap(),
+        Player::connect(&icecast.mount_url("/a.ogg")).await.unwrap(),
+    ];
+    let s = wait_snapshot(&store, "ice full", |s| {
+        server(s, "ice").state() == ServerState::Full
+    })
+    .await;
+    assert_eq!(mount(&s, "a", "ice", "/a.ogg").free_slots, 0);
+    // It stays full, never down, while the players stay.
+    for _ in 0..8 {
+        let previous = s.version;
+        let s = wait_snapshot(&store, "the next snapshot", |n| n.version > previous).await;
+        assert_eq!(server(&s, "ice").state(), ServerState::Full);
+    }
+}
+
+/// A server that answers every request with `response`, then closes.
+async fn canned_server(response: Vec<u8>) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let response = response.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut request = [0u8; 2048];
+                let _ = socket.read(&mut request).await;
+                let _ = socket.write_all(&response).await;
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn huge_garbage_and_failing_answers_mark_servers_down_with_the_reason() {
+    let redis = RedisServer::start().await;
+    let huge = {
+        let mut r = b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n\r\n<icestats>".to_vec();
+        r.extend(std::iter::repeat_n(b'x', 2 * 1024 * 1024));
+        r
+    };
+    let cases = [
+        ("huge", huge, "larger than 1048576 bytes"),
+        (
+            "garbage",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nnot xml!!".to_vec(),
+            "malformed XML",
+        ),
+        (
+            "dtd",
+            b"HTTP/1.1 200 OK\r\n\r\n<!DOCTYPE x [<!ENTITY a \"b\">]><icestats>&a;</icestats>"
+                .to_vec(),
+            "DTD",
+        ),
+        (
+            "error",
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            "HTTP 500",
+        ),
+        (
+            "auth",
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            "credentials were refused",
+        ),
+    ];
+    let mut fleet = POLLER_TABLE.to_owned();
+    let mut servers = Vec::new();
+    for (name, response, _) in &cases {
+        let (url, task) = canned_server(response.clone()).await;
+        fleet += &server_block(name, &url, "admin");
+        servers.push(task);
+    }
+    fleet += "[[stream]]\nname = \"a\"\nmounts = [{ server = \"huge\", mount = \"/a.ogg\" }]\n";
+    let _poller = PollerProcess::start(&fleet, &redis).await;
+    let store = reader(&redis);
+    let s = wait_snapshot(&store, "every server down", |s| {
+        s.servers.iter().all(|sv| sv.state() == ServerState::Down)
+    })
+    .await;
+    for (name, _, reason) in &cases {
+        let error = &server(&s, name).last_error;
+        assert!(
+            error.contains(reason),
+            "{name}: {error:?} should mention {reason:?}"
+        );
+    }
+}

@@ -147,3 +147,51 @@ async fn sigterm_turns_not_serving_keeps_answering_then_exits() {
     assert!(status.success(), "{status}");
     println!("exited {:?} after SIGTERM", stopping.elapsed());
 }
+
+#[tokio::test]
+async fn drained_and_source_less_mounts_get_no_players() {
+    let (redis, mut servers) = tokio::join!(
+        RedisServer::start(),
+        IcecastServer::start_many([spec(), spec(), spec()])
+    );
+    let fleet = one_stream_fleet(
+        &[
+            ("one", &servers[0], ""),
+            ("two", &servers[1], ""),
+            ("three", &servers[2], ""),
+        ],
+        "admin",
+    );
+    let (_poller, replicas) = balancer(&redis, &fleet, 1, &[]).await;
+    let redirector = &replicas[0];
+    let store = balancer_store::RedisStore::new(
+        &redis.url(),
+        balancer_store::Keys::default(),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    store.set_drained("two", true).await.unwrap();
+    servers[2].stop_source("/s.ogg").await;
+    let only = servers[0].mount_url("/s.ogg");
+    let client = client();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut all_on_one = true;
+        for _ in 0..30 {
+            let response = client.head(redirector.url("/s")).send().await.unwrap();
+            all_on_one &= location(&response) == only;
+        }
+        if all_on_one {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "players still sent to a drained or source-less mount"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..50 {
+        let response = client.get(redirector.url("/s")).send().await.unwrap();
+        assert_eq!(location(&response), only);
+    }
+}
