@@ -90,9 +90,12 @@ local grant = math.min(tonumber(ARGV[4]), tonumber(ARGV[3]) - used)
 if grant <= 0 then
   return 0
 end
+local entries = {}
 for i = 1, grant do
-  redis.call('ZADD', KEYS[1], now, ARGV[5] .. ':' .. i)
+  entries[2 * i - 1] = now
+  entries[2 * i] = ARGV[5] .. ':' .. i
 end
+redis.call('ZADD', KEYS[1], unpack(entries))
 redis.call('PEXPIRE', KEYS[1], ttl)
 return grant
 ";

@@ -122,6 +122,33 @@ impl RedisServer {
         Ok(line.trim_end().to_owned())
     }
 
+    /// The text of `INFO section` (e.g. `commandstats`), to measure what the
+    /// code under test asked of Redis.
+    pub async fn info(&self, section: &str) -> std::io::Result<String> {
+        use tokio::io::AsyncReadExt;
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let request = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
+        stream.write_all(request.as_bytes()).await?;
+        let mut reader = BufReader::new(stream);
+        let mut header = String::new();
+        reader.read_line(&mut header).await?;
+        let length: usize = header.trim().trim_start_matches('$').parse().unwrap_or(0);
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// How many times Redis ran `command` (from `INFO commandstats`), e.g. `evalsha`.
+    pub async fn calls(&self, command: &str) -> u64 {
+        let stats = self.info("commandstats").await.unwrap_or_default();
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     async fn launch(&mut self) -> Result<(), String> {
         let log = self.log_path();
         let mut command = Command::new("redis-server");

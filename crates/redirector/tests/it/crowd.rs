@@ -71,3 +71,56 @@ async fn a_flash_crowd_over_two_replicas_never_overbooks() {
         assert!(listeners <= limit);
     }
 }
+
+#[tokio::test]
+async fn redirects_lease_slots_in_batches() {
+    let spec = IcecastSpec::new([MountSpec::ogg("/s.ogg").max_listeners(5000)]);
+    let (redis, servers) = tokio::join!(
+        RedisServer::start(),
+        IcecastServer::start_many([spec.clone(), spec])
+    );
+    let fleet = one_stream_fleet(
+        &[("one", &servers[0], ""), ("two", &servers[1], "")],
+        "admin",
+    );
+    let (_poller, replicas) = balancer(&redis, &fleet, 2, &[]).await;
+    let client = client();
+    let (scripts_before, all_before) = (redis.calls("evalsha").await, total_calls(&redis).await);
+    let redirects = 1000;
+    for i in 0..redirects {
+        let response = client.get(replicas[i % 2].url("/s")).send().await.unwrap();
+        assert_eq!(response.status(), 302);
+    }
+    let scripts = redis.calls("evalsha").await - scripts_before;
+    let all = total_calls(&redis).await - all_before;
+    println!(
+        "{redirects} redirects over 2 replicas: {scripts} script calls ({:.3} per redirect); \
+         {all} Redis commands in all, heartbeats and snapshot reads included",
+        scripts as f64 / redirects as f64
+    );
+    // 5,000 free per mount, 2 replicas: batches of 16, so about one call per 16 redirects
+    // (plus the poller's own script calls for its lease and snapshots).
+    assert!(
+        scripts * 8 < redirects as u64,
+        "{scripts} script calls for {redirects} redirects"
+    );
+    assert!(
+        all * 2 < redirects as u64,
+        "{all} Redis commands for {redirects} redirects"
+    );
+}
+
+async fn total_calls(redis: &RedisServer) -> u64 {
+    let stats = redis.info("commandstats").await.unwrap();
+    stats
+        .lines()
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
