@@ -6,6 +6,7 @@
 //! publishing arrive with the poller issue.
 
 pub mod cli;
+pub mod control;
 pub mod fetch;
 pub mod health;
 pub mod service;

@@ -7,10 +7,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use balancer_fleet::Fleet;
-use balancer_service::{EXIT_CONFIG, EXIT_UNAVAILABLE, Signal, init_logging, serve_admin, signals};
+use balancer_service::{
+    EXIT_CONFIG, EXIT_UNAVAILABLE, Signal, check_admin_exposure, init_logging, serve_admin, signals,
+};
 use balancer_store::{DEFAULT_OPERATION_TIMEOUT, Keys, RedisStore};
 use clap::Parser;
 use icecast_poller::cli::{Args, Command};
+use icecast_poller::control::PollerControl;
 use icecast_poller::service::{self, Poller};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -51,12 +54,23 @@ fn main() -> ExitCode {
                 Ok(runtime) => runtime,
                 Err(e) => return fail(EXIT_UNAVAILABLE, &format!("cannot start the runtime: {e}")),
             };
-            runtime.block_on(run(fleet, loaded, redis, admin))
+            if let Err(e) =
+                check_admin_exposure(admin, args.admin_token.as_deref(), args.admin_insecure)
+            {
+                return fail(EXIT_CONFIG, &e.to_string());
+            }
+            runtime.block_on(run(fleet, loaded, redis, admin, args.admin_token.clone()))
         }
     }
 }
 
-async fn run(fleet_path: PathBuf, fleet: Fleet, redis: Url, admin: SocketAddr) -> ExitCode {
+async fn run(
+    fleet_path: PathBuf,
+    fleet: Fleet,
+    redis: Url,
+    admin: SocketAddr,
+    admin_token: Option<String>,
+) -> ExitCode {
     tracing::info!(config = %fleet_path.display(), summary = %fleet.summary(), "fleet loaded");
     let store = match RedisStore::new(redis.as_str(), Keys::default(), DEFAULT_OPERATION_TIMEOUT) {
         Ok(store) => store,
@@ -77,6 +91,16 @@ async fn run(fleet_path: PathBuf, fleet: Fleet, redis: Url, admin: SocketAddr) -
     };
     tracing::info!(admin = %listener.local_addr().unwrap_or(admin), redis = %redacted(&redis), "admin gRPC listening");
 
+    let (poller, mut status) = Poller::new(
+        fleet_path,
+        balancer_fleet::process_env,
+        fleet,
+        store.clone(),
+        identity(),
+    );
+    let (commands, command_rx) = mpsc::channel(16);
+    let control = PollerControl::new(commands.clone(), status.clone(), store);
+
     let (stop_admin, admin_stopped) = oneshot::channel::<()>();
     let (health_tx, health_rx) = oneshot::channel();
     let admin_server = tokio::spawn(serve_admin(
@@ -84,6 +108,8 @@ async fn run(fleet_path: PathBuf, fleet: Fleet, redis: Url, admin: SocketAddr) -
         |health| {
             let _ = health_tx.send(health);
         },
+        Some(control),
+        admin_token,
         async {
             let _ = admin_stopped.await;
         },
@@ -92,14 +118,6 @@ async fn run(fleet_path: PathBuf, fleet: Fleet, redis: Url, admin: SocketAddr) -
         return fail(EXIT_UNAVAILABLE, "the admin server did not start");
     };
 
-    let (poller, mut status) = Poller::new(
-        fleet_path,
-        balancer_fleet::process_env,
-        fleet,
-        store,
-        identity(),
-    );
-    let (commands, command_rx) = mpsc::channel(4);
     let (stop_poller, poller_stopped) = watch::channel(false);
     let poller = tokio::spawn(poller.run(command_rx, async move {
         let mut stopped = poller_stopped;

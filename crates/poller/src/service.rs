@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use balancer_fleet::{Fleet, Server};
 use balancer_proto::snapshot::v1::Snapshot;
 use balancer_store::{PollerStore, StoreError, lease_ttl, snapshot_ttl};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
@@ -30,6 +30,8 @@ pub struct Status {
     pub published: bool,
     /// Version of the last snapshot published.
     pub snapshot_version: u64,
+    /// When it was published (ms since the epoch), 0 if none.
+    pub published_at_ms: i64,
 }
 
 impl Status {
@@ -40,10 +42,28 @@ impl Status {
 }
 
 /// Requests from signals or the control API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Command {
     /// Re-read the fleet file; a bad one is logged and the running one kept.
     Reload,
+    /// Re-read the fleet file and report: the new summary, or the error.
+    ReloadAndReport(oneshot::Sender<Result<String, String>>),
+    /// Poll every server now and publish; replies with the published version
+    /// (0 if this poller is not the leader or could not publish in time).
+    PollNow(oneshot::Sender<u64>),
+    /// The servers and mounts as the last cycle saw them.
+    Servers(oneshot::Sender<Vec<ServerReport>>),
+}
+
+/// One server as the control API shows it.
+#[derive(Debug, Clone)]
+pub struct ServerReport {
+    /// The server as it would be published.
+    pub server: balancer_proto::snapshot::v1::Server,
+    /// Its mounts, each with the stream it carries.
+    pub mounts: Vec<(String, balancer_proto::snapshot::v1::Mount)>,
+    /// How long its last poll took.
+    pub last_poll_ms: u32,
 }
 
 /// Reads the environment for `admin_password_env`; injected so tests need no `set_var`.
@@ -116,12 +136,29 @@ impl<S: PollerStore> Poller<S> {
             tokio::select! {
                 () = &mut shutdown => break,
                 Some(command) = commands.recv() => match command {
-                    Command::Reload => {
+                    Command::Reload | Command::ReloadAndReport(_) => {
                         let interval = self.fleet.poller.interval;
-                        self.reload().await;
+                        let outcome = self.reload().await;
                         if self.fleet.poller.interval != interval {
                             ticker = self.ticker();
                         }
+                        if let Command::ReloadAndReport(reply) = command {
+                            let _ = reply.send(outcome);
+                        }
+                    }
+                    Command::PollNow(reply) => {
+                        let before = self.status.borrow().snapshot_version;
+                        let version = match self.cycle().await {
+                            Some(snapshot) => {
+                                snapshots.send_replace(Some(snapshot));
+                                self.wait_published(before).await
+                            }
+                            None => 0,
+                        };
+                        let _ = reply.send(version);
+                    }
+                    Command::Servers(reply) => {
+                        let _ = reply.send(self.servers_report());
                     }
                 },
                 _ = ticker.tick() => {
@@ -244,7 +281,54 @@ impl<S: PollerStore> Poller<S> {
         }
     }
 
-    async fn reload(&mut self) {
+    /// Waits (at most a second) until a snapshot newer than `before` is published.
+    async fn wait_published(&self, before: u64) -> u64 {
+        let mut status = self.status.subscribe();
+        let published = tokio::time::timeout(
+            Duration::from_secs(1),
+            status.wait_for(|s| s.snapshot_version > before),
+        )
+        .await;
+        match published {
+            Ok(Ok(status)) => status.snapshot_version,
+            _ => 0,
+        }
+    }
+
+    fn servers_report(&self) -> Vec<ServerReport> {
+        let snapshot = build_snapshot(
+            &self.fleet,
+            &self.health,
+            &self.drained,
+            now_ms(),
+            &self.identity,
+        );
+        snapshot
+            .servers
+            .into_iter()
+            .map(|server| {
+                let mounts = snapshot
+                    .streams
+                    .iter()
+                    .flat_map(|stream| {
+                        stream
+                            .mounts
+                            .iter()
+                            .map(move |m| (stream.name.clone(), m.clone()))
+                    })
+                    .filter(|(_, m)| m.server == server.name)
+                    .collect();
+                let last_poll_ms = self.health.get(&server.name).map_or(0, |h| h.last_poll_ms);
+                ServerReport {
+                    server,
+                    mounts,
+                    last_poll_ms,
+                }
+            })
+            .collect()
+    }
+
+    async fn reload(&mut self) -> Result<String, String> {
         match balancer_fleet::load(&self.fleet_path, &self.env) {
             Ok(fleet) => {
                 // Keep what is known about servers whose polling did not change.
@@ -257,10 +341,15 @@ impl<S: PollerStore> Poller<S> {
                 self.health
                     .retain(|name, _| old_servers.iter().any(|s| &s.name == name && unchanged(s)));
                 tracing::info!(config = %self.fleet_path.display(), summary = %fleet.summary(), "fleet reloaded");
+                let summary = format!("{}: {}", self.fleet_path.display(), fleet.summary());
                 self.fleet = fleet;
                 self.forget_removed_drains().await;
+                Ok(summary)
             }
-            Err(e) => tracing::error!(error = %e, "reload refused; the running fleet config stays"),
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the running fleet config stays");
+                Err(e.to_string())
+            }
         }
     }
 }
@@ -303,6 +392,7 @@ async fn publish_loop<S: PollerStore>(
                     status.send_modify(|s| {
                         s.published = true;
                         s.snapshot_version = version;
+                        s.published_at_ms = snapshot.published_at_ms;
                     });
                     backoff = MIN_PUBLISH_BACKOFF;
                     break;
@@ -352,7 +442,8 @@ fn log_change(server: &Server, before: ServerStateKind, after: &ServerHealth, re
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -1,11 +1,15 @@
 //! The admin address: gRPC health (the standard `grpc.health.v1`) for load
-//! balancers, Kubernetes probes and `grpcurl`; the control API joins it later.
+//! balancers, Kubernetes probes and `grpcurl`, the control API behind a bearer
+//! token when one is set, and server reflection.
 
 use std::future::Future;
+use std::net::SocketAddr;
 
+use balancer_proto::control::v1::control_server::{Control, ControlServer};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -28,20 +32,139 @@ impl Health {
     }
 }
 
-/// Serves the admin gRPC API on `listener` until `shutdown` completes, then
-/// lets in-flight calls finish. Returns the health handle before serving, via
-/// `on_ready`, so the caller can flip it.
-pub async fn serve_admin(
+/// Why the admin address may not be used as configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--admin {0} is reachable beyond this machine: set --admin-token (or ICB_ADMIN_TOKEN), \
+     or pass --admin-insecure if a network policy protects it"
+)]
+pub struct ExposedAdmin(pub SocketAddr);
+
+/// Refuses an admin address beyond loopback without a token, unless the
+/// operator explicitly accepts the risk.
+pub fn check_admin_exposure(
+    addr: SocketAddr,
+    token: Option<&str>,
+    insecure: bool,
+) -> Result<(), ExposedAdmin> {
+    if addr.ip().is_loopback() || token.is_some_and(|t| !t.is_empty()) || insecure {
+        Ok(())
+    } else {
+        Err(ExposedAdmin(addr))
+    }
+}
+
+/// Serves health, reflection and (if given) the control API on `listener`
+/// until `shutdown` completes. With a `token`, control calls must carry
+/// `authorization: Bearer <token>`; health stays open for probes. `on_ready`
+/// receives the health handle before serving starts.
+pub async fn serve_admin<C: Control>(
     listener: TcpListener,
     on_ready: impl FnOnce(Health),
+    control: Option<C>,
+    token: Option<String>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health { reporter };
     health.set(false).await;
     on_ready(health);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(balancer_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .ok();
+    let token = token.filter(|t| !t.is_empty());
+    let control = control.map(|c| {
+        ControlServer::with_interceptor(c, move |request: Request<()>| {
+            authorize(request, token.as_deref())
+        })
+    });
     Server::builder()
         .add_service(health_service)
+        .add_optional_service(reflection)
+        .add_optional_service(control)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
+}
+
+/// Lets a call through when no token is set or it carries the right one.
+fn authorize(request: Request<()>, token: Option<&str>) -> Result<Request<()>, Status> {
+    let Some(token) = token else {
+        return Ok(request);
+    };
+    let presented = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+        Ok(request)
+    } else {
+        // Never echo what was presented: it may be a mistyped secret.
+        Err(Status::unauthenticated("missing or wrong bearer token"))
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not
+/// reveal how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = a.len() ^ b.len();
+    for (i, byte) in b.iter().enumerate() {
+        difference |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);
+    }
+    difference == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"secret!", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn exposure_needs_a_token_or_consent() {
+        let public: SocketAddr = "0.0.0.0:7070".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:7070".parse().unwrap();
+        assert!(check_admin_exposure(local, None, false).is_ok());
+        assert!(check_admin_exposure("[::1]:7070".parse().unwrap(), None, false).is_ok());
+        let err = check_admin_exposure(public, None, false).unwrap_err();
+        assert!(err.to_string().contains("--admin-token"));
+        assert!(check_admin_exposure(public, Some(""), false).is_err());
+        assert!(check_admin_exposure(public, Some("t"), false).is_ok());
+        assert!(check_admin_exposure(public, None, true).is_ok());
+    }
+
+    #[test]
+    fn calls_need_the_token_when_one_is_set() {
+        let with = |header: Option<&str>| {
+            let mut request = Request::new(());
+            if let Some(h) = header {
+                request
+                    .metadata_mut()
+                    .insert("authorization", h.parse().unwrap());
+            }
+            request
+        };
+        assert!(authorize(with(None), None).is_ok());
+        assert!(authorize(with(Some("Bearer s3cret")), Some("s3cret")).is_ok());
+        for wrong in [
+            None,
+            Some("Bearer nope"),
+            Some("s3cret"),
+            Some("Basic s3cret"),
+        ] {
+            let status = authorize(with(wrong), Some("s3cret")).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            assert!(!status.message().contains("s3cret"));
+        }
+    }
 }

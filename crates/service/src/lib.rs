@@ -7,7 +7,7 @@ mod flags;
 mod logging;
 mod signals;
 
-pub use admin::{Health, serve_admin};
+pub use admin::{ExposedAdmin, Health, check_admin_exposure, serve_admin};
 pub use flags::{RedisUrlError, parse_redis_url, parse_trusted_proxy};
 pub use logging::{LogFormat, init_logging};
 pub use signals::{Signal, signals};

@@ -49,6 +49,12 @@ pub trait PollerStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Names of drained servers.
     fn drained(&self) -> impl Future<Output = Result<BTreeSet<String>, StoreError>> + Send;
+    /// Drains or undrains a server; whether anything changed.
+    fn set_drained(
+        &self,
+        server: &str,
+        drained: bool,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Forgets drains of servers not in `servers`.
     fn forget_drains_except(
         &self,
@@ -77,6 +83,10 @@ impl PollerStore for RedisStore {
 
     async fn drained(&self) -> Result<BTreeSet<String>, StoreError> {
         RedisStore::drained(self).await
+    }
+
+    async fn set_drained(&self, server: &str, drained: bool) -> Result<bool, StoreError> {
+        RedisStore::set_drained(self, server, drained).await
     }
 
     async fn forget_drains_except(&self, servers: &BTreeSet<String>) -> Result<(), StoreError> {

@@ -44,7 +44,7 @@ impl MemoryStore {
     }
 
     /// Drains (`true`) or undrains a server; returns whether anything changed.
-    pub fn set_drained(&self, server: &str, drained: bool) -> bool {
+    pub fn drain(&self, server: &str, drained: bool) -> bool {
         let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if drained {
             state.drained.insert(server.to_owned())
@@ -88,6 +88,10 @@ impl PollerStore for MemoryStore {
             .unwrap_or_else(|e| e.into_inner())
             .drained
             .clone())
+    }
+
+    async fn set_drained(&self, server: &str, drained: bool) -> Result<bool, StoreError> {
+        Ok(self.drain(server, drained))
     }
 
     async fn forget_drains_except(&self, servers: &BTreeSet<String>) -> Result<(), StoreError> {
