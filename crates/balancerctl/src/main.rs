@@ -1,5 +1,7 @@
 //! `balancerctl`: operate a poller or redirector through its control API.
 
+mod render;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,6 +34,10 @@ struct Args {
     #[arg(long, env = "ICB_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     token: Option<String>,
 
+    /// Print JSON instead of tables, for scripts.
+    #[arg(long, global = true, env = "ICB_JSON")]
+    json: bool,
+
     #[command(subcommand)]
     command: Cmd,
 }
@@ -63,6 +69,11 @@ enum Cmd {
         /// Client IP address.
         ip: String,
     },
+    /// Print a shell completion script, e.g. `balancerctl completions bash > /etc/bash_completion.d/balancerctl`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -78,6 +89,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Cmd::Completions { shell } = args.command {
+        let mut command = <Args as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "balancerctl", &mut std::io::stdout());
+        return Ok(());
+    }
+    let as_json = args.json;
     let channel = Channel::from_shared(format!("http://{}", args.admin))
         .context("admin address")?
         .connect_timeout(Duration::from_secs(3))
@@ -103,56 +120,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let failed = move |call: &'static str| {
         move |status: tonic::Status| anyhow::anyhow!("{call} at {admin}: {}", status.message())
     };
-    match args.command {
+    let text = match args.command {
         Cmd::Status => {
             let s = client
                 .status(StatusRequest {})
                 .await
-                .map_err(failed("Status"))?
-                .into_inner();
-            println!("{s:#?}");
+                .map_err(failed("Status"))?;
+            render::status(s.get_ref(), as_json)
         }
         Cmd::Servers => {
             let s = client
                 .list_servers(ListServersRequest {})
                 .await
-                .map_err(failed("ListServers"))?
-                .into_inner();
-            println!("{s:#?}");
+                .map_err(failed("ListServers"))?;
+            render::servers(s.get_ref(), as_json)
         }
         Cmd::Drain { server } => {
+            let request = DrainRequest {
+                server: server.clone(),
+            };
             let r = client
-                .drain(DrainRequest {
-                    server: server.clone(),
-                })
+                .drain(request)
                 .await
                 .map_err(failed("Drain"))?
                 .into_inner();
-            println!(
-                "{server}: {}",
-                if r.changed {
-                    "drained"
-                } else {
-                    "already drained"
-                }
-            );
+            let what = if r.changed {
+                "drained"
+            } else {
+                "already drained"
+            };
+            changed(as_json, &server, r.changed, what)
         }
         Cmd::Undrain { server } => {
+            let request = UndrainRequest {
+                server: server.clone(),
+            };
             let r = client
-                .undrain(UndrainRequest {
-                    server: server.clone(),
-                })
+                .undrain(request)
                 .await
                 .map_err(failed("Undrain"))?
                 .into_inner();
-            println!(
-                "{server}: {}",
-                if r.changed {
-                    "undrained"
-                } else {
-                    "was not drained"
-                }
-            );
+            let what = if r.changed {
+                "undrained"
+            } else {
+                "was not drained"
+            };
+            changed(as_json, &server, r.changed, what)
         }
         Cmd::Poll => {
             let r = client
@@ -160,7 +173,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await
                 .map_err(failed("PollNow"))?
                 .into_inner();
-            println!("polled: snapshot {}", r.snapshot_version);
+            if as_json {
+                serde_json::json!({ "snapshot_version": r.snapshot_version }).to_string()
+            } else {
+                format!("polled: snapshot v{}", r.snapshot_version)
+            }
         }
         Cmd::Reload => {
             let r = client
@@ -168,21 +185,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await
                 .map_err(failed("Reload"))?
                 .into_inner();
-            for line in r.reloaded {
-                println!("{line}");
+            if as_json {
+                serde_json::json!({ "reloaded": r.reloaded }).to_string()
+            } else {
+                r.reloaded.join("\n")
             }
         }
         Cmd::Explain { stream, ip } => {
-            let r = client
-                .explain(ExplainRequest {
-                    stream,
-                    client_ip: ip,
-                })
-                .await
-                .map_err(failed("Explain"))?
-                .into_inner();
-            println!("{r:#?}");
+            let request = ExplainRequest {
+                stream,
+                client_ip: ip,
+            };
+            let r = client.explain(request).await.map_err(failed("Explain"))?;
+            render::explain(r.get_ref(), as_json)
         }
-    }
+        Cmd::Completions { .. } => unreachable!("handled before connecting"),
+    };
+    print!("{}", with_newline(text));
     Ok(())
+}
+
+fn with_newline(mut text: String) -> String {
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
+fn changed(as_json: bool, server: &str, changed: bool, what: &str) -> String {
+    if as_json {
+        serde_json::json!({ "server": server, "changed": changed }).to_string()
+    } else {
+        format!("{server}: {what}")
+    }
 }

@@ -83,6 +83,19 @@ pub struct Args {
     #[arg(long, env = "ICB_DRAIN_DELAY", value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     pub drain_delay: Duration,
 
+    /// Bearer token the control API requires; needed when --admin is not on loopback.
+    #[arg(
+        long,
+        env = "ICB_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// Serve the control API beyond loopback without a token (behind a network policy).
+    #[arg(long, env = "ICB_ADMIN_INSECURE")]
+    pub admin_insecure: bool,
+
     /// Log format; the filter comes from RUST_LOG (default: info).
     #[arg(long, env = "ICB_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
@@ -129,6 +142,8 @@ pub struct Settings {
     pub drain_delay: Duration,
     /// Time allowed for a request head, and for an idle keep-alive connection.
     pub header_timeout: Duration,
+    /// Bearer token for the control API.
+    pub admin_token: Option<String>,
 }
 
 impl Args {
@@ -171,6 +186,12 @@ impl Args {
         if self.header_timeout.is_zero() || self.header_timeout > Duration::from_secs(10) {
             return Err("--header-timeout must be between 1ms and 10s".into());
         }
+        balancer_service::check_admin_exposure(
+            self.admin,
+            self.admin_token.as_deref(),
+            self.admin_insecure,
+        )
+        .map_err(|e| e.to_string())?;
         if self.drain_delay > Duration::from_secs(8) {
             return Err("--drain-delay must be at most 8s: shutdown ends within 10s".into());
         }
@@ -180,6 +201,7 @@ impl Args {
             connect_grace: self.connect_grace,
             drain_delay: self.drain_delay,
             header_timeout: self.header_timeout,
+            admin_token: self.admin_token.clone(),
             source,
             listen: self.listen,
             admin: self.admin,

@@ -22,7 +22,7 @@ const RETRY_AFTER_SECONDS: &str = "10";
 /// Everything a request needs, shared by all connections.
 pub struct App {
     /// Selection and reservations.
-    pub selector: Selector,
+    pub selector: Arc<Selector>,
     /// The current fleet view.
     pub views: Arc<Views>,
     /// Proxies whose forwarding headers are believed.

@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod client_ip;
+pub mod control;
 pub mod follow;
 pub mod http;
 pub mod playlist;

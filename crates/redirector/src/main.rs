@@ -70,6 +70,7 @@ fn main() -> ExitCode {
             connect_grace: settings.connect_grace,
             drain_delay: settings.drain_delay,
             header_timeout: settings.header_timeout,
+            admin_token: settings.admin_token.clone(),
         };
         match service::run(options, listener, admin, signals).await {
             Ok(()) => ExitCode::SUCCESS,

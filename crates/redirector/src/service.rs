@@ -11,11 +11,13 @@ use balancer_fleet::Fleet;
 use balancer_geo::{GeoDb, RankPolicy};
 use balancer_service::{Health, Signal, serve_admin};
 use balancer_store::{Keys, MemoryStore, RedisStore};
+use icecast_poller::control::PollerControl;
 use icecast_poller::service::{Command, Poller};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::client_ip::TrustedProxies;
+use crate::control::RedirectorControl;
 use crate::follow::{Views, follow_memory, follow_redis};
 use crate::http::{App, now_ms};
 use crate::reserve::Reservations;
@@ -60,6 +62,8 @@ pub struct Options {
     pub drain_delay: Duration,
     /// Time allowed for a request head.
     pub header_timeout: Duration,
+    /// Bearer token for the control API, if set.
+    pub admin_token: Option<String>,
 }
 
 /// Runs until SIGTERM (or the signal channel closes), then shuts down within 10 s.
@@ -79,6 +83,7 @@ pub async fn run(
     let (stop_tx, stop) = watch::channel(false);
     let ttl = options.max_data_age + options.connect_grace + Duration::from_secs(5);
     let mut poller_commands = None;
+    let mut poller_control = None;
     let reservations = match options.source {
         Source::Redis(url) => {
             let store = RedisStore::new(url.as_str(), Keys::default(), Duration::from_millis(500))
@@ -113,14 +118,15 @@ pub async fn run(
                 options.connect_grace,
                 ttl,
             ));
-            let (poller, _status) = Poller::new(
+            let (poller, status) = Poller::new(
                 path,
                 balancer_fleet::process_env,
                 fleet,
                 memory.clone(),
                 identity.clone(),
             );
-            let (commands, command_rx) = mpsc::channel(4);
+            let (commands, command_rx) = mpsc::channel(16);
+            poller_control = Some(PollerControl::new(commands.clone(), status, memory.clone()));
             poller_commands = Some(commands);
             let mut poller_stop = stop.clone();
             tokio::spawn(poller.run(command_rx, async move {
@@ -138,13 +144,21 @@ pub async fn run(
     tokio::spawn(watch_geoip(geo.clone(), stop.clone()));
 
     let max_age_ms = i64::try_from(options.max_data_age.as_millis()).unwrap_or(i64::MAX);
+    let selector = Arc::new(Selector {
+        geo: geo.clone(),
+        reservations,
+        policy: RankPolicy::default(),
+        max_age_ms,
+    });
+    let control = RedirectorControl {
+        selector: selector.clone(),
+        views: views.clone(),
+        geo: geo.clone(),
+        poller: poller_control,
+        started: std::time::Instant::now(),
+    };
     let app = Arc::new(App {
-        selector: Selector {
-            geo: geo.clone(),
-            reservations,
-            policy: RankPolicy::default(),
-            max_age_ms,
-        },
+        selector,
         views: views.clone(),
         trusted: options.trusted,
         prefix: options.prefix,
@@ -157,6 +171,8 @@ pub async fn run(
         |health| {
             let _ = health_tx.send(health);
         },
+        Some(control),
+        options.admin_token,
         async {
             let _ = admin_stopped.await;
         },

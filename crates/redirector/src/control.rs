@@ -1,0 +1,284 @@
+//! The control API as a redirector serves it: status, explain, GeoIP reload.
+//! A standalone redirector also drains, lists servers and polls, through its
+//! in-process poller; a Redis-mode one sends those to the poller.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use balancer_geo::{Candidate, Client, GeoDb, Place, rank};
+use balancer_proto::control::v1 as api;
+use balancer_proto::control::v1::control_server::Control;
+use balancer_proto::snapshot::v1::Location;
+use balancer_store::MemoryStore;
+use icecast_poller::control::PollerControl;
+use tonic::{Request, Response, Status};
+
+use crate::follow::Views;
+use crate::http::now_ms;
+use crate::select::{Selector, Unusable};
+
+/// Serves the control API from a running redirector.
+pub struct RedirectorControl {
+    /// The selection logic (GeoIP, reservations, staleness).
+    pub selector: Arc<Selector>,
+    /// The current view.
+    pub views: Arc<Views>,
+    /// GeoIP databases, for reloads.
+    pub geo: Arc<GeoDb>,
+    /// The in-process poller, in standalone mode.
+    pub poller: Option<PollerControl<MemoryStore>>,
+    /// When the process started.
+    pub started: Instant,
+}
+
+fn ask_the_poller(call: &str) -> Status {
+    Status::unimplemented(format!(
+        "{call} is the poller's job: use balancerctl --admin <the poller's admin address>"
+    ))
+}
+
+#[tonic::async_trait]
+impl Control for RedirectorControl {
+    async fn status(
+        &self,
+        _: Request<api::StatusRequest>,
+    ) -> Result<Response<api::StatusResponse>, Status> {
+        let view = self.views.load();
+        let now = now_ms();
+        Ok(Response::new(api::StatusResponse {
+            role: if self.poller.is_some() {
+                api::Role::Standalone
+            } else {
+                api::Role::Redirector
+            }
+            .into(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            snapshot_version: view.as_ref().map_or(0, |v| v.version),
+            snapshot_age_ms: view.map(|v| u64::try_from(now - v.published_at_ms).unwrap_or(0)),
+            leader: false,
+            redis_ok: !self.selector.reservations.redis_trouble(now),
+        }))
+    }
+
+    async fn list_servers(
+        &self,
+        request: Request<api::ListServersRequest>,
+    ) -> Result<Response<api::ListServersResponse>, Status> {
+        match &self.poller {
+            Some(poller) => poller.list_servers(request).await,
+            None => Err(ask_the_poller("ListServers")),
+        }
+    }
+
+    async fn drain(
+        &self,
+        request: Request<api::DrainRequest>,
+    ) -> Result<Response<api::DrainResponse>, Status> {
+        match &self.poller {
+            Some(poller) => poller.drain(request).await,
+            None => Err(ask_the_poller("Drain")),
+        }
+    }
+
+    async fn undrain(
+        &self,
+        request: Request<api::UndrainRequest>,
+    ) -> Result<Response<api::UndrainResponse>, Status> {
+        match &self.poller {
+            Some(poller) => poller.undrain(request).await,
+            None => Err(ask_the_poller("Undrain")),
+        }
+    }
+
+    async fn poll_now(
+        &self,
+        request: Request<api::PollNowRequest>,
+    ) -> Result<Response<api::PollNowResponse>, Status> {
+        match &self.poller {
+            Some(poller) => poller.poll_now(request).await,
+            None => Err(ask_the_poller("PollNow")),
+        }
+    }
+
+    async fn reload(
+        &self,
+        request: Request<api::ReloadRequest>,
+    ) -> Result<Response<api::ReloadResponse>, Status> {
+        let wanted = request.into_inner();
+        let everything = !wanted.fleet && !wanted.geoip;
+        let mut reloaded = Vec::new();
+        if wanted.geoip || everything {
+            let errors = self.geo.reload();
+            if !errors.is_empty() {
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                return Err(Status::invalid_argument(format!(
+                    "GeoIP reload refused, the loaded databases stay: {}",
+                    errors.join("; ")
+                )));
+            }
+            reloaded.push(format!(
+                "GeoIP: {}",
+                if self.geo.is_enabled() {
+                    "reloaded"
+                } else {
+                    "not configured"
+                }
+            ));
+        }
+        if wanted.fleet || everything {
+            match &self.poller {
+                Some(poller) => {
+                    let fleet = api::ReloadRequest {
+                        fleet: true,
+                        geoip: false,
+                    };
+                    reloaded.extend(
+                        poller
+                            .reload(Request::new(fleet))
+                            .await?
+                            .into_inner()
+                            .reloaded,
+                    );
+                }
+                None if wanted.fleet => return Err(ask_the_poller("Reload of the fleet")),
+                None => {}
+            }
+        }
+        Ok(Response::new(api::ReloadResponse { reloaded }))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<api::ExplainRequest>,
+    ) -> Result<Response<api::ExplainResponse>, Status> {
+        let request = request.into_inner();
+        let ip: IpAddr = request.client_ip.trim().parse().map_err(|_| {
+            Status::invalid_argument(format!("{:?} is not an IP address", request.client_ip))
+        })?;
+        let view = self
+            .views
+            .load()
+            .ok_or_else(|| Status::unavailable("no snapshot yet"))?;
+        let stream = view
+            .streams
+            .get(&request.stream)
+            .ok_or_else(|| Status::not_found(format!("no stream named {:?}", request.stream)))?;
+        let place = self.selector.geo.lookup(ip);
+        let client = Client {
+            place,
+            ipv6: ip.is_ipv6(),
+        };
+        let now = now_ms();
+        let licensed = stream.rule.permits(place.country);
+        let mut excluded = Vec::new();
+        let mut candidates = Vec::new();
+        let mut which = Vec::new();
+        for mount in &stream.mounts {
+            let server = &view.servers[mount.server];
+            let reason = if !licensed {
+                Some((
+                    api::ExclusionReason::DeniedCountry,
+                    "the stream is not licensed in the client's country".to_owned(),
+                ))
+            } else if !(if client.ipv6 {
+                server.ipv6
+            } else {
+                server.ipv4
+            }) {
+                Some((
+                    api::ExclusionReason::AddressFamily,
+                    "not reachable over the client's IP version".to_owned(),
+                ))
+            } else {
+                self.selector
+                    .usable(&view, mount, now)
+                    .err()
+                    .map(|why| match why {
+                        Unusable::Down => (api::ExclusionReason::Down, server.last_error.clone()),
+                        Unusable::Drained => (api::ExclusionReason::Drained, String::new()),
+                        Unusable::Stale => (
+                            api::ExclusionReason::Stale,
+                            format!("data is {} s old", (now - server.observed_at_ms) / 1000),
+                        ),
+                        Unusable::NoSource => (api::ExclusionReason::NoSource, String::new()),
+                        Unusable::Full => (api::ExclusionReason::Full, String::new()),
+                    })
+            };
+            match reason {
+                Some((reason, detail)) => excluded.push(api::Excluded {
+                    server: server.name.clone(),
+                    mount: mount.mount.clone(),
+                    reason: reason.into(),
+                    detail,
+                }),
+                None => {
+                    candidates.push(Candidate {
+                        place: server.place,
+                        free_slots: mount.free_slots,
+                        limit: mount.limit,
+                        weight: server.weight,
+                        ipv4: server.ipv4,
+                        ipv6: server.ipv6,
+                    });
+                    which.push(mount);
+                }
+            }
+        }
+        let mut rng = fastrand::Rng::new();
+        let order = rank(&client, &candidates, &self.selector.policy, &mut rng);
+        let candidates = order
+            .into_iter()
+            .map(|i| {
+                let mount = which[i];
+                let server = &view.servers[mount.server];
+                api::Candidate {
+                    server: server.name.clone(),
+                    mount: mount.mount.clone(),
+                    url: mount.url.clone(),
+                    free_slots: mount.free_slots,
+                    distance_km: place
+                        .location
+                        .zip(server.place.location)
+                        .map(|(a, b)| a.distance_km(b)),
+                    rank_reason: closeness(&place, &server.place),
+                }
+            })
+            .collect();
+        Ok(Response::new(api::ExplainResponse {
+            client: Some(api::ClientLocation {
+                country: place.country.map(|c| c.to_string()).unwrap_or_default(),
+                continent: place.continent.map(|c| c.to_string()).unwrap_or_default(),
+                location: place.location.map(|l| Location {
+                    lat: l.lat(),
+                    lon: l.lon(),
+                }),
+                asn: place.asn.unwrap_or(0),
+            }),
+            candidates,
+            excluded,
+        }))
+    }
+}
+
+/// Why a server ranks where it does, in words.
+fn closeness(client: &Place, server: &Place) -> String {
+    if client.asn.is_some() && client.asn == server.asn {
+        format!("same network (AS{})", client.asn.unwrap_or(0))
+    } else if client.country.is_some() && client.country == server.country {
+        format!(
+            "same country ({})",
+            client.country.map(|c| c.to_string()).unwrap_or_default()
+        )
+    } else if client.continent.is_some() && client.continent == server.continent {
+        format!(
+            "same continent ({})",
+            client.continent.map(|c| c.to_string()).unwrap_or_default()
+        )
+    } else if client.location.is_some() && server.location.is_some() {
+        "by distance".to_owned()
+    } else {
+        "by free slots and weight (no location)".to_owned()
+    }
+}
