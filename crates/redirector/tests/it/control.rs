@@ -1,0 +1,246 @@
+//! The control plane with real services and the real `balancerctl`.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use balancer_testkit::geoip::{CityNet, city_db};
+use balancer_testkit::{IcecastServer, IcecastSpec, MountSpec, RedisServer, free_port};
+
+use crate::support::*;
+
+/// Runs `balancerctl --admin ADDR ARGS...`; returns exit code, stdout, stderr.
+fn ctl(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_icecast-redirector"))
+        .with_file_name("balancerctl");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p balancerctl`",
+        binary.display()
+    );
+    let output = Command::new(binary)
+        .arg("--admin")
+        .arg(admin.to_string())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn spec() -> IcecastSpec {
+    IcecastSpec::new([MountSpec::ogg("/s.ogg").max_listeners(500)])
+}
+
+#[tokio::test]
+async fn drain_takes_effect_within_a_second_and_survives_a_poller_restart() {
+    let (redis, servers) = tokio::join!(
+        RedisServer::start(),
+        IcecastServer::start_many([spec(), spec()])
+    );
+    let fleet = one_stream_fleet(
+        &[("one", &servers[0], ""), ("two", &servers[1], "")],
+        "admin",
+    );
+    let (poller, replicas) = balancer(&redis, &fleet, 1, &[]).await;
+    let redirector = &replicas[0];
+
+    let (code, out, err) = ctl(poller.admin, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("role      poller") && out.contains("held (active)"),
+        "{out}"
+    );
+    let (code, out, _) = ctl(poller.admin, &["servers"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("one") && out.contains("two") && out.contains("/s.ogg"),
+        "{out}"
+    );
+    let (code, out, _) = ctl(poller.admin, &["--json", "servers"]);
+    assert_eq!(code, 0);
+    let parsed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(parsed["servers"].as_array().unwrap().len(), 2);
+
+    let (code, out, err) = ctl(poller.admin, &["drain", "two"]);
+    assert_eq!((code, out.trim()), (0, "two: drained"), "{err}");
+    let drained = Instant::now();
+    let client = client();
+    let only = servers[0].mount_url("/s.ogg");
+    loop {
+        let mut all_on_one = true;
+        for _ in 0..10 {
+            all_on_one &=
+                location(&client.head(redirector.url("/s")).send().await.unwrap()) == only;
+        }
+        if all_on_one {
+            break;
+        }
+        assert!(
+            drained.elapsed() < Duration::from_secs(1),
+            "still redirecting to a drained server"
+        );
+    }
+    println!(
+        "drain effective {:?} after balancerctl returned",
+        drained.elapsed()
+    );
+    let (code, _, err) = ctl(poller.admin, &["drain", "nope"]);
+    assert_eq!(code, 69);
+    assert!(err.contains("no server named \"nope\""), "{err}");
+
+    // A new poller still knows the drain (it lives in Redis).
+    drop(poller);
+    let poller = Service::poller(&fleet, &redis).await;
+    let (_, out, _) = ctl(poller.admin, &["--json", "servers"]);
+    let deadline = Instant::now() + PATIENCE;
+    let mut out = out;
+    while !out.contains("\"drained\":true") {
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        out = ctl(poller.admin, &["--json", "servers"]).1;
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            location(&client.head(redirector.url("/s")).send().await.unwrap()),
+            only
+        );
+    }
+    let (code, out, _) = ctl(poller.admin, &["undrain", "two"]);
+    assert_eq!((code, out.trim()), (0, "two: undrained"));
+
+    // The redirector answers what it can and says clearly what it cannot.
+    let (code, out, _) = ctl(redirector.admin, &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("role      redirector"), "{out}");
+    let (code, _, err) = ctl(redirector.admin, &["drain", "two"]);
+    assert_eq!(code, 69);
+    assert!(err.contains("the poller's job"), "{err}");
+}
+
+#[tokio::test]
+async fn explain_matches_what_the_redirector_does() {
+    let (redis, servers) = tokio::join!(
+        RedisServer::start(),
+        IcecastServer::start_many([spec(), spec()])
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("city.mmdb");
+    std::fs::write(
+        &db,
+        city_db(&[CityNet {
+            network: "127.0.0.2/32",
+            country: "AT",
+            continent: "EU",
+            location: (48.21, 16.37),
+        }]),
+    )
+    .unwrap();
+    let fleet = one_stream_fleet(
+        &[
+            (
+                "vie",
+                &servers[0],
+                "country = \"AT\"\nlocation = { lat = 48.21, lon = 16.37 }",
+            ),
+            (
+                "ber",
+                &servers[1],
+                "country = \"DE\"\nlocation = { lat = 52.52, lon = 13.40 }",
+            ),
+        ],
+        "admin",
+    );
+    let (_poller, replicas) = balancer(
+        &redis,
+        &fleet,
+        1,
+        &["--geoip-city", &db.display().to_string()],
+    )
+    .await;
+    let redirector = &replicas[0];
+    let (code, out, err) = ctl(redirector.admin, &["explain", "s", "127.0.0.2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("client: country AT, continent EU"), "{out}");
+    let first = out.lines().nth(1).unwrap();
+    assert!(
+        first.contains("vie /s.ogg") && first.contains("same country (AT)"),
+        "{out}"
+    );
+    let local = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let actual = location(&local.head(redirector.url("/s")).send().await.unwrap());
+    assert!(
+        first.contains(&actual),
+        "explain said {first:?}, the redirector sent {actual}"
+    );
+    let (code, _, err) = ctl(redirector.admin, &["explain", "s", "not-an-ip"]);
+    assert_eq!(code, 69);
+    assert!(err.contains("not an IP address"), "{err}");
+}
+
+#[tokio::test]
+async fn the_admin_api_beyond_loopback_needs_a_token() {
+    let redis = RedisServer::start().await;
+    let icecast = IcecastServer::start(spec()).await;
+    let fleet = one_stream_fleet(&[("one", &icecast, "")], "admin");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.toml");
+    std::fs::write(&path, &fleet).unwrap();
+    let poller_binary = std::path::Path::new(env!("CARGO_BIN_EXE_icecast-redirector"))
+        .with_file_name("icecast-poller");
+    let port = free_port();
+    let exposed = format!("0.0.0.0:{port}");
+    let refused = Command::new(&poller_binary)
+        .arg("--config")
+        .arg(&path)
+        .args(["--redis", &redis.url(), "--admin", &exposed])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--admin-token"));
+
+    let mut command = Command::new(&poller_binary);
+    command
+        .arg("--config")
+        .arg(&path)
+        .args(["--redis", &redis.url(), "--admin", &exposed])
+        .env("ICB_ADMIN_TOKEN", "s3cret-token");
+    let mut poller = balancer_testkit::ChildProcess::spawn(
+        "icecast-poller",
+        &mut command,
+        &dir.path().join("p.log"),
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        assert!(
+            poller.exited().is_none() && Instant::now() < deadline,
+            "{}",
+            poller.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, _, err) = ctl(admin, &["status"]);
+    assert_eq!(code, 69);
+    assert!(err.contains("missing or wrong bearer token"), "{err}");
+    let (code, _, err) = ctl(admin, &["--token", "wrong", "status"]);
+    assert_eq!(code, 69);
+    assert!(
+        !err.contains("wrong") || err.contains("missing or wrong"),
+        "{err}"
+    );
+    let (code, out, err) = ctl(admin, &["--token", "s3cret-token", "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("role      poller"));
+    assert!(
+        !poller.log().contains("s3cret-token"),
+        "the token must never reach the log"
+    );
+}
