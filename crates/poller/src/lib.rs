@@ -9,5 +9,6 @@ pub mod cli;
 pub mod control;
 pub mod fetch;
 pub mod health;
+pub mod metrics;
 pub mod service;
 pub mod status;

@@ -14,6 +14,7 @@ use balancer_store::{DEFAULT_OPERATION_TIMEOUT, Keys, RedisStore};
 use clap::Parser;
 use icecast_poller::cli::{Args, Command};
 use icecast_poller::control::PollerControl;
+use icecast_poller::metrics::PollerMetrics;
 use icecast_poller::service::{self, Poller};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -91,6 +92,8 @@ async fn run(
     };
     tracing::info!(admin = %listener.local_addr().unwrap_or(admin), redis = %redacted(&redis), "admin gRPC listening");
 
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = PollerMetrics::register(&mut registry);
     let (poller, mut status) = Poller::new(
         fleet_path,
         balancer_fleet::process_env,
@@ -98,6 +101,7 @@ async fn run(
         store.clone(),
         identity(),
     );
+    let poller = poller.with_metrics(metrics);
     let (commands, command_rx) = mpsc::channel(16);
     let control = PollerControl::new(commands.clone(), status.clone(), store);
 
@@ -110,6 +114,7 @@ async fn run(
         },
         Some(control),
         admin_token,
+        std::sync::Arc::new(registry),
         async {
             let _ = admin_stopped.await;
         },

@@ -15,6 +15,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::fetch::{Fetcher, PollResult};
 use crate::health::{ServerHealth, ServerStateKind, build_snapshot};
+use crate::metrics::PollerMetrics;
 
 /// Longest wait between two attempts to publish while Redis is unavailable.
 const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(2);
@@ -86,6 +87,7 @@ pub struct Poller<S: PollerStore> {
     logged_role: Option<bool>,
     /// Whether the last lease call reached Redis, so an outage is logged once.
     redis_reachable: bool,
+    metrics: Option<PollerMetrics>,
 }
 
 impl<S: PollerStore> Poller<S> {
@@ -111,8 +113,15 @@ impl<S: PollerStore> Poller<S> {
             status,
             logged_role: None,
             redis_reachable: true,
+            metrics: None,
         };
         (poller, status_rx)
+    }
+
+    /// Records Prometheus metrics while running.
+    pub fn with_metrics(mut self, metrics: PollerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Runs until `shutdown` completes, then gives the lease up so a standby
@@ -129,6 +138,7 @@ impl<S: PollerStore> Poller<S> {
             self.identity.clone(),
             latest,
             self.status.clone(),
+            self.metrics.clone(),
         ));
         let mut ticker = self.ticker();
         tokio::pin!(shutdown);
@@ -219,6 +229,9 @@ impl<S: PollerStore> Poller<S> {
                 was_leader
             }
         };
+        if let Some(metrics) = &self.metrics {
+            metrics.leader.set(i64::from(leader));
+        }
         if leader != was_leader {
             self.status.send_modify(|s| {
                 s.leader = leader;
@@ -247,13 +260,17 @@ impl<S: PollerStore> Poller<S> {
             took_ms = started.elapsed().as_millis() as u64,
             "cycle done"
         );
-        Some(build_snapshot(
+        let snapshot = build_snapshot(
             &self.fleet,
             &self.health,
             &self.drained,
             now_ms(),
             &self.identity,
-        ))
+        );
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_snapshot(&snapshot);
+        }
+        Some(snapshot)
     }
 
     /// Polls every server at once; each poll ends within the timeout, so one
@@ -278,6 +295,9 @@ impl<S: PollerStore> Poller<S> {
             let took_ms = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
             health.record(&result, now_ms(), took_ms, rise, fall);
             log_change(&server, before, health, &result);
+            if let Some(metrics) = &self.metrics {
+                metrics.observe_poll(&server.name, &result, took);
+            }
         }
     }
 
@@ -372,6 +392,7 @@ async fn publish_loop<S: PollerStore>(
     identity: String,
     mut latest: watch::Receiver<Option<Snapshot>>,
     status: watch::Sender<Status>,
+    metrics: Option<PollerMetrics>,
 ) {
     let mut backoff = MIN_PUBLISH_BACKOFF;
     while latest.changed().await.is_ok() {
@@ -386,6 +407,9 @@ async fn publish_loop<S: PollerStore>(
                 .await
             {
                 Ok(version) => {
+                    if let Some(metrics) = &metrics {
+                        metrics.published.inc();
+                    }
                     if !status.borrow().published {
                         tracing::info!(version, "publishing snapshots");
                     }
@@ -410,6 +434,9 @@ async fn publish_loop<S: PollerStore>(
                         tracing::warn!(error = %e, "cannot publish; retrying with backoff");
                     }
                     status.send_modify(|s| s.published = false);
+                    if let Some(metrics) = &metrics {
+                        metrics.publish_errors.inc();
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
                         changed = latest.changed() => if changed.is_err() { return },

@@ -12,6 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::client_ip::{TrustedProxies, client_ip};
 use crate::follow::Views;
+use crate::metrics::RedirectorMetrics;
 use crate::playlist;
 use crate::route::route;
 use crate::select::{Decision, Selector};
@@ -29,6 +30,8 @@ pub struct App {
     pub trusted: TrustedProxies,
     /// django-icecast-balancer's URL prefix, e.g. `/icecast_balancer`.
     pub prefix: String,
+    /// Request counters and latency.
+    pub metrics: RedirectorMetrics,
 }
 
 /// Answers `request` from `peer`. Never fails: every problem is a status code.
@@ -50,6 +53,7 @@ pub async fn handle(
 
 async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
+        app.metrics.request("-", "method_not_allowed");
         let mut response = text(
             StatusCode::METHOD_NOT_ALLOWED,
             "Only GET and HEAD are supported.\n",
@@ -78,6 +82,7 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
     // A HEAD request is a probe, not a player: it takes no slot.
     let reserve = request.method() != Method::HEAD;
     let now = now_ms();
+    let started = std::time::Instant::now();
     let decision = app
         .selector
         .decide(
@@ -90,6 +95,23 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
             now,
         )
         .await;
+    app.metrics
+        .selection_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = match &decision {
+        Decision::Redirect(_) => "redirect",
+        Decision::Playlist(_) => "playlist",
+        Decision::NotFound => "not_found",
+        Decision::Denied => "denied",
+        Decision::Full => "full",
+    };
+    // Only streams of the fleet become label values, never what a stranger typed.
+    let stream = if view.streams.contains_key(route.stream) {
+        route.stream
+    } else {
+        "-"
+    };
+    app.metrics.request(stream, outcome);
     match decision {
         Decision::Redirect(url) => redirect(&url, request.uri().query()),
         Decision::Playlist(urls) => {

@@ -17,6 +17,7 @@ pub mod client_ip;
 pub mod control;
 pub mod follow;
 pub mod http;
+pub mod metrics;
 pub mod playlist;
 pub mod reserve;
 pub mod route;

@@ -83,6 +83,7 @@ pub struct Reservations {
     breaker_until_ms: AtomicI64,
     replicas: AtomicU32,
     pools: Mutex<HashMap<(String, String), Arc<SlotPool>>>,
+    metrics: Option<crate::metrics::RedirectorMetrics>,
 }
 
 impl Reservations {
@@ -99,7 +100,14 @@ impl Reservations {
             breaker_until_ms: AtomicI64::new(0),
             replicas: AtomicU32::new(1),
             pools: Mutex::new(HashMap::new()),
+            metrics: None,
         }
+    }
+
+    /// Counts reservations and Redis errors in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::RedirectorMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// How slots are counted.
@@ -133,6 +141,14 @@ impl Reservations {
 
     /// Takes one slot of `mount` for a redirect; false if it has none left.
     pub async fn take(&self, pool: &SlotPool, mount: Observed<'_>, now_ms: i64) -> bool {
+        let granted = self.take_slot(pool, mount, now_ms).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.reservation(granted);
+        }
+        granted
+    }
+
+    async fn take_slot(&self, pool: &SlotPool, mount: Observed<'_>, now_ms: i64) -> bool {
         let window_start = mount.observed_at_ms - self.grace_ms;
         {
             let mut state = pool.lock();
@@ -176,6 +192,9 @@ impl Reservations {
                     return true;
                 }
                 Err(e) => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.redis_errors.inc();
+                    }
                     if !self.redis_trouble(now_ms) {
                         tracing::warn!(error = %e, "cannot reserve in Redis; counting locally for now");
                     }

@@ -20,6 +20,7 @@ use crate::client_ip::TrustedProxies;
 use crate::control::RedirectorControl;
 use crate::follow::{Views, follow_memory, follow_redis};
 use crate::http::{App, now_ms};
+use crate::metrics::RedirectorMetrics;
 use crate::reserve::Reservations;
 use crate::select::Selector;
 use crate::server::serve;
@@ -82,18 +83,23 @@ pub async fn run(
     let views = Arc::new(Views::default());
     let (stop_tx, stop) = watch::channel(false);
     let ttl = options.max_data_age + options.connect_grace + Duration::from_secs(5);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = RedirectorMetrics::register(&mut registry);
     let mut poller_commands = None;
     let mut poller_control = None;
     let reservations = match options.source {
         Source::Redis(url) => {
             let store = RedisStore::new(url.as_str(), Keys::default(), Duration::from_millis(500))
                 .map_err(|e| format!("--redis: {e}"))?;
-            let reservations = Arc::new(Reservations::new(
-                Some(store.clone()),
-                identity.clone(),
-                options.connect_grace,
-                ttl,
-            ));
+            let reservations = Arc::new(
+                Reservations::new(
+                    Some(store.clone()),
+                    identity.clone(),
+                    options.connect_grace,
+                    ttl,
+                )
+                .with_metrics(metrics.clone()),
+            );
             tokio::spawn(follow_redis(
                 store.clone(),
                 views.clone(),
@@ -112,12 +118,10 @@ pub async fn run(
         }
         Source::Standalone(path, fleet) => {
             let memory = MemoryStore::new();
-            let reservations = Arc::new(Reservations::new(
-                None,
-                identity.clone(),
-                options.connect_grace,
-                ttl,
-            ));
+            let reservations = Arc::new(
+                Reservations::new(None, identity.clone(), options.connect_grace, ttl)
+                    .with_metrics(metrics.clone()),
+            );
             let (poller, status) = Poller::new(
                 path,
                 balancer_fleet::process_env,
@@ -162,6 +166,7 @@ pub async fn run(
         views: views.clone(),
         trusted: options.trusted,
         prefix: options.prefix,
+        metrics: metrics.clone(),
     });
 
     let (health_tx, health_rx) = oneshot::channel();
@@ -173,6 +178,7 @@ pub async fn run(
         },
         Some(control),
         options.admin_token,
+        Arc::new(registry),
         async {
             let _ = admin_stopped.await;
         },
@@ -186,6 +192,7 @@ pub async fn run(
         views.clone(),
         max_age_ms,
         stopping.clone(),
+        metrics.clone(),
     ));
 
     let (stop_http, http_stopped) = oneshot::channel::<()>();
@@ -245,9 +252,18 @@ async fn report_health(
     views: Arc<Views>,
     max_age_ms: i64,
     stopping: Arc<AtomicBool>,
+    metrics: RedirectorMetrics,
 ) {
     let mut last = None;
     loop {
+        if let Some(view) = views.load() {
+            metrics
+                .snapshot_version
+                .set(i64::try_from(view.version).unwrap_or(i64::MAX));
+            metrics
+                .snapshot_age_seconds
+                .set((now_ms() - view.published_at_ms) as f64 / 1000.0);
+        }
         let fresh = views
             .load()
             .is_some_and(|v| now_ms() - v.newest_observation_ms() <= max_age_ms);

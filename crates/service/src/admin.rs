@@ -4,9 +4,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use balancer_proto::control::v1::control_server::{Control, ControlServer};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
@@ -54,15 +57,17 @@ pub fn check_admin_exposure(
     }
 }
 
-/// Serves health, reflection and (if given) the control API on `listener`
-/// until `shutdown` completes. With a `token`, control calls must carry
-/// `authorization: Bearer <token>`; health stays open for probes. `on_ready`
+/// Serves health, reflection, (if given) the control API and Prometheus
+/// metrics (`GET /metrics`, HTTP/1.1) on `listener` until `shutdown`
+/// completes. With a `token`, control calls must carry `authorization: Bearer
+/// <token>`; health and metrics stay open for probes and scrapers. `on_ready`
 /// receives the health handle before serving starts.
 pub async fn serve_admin<C: Control>(
     listener: TcpListener,
     on_ready: impl FnOnce(Health),
     control: Option<C>,
     token: Option<String>,
+    metrics: Arc<Registry>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -80,12 +85,35 @@ pub async fn serve_admin<C: Control>(
             authorize(request, token.as_deref())
         })
     });
+    let mut routes = Routes::new(health_service);
+    if let Some(reflection) = reflection {
+        routes = routes.add_service(reflection);
+    }
+    if let Some(control) = control {
+        routes = routes.add_service(control);
+    }
+    let router = routes.into_axum_router().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move { prometheus_text(&metrics) }
+        }),
+    );
     Server::builder()
-        .add_service(health_service)
-        .add_optional_service(reflection)
-        .add_optional_service(control)
+        .accept_http1(true)
+        .add_routes(Routes::from(router))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
+}
+
+/// The registry in Prometheus text format, with the content type scrapers expect.
+fn prometheus_text(registry: &Registry) -> ([(&'static str, &'static str); 1], String) {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, registry) {
+        text = format!("# metrics could not be encoded: {e}\n");
+    }
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([("content-type", content_type)], text)
 }
 
 /// Lets a call through when no token is set or it carries the right one.

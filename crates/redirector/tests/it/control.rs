@@ -244,3 +244,102 @@ async fn the_admin_api_beyond_loopback_needs_a_token() {
         "the token must never reach the log"
     );
 }
+
+/// Scrapes `/metrics` on an admin address; every sample line must parse.
+async fn scrape(admin: SocketAddr) -> Vec<(String, f64)> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF: {text}"
+    );
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|line| {
+            let (name, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("unparsable sample {line:?}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("unparsable value in {line:?}"));
+            (name.to_owned(), value)
+        })
+        .collect()
+}
+
+fn sample(samples: &[(String, f64)], name: &str, labels: &[&str]) -> f64 {
+    samples
+        .iter()
+        .find(|(n, _)| n.starts_with(name) && labels.iter().all(|l| n.contains(l)))
+        .map_or(0.0, |(_, v)| *v)
+}
+
+#[tokio::test]
+async fn metrics_parse_and_count_a_redirect_that_just_happened() {
+    let (redis, icecast) = tokio::join!(RedisServer::start(), IcecastServer::start(spec()));
+    let fleet = one_stream_fleet(&[("one", &icecast, "")], "admin");
+    let (poller, replicas) = balancer(&redis, &fleet, 1, &[]).await;
+    let redirector = &replicas[0];
+    let redirect = ["stream=\"s\"", "outcome=\"redirect\""];
+    let before = sample(
+        &scrape(redirector.admin).await,
+        "icb_requests_total",
+        &redirect,
+    );
+    assert_eq!(
+        client()
+            .get(redirector.url("/s"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        302
+    );
+    assert_eq!(
+        client()
+            .get(redirector.url("/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let after = scrape(redirector.admin).await;
+    assert_eq!(
+        sample(&after, "icb_requests_total", &redirect),
+        before + 1.0
+    );
+    assert!(
+        sample(
+            &after,
+            "icb_requests_total",
+            &["stream=\"-\"", "outcome=\"not_found\""]
+        ) >= 1.0
+    );
+    assert!(sample(&after, "icb_reservations_total", &["result=\"granted\""]) >= 1.0);
+    assert!(sample(&after, "icb_selection_seconds_count", &[]) >= 1.0);
+    assert!(sample(&after, "icb_snapshot_version", &[]) >= 1.0);
+
+    let polled = scrape(poller.admin).await;
+    let mount = ["server=\"one\"", "mount=\"/s.ogg\"", "stream=\"s\""];
+    assert_eq!(sample(&polled, "icb_mount_limit", &mount), 500.0);
+    assert!(sample(&polled, "icb_mount_live", &mount) == 1.0);
+    assert!(sample(&polled, "icb_server_up", &["server=\"one\""]) == 1.0);
+    assert!(
+        sample(
+            &polled,
+            "icb_poll_duration_seconds_count",
+            &["server=\"one\""]
+        ) >= 1.0
+    );
+    assert!(sample(&polled, "icb_snapshots_published_total", &[]) >= 1.0);
+    assert!(
+        polled
+            .iter()
+            .any(|(n, _)| n.starts_with("icb_stream_listeners{stream=\"s\"}"))
+    );
+}

@@ -1,0 +1,101 @@
+//! Prometheus metrics of a redirector, served at `GET /metrics` on its admin
+//! address. Counting a redirect is a few atomic additions; nothing is logged.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    stream: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// A redirector's metrics; cheap to clone.
+#[derive(Clone)]
+pub struct RedirectorMetrics {
+    requests: Family<OutcomeLabels, Counter>,
+    /// Time spent choosing a mount (GeoIP lookup, ranking, reservation).
+    pub selection_seconds: Histogram,
+    /// Age of the snapshot in use.
+    pub snapshot_age_seconds: Gauge<f64, AtomicU64>,
+    /// Version of the snapshot in use.
+    pub snapshot_version: Gauge,
+    reservations: Family<ResultLabel, Counter>,
+    /// Redis calls that failed or timed out on the request path.
+    pub redis_errors: Counter,
+}
+
+impl RedirectorMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = RedirectorMetrics {
+            requests: Family::default(),
+            selection_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 16)),
+            snapshot_age_seconds: Gauge::default(),
+            snapshot_version: Gauge::default(),
+            reservations: Family::default(),
+            redis_errors: Counter::default(),
+        };
+        let r = registry;
+        r.register(
+            "icb_requests",
+            "Player requests by stream (\"-\" when unknown) and outcome",
+            metrics.requests.clone(),
+        );
+        r.register(
+            "icb_selection_seconds",
+            "Time to choose a mount for a request",
+            metrics.selection_seconds.clone(),
+        );
+        r.register(
+            "icb_snapshot_age_seconds",
+            "Age of the snapshot in use",
+            metrics.snapshot_age_seconds.clone(),
+        );
+        r.register(
+            "icb_snapshot_version",
+            "Version of the snapshot in use",
+            metrics.snapshot_version.clone(),
+        );
+        r.register(
+            "icb_reservations",
+            "Slots asked for, by result (granted, refused)",
+            metrics.reservations.clone(),
+        );
+        r.register(
+            "icb_redis_errors",
+            "Redis calls that failed on the request path",
+            metrics.redis_errors.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, stream: &str, outcome: &'static str) {
+        self.requests
+            .get_or_create(&OutcomeLabels {
+                stream: stream.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Counts one attempt to take a slot.
+    pub fn reservation(&self, granted: bool) {
+        let result = if granted { "granted" } else { "refused" };
+        self.reservations
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+}
