@@ -142,13 +142,14 @@ pub(crate) fn servers(r: &api::ListServersResponse, as_json: bool) -> String {
             let mount = m.mount.clone().unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {:<24} {:<14} {:<10} listeners {}/{}, free {}",
+                "  {:<24} {:<14} {:<10} listeners {}/{}, free {}, reserved {}",
                 mount.mount,
                 format!("({})", m.stream),
                 mount_state(mount.state),
                 mount.listeners,
                 limit(mount.max_listeners),
-                free(mount.free_slots)
+                free(mount.free_slots),
+                m.reserved
             );
         }
     }

@@ -11,6 +11,9 @@ use tonic::{Request, Response, Status};
 
 use crate::service::{Command, Status as PollerStatus};
 
+/// The redirectors' default `--connect-grace`, for counting reserved slots.
+const DEFAULT_CONNECT_GRACE_MS: i64 = 3000;
+
 /// How long a control call waits for the poller loop to answer.
 const LOOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -95,24 +98,30 @@ impl<S: PollerStore> Control for PollerControl<S> {
         &self,
         _: Request<api::ListServersRequest>,
     ) -> Result<Response<api::ListServersResponse>, Status> {
-        let servers = self
-            .ask(Command::Servers)
-            .await?
-            .into_iter()
-            .map(|report| api::ServerStatus {
+        let reports = self.ask(Command::Servers).await?;
+        let mut servers = Vec::with_capacity(reports.len());
+        for report in reports {
+            let mut mounts = Vec::with_capacity(report.mounts.len());
+            for (stream, mount) in report.mounts {
+                // Slots handed out since the poll, minus the redirectors' default connect grace.
+                let since = report.server.observed_at_ms - DEFAULT_CONNECT_GRACE_MS;
+                let reserved = self
+                    .store
+                    .reserved(&report.server.name, &mount.mount, since)
+                    .await
+                    .unwrap_or(0);
+                mounts.push(api::MountStatus {
+                    stream,
+                    mount: Some(mount),
+                    reserved,
+                });
+            }
+            servers.push(api::ServerStatus {
                 server: Some(report.server),
-                mounts: report
-                    .mounts
-                    .into_iter()
-                    .map(|(stream, mount)| api::MountStatus {
-                        stream,
-                        mount: Some(mount),
-                        reserved: 0,
-                    })
-                    .collect(),
+                mounts,
                 last_poll_ms: report.last_poll_ms,
-            })
-            .collect();
+            });
+        }
         Ok(Response::new(api::ListServersResponse { servers }))
     }
 

@@ -49,6 +49,13 @@ pub trait PollerStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Names of drained servers.
     fn drained(&self) -> impl Future<Output = Result<BTreeSet<String>, StoreError>> + Send;
+    /// Slots of a mount handed out by redirectors at or after `since_ms`.
+    fn reserved(
+        &self,
+        server: &str,
+        mount: &str,
+        since_ms: i64,
+    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
     /// Drains or undrains a server; whether anything changed.
     fn set_drained(
         &self,
@@ -87,6 +94,10 @@ impl PollerStore for RedisStore {
 
     async fn set_drained(&self, server: &str, drained: bool) -> Result<bool, StoreError> {
         RedisStore::set_drained(self, server, drained).await
+    }
+
+    async fn reserved(&self, server: &str, mount: &str, since_ms: i64) -> Result<u32, StoreError> {
+        RedisStore::reserved(self, server, mount, since_ms).await
     }
 
     async fn forget_drains_except(&self, servers: &BTreeSet<String>) -> Result<(), StoreError> {

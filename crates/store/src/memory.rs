@@ -90,6 +90,16 @@ impl PollerStore for MemoryStore {
             .clone())
     }
 
+    /// The standalone redirector counts its slots itself; they are not shared here.
+    async fn reserved(
+        &self,
+        _server: &str,
+        _mount: &str,
+        _since_ms: i64,
+    ) -> Result<u32, StoreError> {
+        Ok(0)
+    }
+
     async fn set_drained(&self, server: &str, drained: bool) -> Result<bool, StoreError> {
         Ok(self.drain(server, drained))
     }

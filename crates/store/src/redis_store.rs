@@ -268,6 +268,18 @@ impl RedisStore {
         }
     }
 
+    /// How many slots of a mount were handed out at or after `since_ms`.
+    pub async fn reserved(
+        &self,
+        server: &str,
+        mount: &str,
+        since_ms: i64,
+    ) -> Result<u32, StoreError> {
+        let mut conn = self.connection.clone();
+        let key = self.keys.reservations(server, mount);
+        self.bounded(conn.zcount(key, since_ms, "+inf")).await
+    }
+
     /// Records that replica `id` is alive at `now_ms`; returns how many replicas
     /// sent a heartbeat within `stale_after`.
     pub async fn heartbeat(

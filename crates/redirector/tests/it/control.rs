@@ -60,10 +60,28 @@ async fn drain_takes_effect_within_a_second_and_survives_a_poller_restart() {
         out.contains("one") && out.contains("two") && out.contains("/s.ogg"),
         "{out}"
     );
+    // A redirect reserves a slot; the poller's list shows it.
+    assert_eq!(
+        client()
+            .get(redirector.url("/s"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        302
+    );
     let (code, out, _) = ctl(poller.admin, &["--json", "servers"]);
     assert_eq!(code, 0);
     let parsed: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(parsed["servers"].as_array().unwrap().len(), 2);
+    let reserved: u64 = parsed["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["mounts"].as_array().unwrap())
+        .map(|m| m["reserved"].as_u64().unwrap())
+        .sum();
+    assert!(reserved >= 1, "{out}");
 
     let (code, out, err) = ctl(poller.admin, &["drain", "two"]);
     assert_eq!((code, out.trim()), (0, "two: drained"), "{err}");
