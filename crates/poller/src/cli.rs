@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use balancer_service::{LogFormat, parse_redis_url};
+use balancer_service::{CommonFlags, parse_redis_url};
 use clap::Parser;
 use url::Url;
 
@@ -28,22 +28,9 @@ pub struct Args {
     #[arg(long, env = "ICB_ADMIN", value_name = "ADDR", default_value = DEFAULT_ADMIN)]
     pub admin: SocketAddr,
 
-    /// Bearer token the control API requires; needed when --admin is not on loopback.
-    #[arg(
-        long,
-        env = "ICB_ADMIN_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub admin_token: Option<String>,
-
-    /// Serve the control API beyond loopback without a token (behind a network policy).
-    #[arg(long, env = "ICB_ADMIN_INSECURE")]
-    pub admin_insecure: bool,
-
-    /// Log format; the filter comes from RUST_LOG (default: info).
-    #[arg(long, env = "ICB_LOG_FORMAT", value_enum, default_value_t)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonFlags,
 
     /// Validate the fleet config (the file given here, else --config), print a
     /// one-line summary and exit: 0 when valid, 64 when not.

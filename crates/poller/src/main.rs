@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use balancer_fleet::Fleet;
 use balancer_service::{
-    EXIT_CONFIG, EXIT_UNAVAILABLE, Signal, check_admin_exposure, init_logging, serve_admin, signals,
+    EXIT_CONFIG, EXIT_UNAVAILABLE, Signal, check_admin_exposure, init_logging, process_identity,
+    serve_admin, signals,
 };
 use balancer_store::{DEFAULT_OPERATION_TIMEOUT, Keys, RedisStore};
 use clap::Parser;
@@ -27,7 +28,7 @@ const ADMIN_GRACE: Duration = Duration::from_millis(500);
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    init_logging(args.common.log_format);
     let command = match args.command() {
         Ok(command) => command,
         Err(message) => return fail(EXIT_CONFIG, &message),
@@ -55,12 +56,20 @@ fn main() -> ExitCode {
                 Ok(runtime) => runtime,
                 Err(e) => return fail(EXIT_UNAVAILABLE, &format!("cannot start the runtime: {e}")),
             };
-            if let Err(e) =
-                check_admin_exposure(admin, args.admin_token.as_deref(), args.admin_insecure)
-            {
+            if let Err(e) = check_admin_exposure(
+                admin,
+                args.common.admin_token.as_deref(),
+                args.common.admin_insecure,
+            ) {
                 return fail(EXIT_CONFIG, &e.to_string());
             }
-            runtime.block_on(run(fleet, loaded, redis, admin, args.admin_token.clone()))
+            runtime.block_on(run(
+                fleet,
+                loaded,
+                redis,
+                admin,
+                args.common.admin_token.clone(),
+            ))
         }
     }
 }
@@ -99,7 +108,7 @@ async fn run(
         balancer_fleet::process_env,
         fleet,
         store.clone(),
-        identity(),
+        process_identity(),
     );
     let poller = poller.with_metrics(metrics);
     let (commands, command_rx) = mpsc::channel(16);
@@ -166,17 +175,6 @@ async fn run(
         admin_server.abort();
     }
     ExitCode::SUCCESS
-}
-
-/// A name for this process in the lease: host and process id.
-fn identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".to_owned());
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    format!("{host}:{}:{started}", std::process::id())
 }
 
 /// The Redis URL without its password, for logs.

@@ -260,13 +260,7 @@ impl<S: PollerStore> Poller<S> {
             took_ms = started.elapsed().as_millis() as u64,
             "cycle done"
         );
-        let snapshot = build_snapshot(
-            &self.fleet,
-            &self.health,
-            &self.drained,
-            now_ms(),
-            &self.identity,
-        );
+        let snapshot = self.snapshot();
         if let Some(metrics) = &self.metrics {
             metrics.observe_snapshot(&snapshot);
         }
@@ -315,14 +309,19 @@ impl<S: PollerStore> Poller<S> {
         }
     }
 
-    fn servers_report(&self) -> Vec<ServerReport> {
-        let snapshot = build_snapshot(
+    /// The snapshot of what is known now (its version is set when published).
+    fn snapshot(&self) -> Snapshot {
+        build_snapshot(
             &self.fleet,
             &self.health,
             &self.drained,
             now_ms(),
             &self.identity,
-        );
+        )
+    }
+
+    fn servers_report(&self) -> Vec<ServerReport> {
+        let snapshot = self.snapshot();
         snapshot
             .servers
             .into_iter()

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use balancer_service::{LogFormat, parse_redis_url, parse_trusted_proxy};
+use balancer_service::{CommonFlags, parse_redis_url, parse_trusted_proxy};
 use clap::Parser;
 use ipnet::IpNet;
 use url::Url;
@@ -83,22 +83,9 @@ pub struct Args {
     #[arg(long, env = "ICB_DRAIN_DELAY", value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     pub drain_delay: Duration,
 
-    /// Bearer token the control API requires; needed when --admin is not on loopback.
-    #[arg(
-        long,
-        env = "ICB_ADMIN_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub admin_token: Option<String>,
-
-    /// Serve the control API beyond loopback without a token (behind a network policy).
-    #[arg(long, env = "ICB_ADMIN_INSECURE")]
-    pub admin_insecure: bool,
-
-    /// Log format; the filter comes from RUST_LOG (default: info).
-    #[arg(long, env = "ICB_LOG_FORMAT", value_enum, default_value_t)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonFlags,
 
     /// Validate the flags and the fleet config (the file given here, else --fleet),
     /// print a one-line summary and exit: 0 when valid, 64 when not.
@@ -188,8 +175,8 @@ impl Args {
         }
         balancer_service::check_admin_exposure(
             self.admin,
-            self.admin_token.as_deref(),
-            self.admin_insecure,
+            self.common.admin_token.as_deref(),
+            self.common.admin_insecure,
         )
         .map_err(|e| e.to_string())?;
         if self.drain_delay > Duration::from_secs(8) {
@@ -201,7 +188,7 @@ impl Args {
             connect_grace: self.connect_grace,
             drain_delay: self.drain_delay,
             header_timeout: self.header_timeout,
-            admin_token: self.admin_token.clone(),
+            admin_token: self.common.admin_token.clone(),
             source,
             listen: self.listen,
             admin: self.admin,

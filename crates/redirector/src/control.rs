@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use balancer_geo::{Candidate, Client, GeoDb, Place, rank};
+use balancer_geo::{Client, GeoDb, Place, rank};
 use balancer_proto::control::v1 as api;
 use balancer_proto::control::v1::control_server::Control;
 use balancer_proto::snapshot::v1::Location;
@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::follow::Views;
 use crate::http::now_ms;
-use crate::select::{Selector, Unusable};
+use crate::select::{Selector, Unusable, candidate};
 
 /// Serves the control API from a running redirector.
 pub struct RedirectorControl {
@@ -214,14 +214,7 @@ impl Control for RedirectorControl {
                     detail,
                 }),
                 None => {
-                    candidates.push(Candidate {
-                        place: server.place,
-                        free_slots: mount.free_slots,
-                        limit: mount.limit,
-                        weight: server.weight,
-                        ipv4: server.ipv4,
-                        ipv6: server.ipv6,
-                    });
+                    candidates.push(candidate(&view, mount));
                     which.push(mount);
                 }
             }

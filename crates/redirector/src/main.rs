@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    init_logging(args.common.log_format);
     let settings = match args.settings() {
         Ok(settings) => settings,
         Err(message) => return fail(EXIT_CONFIG, &message),

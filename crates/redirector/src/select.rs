@@ -155,15 +155,7 @@ impl Selector {
         let mut which = Vec::with_capacity(mounts.len());
         for (i, mount) in mounts.iter().enumerate() {
             if self.usable(view, mount, now_ms).is_ok() {
-                let server = &view.servers[mount.server];
-                candidates.push(Candidate {
-                    place: server.place,
-                    free_slots: mount.free_slots,
-                    limit: mount.limit,
-                    weight: server.weight,
-                    ipv4: server.ipv4,
-                    ipv6: server.ipv6,
-                });
+                candidates.push(candidate(view, mount));
                 which.push(i);
             }
         }
@@ -190,5 +182,19 @@ impl Selector {
             }
         }
         None
+    }
+}
+
+/// What ranking needs to know about a mount and its server. Requests and
+/// `Explain` both use it, so they rank alike.
+pub fn candidate(view: &FleetView, mount: &MountView) -> Candidate {
+    let server = &view.servers[mount.server];
+    Candidate {
+        place: server.place,
+        free_slots: mount.free_slots,
+        limit: mount.limit,
+        weight: server.weight,
+        ipv4: server.ipv4,
+        ipv6: server.ipv6,
     }
 }

@@ -79,7 +79,7 @@ pub async fn run(
         tracing::warn!(%error, "GeoIP database unavailable; ranking without it");
     }
     let geo = Arc::new(geo);
-    let identity = identity();
+    let identity = balancer_service::process_identity();
     let views = Arc::new(Views::default());
     let (stop_tx, stop) = watch::channel(false);
     let ttl = options.max_data_age + options.connect_grace + Duration::from_secs(5);
@@ -316,14 +316,6 @@ async fn watch_geoip(geo: Arc<GeoDb>, mut stop: watch::Receiver<bool>) {
             tracing::warn!(%error, "GeoIP file changed but cannot be loaded; keeping the old one");
         }
     }
-}
-
-/// A name for this replica: host, process id and start time.
-fn identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".to_owned());
-    format!("{host}:{}:{}", std::process::id(), now_ms())
 }
 
 /// Formats an address for logs.

@@ -5,6 +5,40 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use url::Url;
 
+use crate::LogFormat;
+
+/// Flags both services share: who may use the admin API, and how logs look.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonFlags {
+    /// Bearer token the control API requires; needed when --admin is not on loopback.
+    #[arg(
+        long,
+        env = "ICB_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// Serve the control API beyond loopback without a token (behind a network policy).
+    #[arg(long, env = "ICB_ADMIN_INSECURE")]
+    pub admin_insecure: bool,
+
+    /// Log format; the filter comes from RUST_LOG (default: info).
+    #[arg(long, env = "ICB_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+/// A name for this process in leases and heartbeats: host, process id and start time.
+pub fn process_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".to_owned());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{host}:{}:{started}", std::process::id())
+}
+
 /// Why a `--redis` value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RedisUrlError {

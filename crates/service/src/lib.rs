@@ -8,7 +8,9 @@ mod logging;
 mod signals;
 
 pub use admin::{ExposedAdmin, Health, check_admin_exposure, serve_admin};
-pub use flags::{RedisUrlError, parse_redis_url, parse_trusted_proxy};
+pub use flags::{
+    CommonFlags, RedisUrlError, parse_redis_url, parse_trusted_proxy, process_identity,
+};
 pub use logging::{LogFormat, init_logging};
 pub use signals::{Signal, signals};
 
