@@ -39,6 +39,10 @@ pub(crate) fn bench() -> anyhow::Result<()> {
         "icecast-poller",
         "--bin",
         "icecast-sim",
+        "-p",
+        "icecast-redirector",
+        "--bin",
+        "icecast-redirector",
     ]))?;
     let poller = poller_case(1000, 5, Duration::from_secs(30))?;
     let section = format!(
@@ -69,7 +73,10 @@ pub(crate) fn bench() -> anyhow::Result<()> {
     record("poller", &section)?;
     let geo = geo_case()?;
     println!("{geo}");
-    record("geo", &geo)
+    record("geo", &geo)?;
+    let redirector = redirector_case()?;
+    println!("{redirector}");
+    record("redirector", &redirector)
 }
 
 /// The geo benchmark binary, pinned to CPU 0; its lines become a table.
@@ -342,4 +349,292 @@ fn today() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+/// One wrk run against one server.
+struct Run {
+    requests: f64,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu: Duration,
+    redis_cpu: Duration,
+    non_3xx: u64,
+}
+
+/// Redirector against nginx's static `return 302`, both on CPU 0, wrk on CPU 1:
+/// new connection per request and keep-alive, 3 alternating rounds of 10 s.
+pub(crate) fn redirector_case() -> anyhow::Result<String> {
+    packages::ensure(&[
+        Tool {
+            program: "nginx",
+            package: "nginx",
+        },
+        Tool {
+            program: "wrk",
+            package: "wrk",
+        },
+    ])?;
+    let dir = std::env::temp_dir().join(format!("xtask-bench-redirector-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let release = workspace_root().join("target/release");
+    let redis_port = free_port()?;
+    let redis = Guard(
+        pinned(1, "redis-server")
+            .args([
+                "--port",
+                &redis_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start redis-server")?,
+    );
+    let redis_pid = redis.0.id();
+    wait_for(|| redis_answers(redis_port), "redis-server to answer PING")?;
+    let (fleet, geoip) = (dir.join("fleet.toml"), dir.join("city.mmdb"));
+    let _sim = Guard(
+        pinned(1, &release.join("icecast-sim").to_string_lossy())
+            .args([
+                "--servers",
+                "100",
+                "--mounts",
+                "5",
+                "--limit",
+                "1000000",
+                "--interval",
+                "1s",
+                "--fleet",
+            ])
+            .arg(&fleet)
+            .arg("--geoip")
+            .arg(&geoip)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start icecast-sim")?,
+    );
+    wait_for(
+        || fleet.exists() && geoip.exists(),
+        "icecast-sim to write the fleet",
+    )?;
+    let redis_url = format!("redis://127.0.0.1:{redis_port}/");
+    let _poller = Guard(
+        pinned(1, &release.join("icecast-poller").to_string_lossy())
+            .arg("--config")
+            .arg(&fleet)
+            .args(["--redis", &redis_url, "--admin", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start icecast-poller")?,
+    );
+    let redirector_port = free_port()?;
+    let redirector = Guard(
+        pinned(0, &release.join("icecast-redirector").to_string_lossy())
+            .args([
+                "--redis",
+                &redis_url,
+                "--listen",
+                &format!("127.0.0.1:{redirector_port}"),
+                "--admin",
+                "127.0.0.1:0",
+            ])
+            .arg("--geoip-city")
+            .arg(&geoip)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start icecast-redirector")?,
+    );
+    wait_for(
+        || status_of(redirector_port, "/sim") == Some(302),
+        "the redirector to answer 302",
+    )?;
+
+    let nginx_port = free_port()?;
+    let conf = dir.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {log};\nevents {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 100000000;\n  server {{\n    listen 127.0.0.1:{nginx_port};\n    \
+             location / {{ return 302 http://127.0.0.1:8000/m0.ogg; }}\n  }}\n}}\n",
+            pid = dir.join("nginx.pid").display(),
+            log = dir.join("nginx-error.log").display(),
+        ),
+    )?;
+    let nginx = Guard(
+        pinned(0, "nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&dir)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start nginx")?,
+    );
+    wait_for(
+        || status_of(nginx_port, "/sim") == Some(302),
+        "nginx to answer 302",
+    )?;
+    let nginx_pids = children_and_self(nginx.0.id());
+
+    let modes = [("new connection per request", true), ("keep-alive", false)];
+    let mut results: Vec<(&str, &str, Vec<Run>)> = Vec::new();
+    for (mode, close) in modes {
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..3 {
+            ours.push(wrk(
+                redirector_port,
+                close,
+                &[redirector.0.id()],
+                redis_pid,
+            )?);
+            theirs.push(wrk(nginx_port, close, &nginx_pids, redis_pid)?);
+        }
+        results.push((mode, "icecast-redirector", ours));
+        results.push((mode, "nginx return 302", theirs));
+    }
+    let _ = fs::remove_dir_all(&dir);
+
+    let median = |runs: &[Run], f: fn(&Run) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let cpu_us = |r: &Run| r.cpu.as_secs_f64() * 1e6 / r.requests.max(1.0);
+    let mut table = String::from(
+        "| mode | server | requests/s | p50 | p99 | server CPU per request | Redis CPU per request | non-3xx |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut ratios = String::new();
+    for pair in results.chunks(2) {
+        for (mode, server, runs) in pair {
+            table.push_str(&format!(
+                "| {mode} | {server} | {:.0} | {:.2} ms | {:.2} ms | {:.1} µs | {:.2} µs | {} |\n",
+                median(runs, |r| r.rps),
+                median(runs, |r| r.p50_ms),
+                median(runs, |r| r.p99_ms),
+                median(runs, cpu_us),
+                median(runs, |r| r.redis_cpu.as_secs_f64() * 1e6
+                    / r.requests.max(1.0)),
+                runs.iter().map(|r| r.non_3xx).sum::<u64>(),
+            ));
+        }
+        let (ours, theirs) = (&pair[0].2, &pair[1].2);
+        ratios.push_str(&format!(
+            "- {}: redirector / nginx CPU per request {:.2}x, p99 {:.2}x, throughput {:.2}x\n",
+            pair[0].0,
+            median(ours, cpu_us) / median(theirs, cpu_us),
+            median(ours, |r| r.p99_ms) / median(theirs, |r| r.p99_ms),
+            median(ours, |r| r.rps) / median(theirs, |r| r.rps),
+        ));
+    }
+    Ok(format!(
+        "## Redirector against nginx\n\n\
+         Command: `cargo xtask bench`. Machine: {machine}. Run: {date}.\n\n\
+         Both servers on CPU 0 (`taskset`), wrk (1 thread, 50 connections, 10 s) on CPU 1, loopback\n\
+         only, 3 alternating rounds per mode, medians. The redirector follows a poller publishing a\n\
+         snapshot of 100 simulated servers x 5 mounts (icecast-sim, CPU 1) through redis-server\n\
+         (CPU 1), with a GeoIP City database, geo ranking and reservations on; nginx answers a\n\
+         static `return 302` with 1 worker and unlimited keep-alive requests. CPU per request is\n\
+         user+system time from /proc over the run; Redis CPU includes the poller's publications.\n\n\
+         {table}\n{ratios}",
+        machine = machine(),
+        date = today(),
+    ))
+}
+
+/// Runs wrk once against `port`, measuring the CPU of `pids` and of Redis.
+fn wrk(port: u16, close: bool, pids: &[u32], redis_pid: u32) -> anyhow::Result<Run> {
+    let cpu = |pids: &[u32]| {
+        pids.iter()
+            .map(|&p| cpu_time(p).unwrap_or_default())
+            .sum::<Duration>()
+    };
+    let (before, redis_before) = (cpu(pids), cpu_time(redis_pid)?);
+    let mut command = pinned(1, "wrk");
+    command.args(["-t1", "-c50", "-d10s", "--latency"]);
+    if close {
+        command.args(["-H", "Connection: close"]);
+    }
+    let output = command
+        .arg(format!("http://127.0.0.1:{port}/sim"))
+        .output()
+        .context("run wrk")?;
+    let (after, redis_after) = (cpu(pids), cpu_time(redis_pid)?);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let number_after = |label: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .and_then(|l| {
+                l.trim_start()[label.len()..]
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
+            })
+            .and_then(|v| parse_latency_or_number(&v))
+    };
+    let requests = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .context(format!("wrk printed no request count:\n{text}"))?;
+    Ok(Run {
+        requests,
+        rps: number_after("Requests/sec:").unwrap_or(0.0),
+        p50_ms: number_after("50%").unwrap_or(0.0),
+        p99_ms: number_after("99%").unwrap_or(0.0),
+        cpu: after.saturating_sub(before),
+        redis_cpu: redis_after.saturating_sub(redis_before),
+        non_3xx: number_after("Non-2xx or 3xx responses:").map_or(0, |n| n as u64),
+    })
+}
+
+/// wrk prints `1.23ms`, `456.00us`, `1.02s` or plain numbers; latencies come back in ms.
+fn parse_latency_or_number(value: &str) -> Option<f64> {
+    for (suffix, factor) in [("us", 0.001), ("ms", 1.0), ("s", 1000.0)] {
+        if let Some(number) = value.strip_suffix(suffix) {
+            return number.parse::<f64>().ok().map(|n| n * factor);
+        }
+    }
+    value.parse().ok()
+}
+
+/// The HTTP status a GET of `path` gets, if any.
+fn status_of(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// A process and its direct children (nginx's master and worker).
+fn children_and_self(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.len() == 1 && Instant::now() < deadline {
+        let children =
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        pids.extend(
+            children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pids
 }

@@ -7,6 +7,10 @@
 //! ```text
 //! icecast-sim --servers 1000 --mounts 5 --interval 1s --fleet /tmp/fleet.toml
 //! ```
+//!
+//! `--limit N` sets every mount's `max_listeners` (default 100); `--geoip PATH`
+//! also writes a City database placing all of 127.0.0.0/8 in Vienna, and gives
+//! the servers locations across Europe, so a redirector has real ranking work.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -20,6 +24,8 @@ struct Options {
     mounts: usize,
     interval: String,
     fleet: String,
+    limit: u32,
+    geoip: Option<String>,
 }
 
 fn options() -> Result<Options, String> {
@@ -28,6 +34,8 @@ fn options() -> Result<Options, String> {
         mounts: 5,
         interval: "1s".into(),
         fleet: "fleet.toml".into(),
+        limit: 100,
+        geoip: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -39,6 +47,8 @@ fn options() -> Result<Options, String> {
             "--mounts" => options.mounts = value.parse().map_err(|e| format!("--mounts: {e}"))?,
             "--interval" => options.interval = value,
             "--fleet" => options.fleet = value,
+            "--limit" => options.limit = value.parse().map_err(|e| format!("--limit: {e}"))?,
+            "--geoip" => options.geoip = Some(value),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -73,8 +83,19 @@ async fn main() -> std::process::ExitCode {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let _ = write!(
             fleet,
-            "[[server]]\nname = \"sim-{server}\"\nurl = \"http://127.0.0.1:{port}\"\nadmin_user = \"admin\"\nadmin_password = \"sim\"\n\n"
+            "[[server]]\nname = \"sim-{server}\"\nurl = \"http://127.0.0.1:{port}\"\nadmin_user = \"admin\"\nadmin_password = \"sim\"\n"
         );
+        if options.geoip.is_some() {
+            let (country, lat, lon) = PLACES[server % PLACES.len()];
+            let jitter = (server / PLACES.len()) as f64 * 0.01;
+            let _ = writeln!(
+                fleet,
+                "country = \"{country}\"\nlocation = {{ lat = {:.2}, lon = {:.2} }}",
+                lat + jitter,
+                lon + jitter
+            );
+        }
+        fleet.push('\n');
         for mount in 0..options.mounts {
             let _ = writeln!(
                 stream,
@@ -84,12 +105,25 @@ async fn main() -> std::process::ExitCode {
         tokio::spawn(serve(
             listener,
             options.mounts,
+            options.limit,
             server,
             Arc::clone(&requests),
         ));
     }
     stream.push_str("]\n");
     fleet.push_str(&stream);
+    if let Some(path) = &options.geoip {
+        let db = balancer_testkit::geoip::city_db(&[balancer_testkit::geoip::CityNet {
+            network: "127.0.0.0/8",
+            country: "AT",
+            continent: "EU",
+            location: (48.21, 16.37),
+        }]);
+        if let Err(e) = std::fs::write(path, db) {
+            eprintln!("icecast-sim: cannot write {path}: {e}");
+            return std::process::ExitCode::from(73);
+        }
+    }
     if let Err(e) = std::fs::write(&options.fleet, fleet) {
         eprintln!("icecast-sim: cannot write {}: {e}", options.fleet);
         return std::process::ExitCode::from(73);
@@ -102,7 +136,25 @@ async fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-async fn serve(listener: TcpListener, mounts: usize, server: usize, requests: Arc<AtomicU64>) {
+/// Where simulated servers stand: country and coordinates.
+const PLACES: [(&str, f64, f64); 8] = [
+    ("AT", 48.21, 16.37),
+    ("AT", 47.07, 15.44),
+    ("DE", 52.52, 13.40),
+    ("DE", 48.14, 11.58),
+    ("CH", 47.37, 8.54),
+    ("FR", 48.86, 2.35),
+    ("IT", 45.46, 9.19),
+    ("NL", 52.37, 4.90),
+];
+
+async fn serve(
+    listener: TcpListener,
+    mounts: usize,
+    limit: u32,
+    server: usize,
+    requests: Arc<AtomicU64>,
+) {
     while let Ok((mut socket, _)) = listener.accept().await {
         let requests = Arc::clone(&requests);
         tokio::spawn(async move {
@@ -119,7 +171,7 @@ async fn serve(listener: TcpListener, mounts: usize, server: usize, requests: Ar
                 // Answer each complete request head; bodies are never sent to us.
                 while let Some(end) = find_head_end(&buffer[..filled]) {
                     let count = requests.fetch_add(1, Ordering::Relaxed);
-                    let body = stats(mounts, server, count);
+                    let body = stats(mounts, limit, server, count);
                     let head = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
                         body.len()
@@ -148,7 +200,7 @@ fn find_head_end(bytes: &[u8]) -> Option<usize> {
 }
 
 /// An /admin/stats document shaped like Icecast 2.4's, with drifting counts.
-fn stats(mounts: usize, server: usize, count: u64) -> String {
+fn stats(mounts: usize, limit: u32, server: usize, count: u64) -> String {
     let mut body = String::from(
         "<?xml version=\"1.0\"?>\n<icestats><admin>sim@localhost</admin><host>127.0.0.1</host><server_id>Icecast 2.4.4</server_id>",
     );
@@ -160,7 +212,7 @@ fn stats(mounts: usize, server: usize, count: u64) -> String {
         let _ = write!(
             sources,
             "<source mount=\"/m{mount}.ogg\"><genre>various</genre><listener_peak>90</listener_peak><listeners>{listeners}</listeners>\
-             <listenurl>http://127.0.0.1/m{mount}.ogg</listenurl><max_listeners>100</max_listeners><public>0</public>\
+             <listenurl>http://127.0.0.1/m{mount}.ogg</listenurl><max_listeners>{limit}</max_listeners><public>0</public>\
              <server_name>Simulated</server_name><server_type>application/ogg</server_type><slow_listeners>0</slow_listeners>\
              <source_ip>127.0.0.1</source_ip><total_bytes_read>0</total_bytes_read><total_bytes_sent>0</total_bytes_sent></source>"
         );
