@@ -16,7 +16,7 @@
 //!   frozen Redis costs at most one short wait per breaker period.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,10 +76,8 @@ pub enum Mode {
 /// This replica's reservations.
 pub struct Reservations {
     store: Option<RedisStore>,
-    id: String,
     grace_ms: i64,
     ttl: Duration,
-    counter: AtomicU64,
     breaker_until_ms: AtomicI64,
     replicas: AtomicU32,
     pools: Mutex<HashMap<(String, String), Arc<SlotPool>>>,
@@ -87,16 +85,14 @@ pub struct Reservations {
 }
 
 impl Reservations {
-    /// Reservations shared through `store` (None: standalone), for replica `id`.
+    /// Reservations shared through `store` (None: standalone).
     /// `grace` is how long after a redirect a player may take to connect;
     /// `ttl` how long Redis keeps reservation entries.
-    pub fn new(store: Option<RedisStore>, id: String, grace: Duration, ttl: Duration) -> Self {
+    pub fn new(store: Option<RedisStore>, grace: Duration, ttl: Duration) -> Self {
         Reservations {
             store,
-            id,
             grace_ms: i64::try_from(grace.as_millis()).unwrap_or(i64::MAX),
             ttl,
-            counter: AtomicU64::new(0),
             breaker_until_ms: AtomicI64::new(0),
             replicas: AtomicU32::new(1),
             pools: Mutex::new(HashMap::new()),
@@ -167,11 +163,6 @@ impl Reservations {
         if let Some(store) = self.store.as_ref().filter(|_| !self.redis_trouble(now_ms)) {
             let replicas = self.replicas.load(Ordering::Relaxed);
             let batch = (mount.free_slots / (4 * replicas)).clamp(1, MAX_BATCH);
-            let member = format!(
-                "{}:{}",
-                self.id,
-                self.counter.fetch_add(1, Ordering::Relaxed)
-            );
             let request = Reserve {
                 server: mount.server,
                 mount: mount.mount,
@@ -179,7 +170,6 @@ impl Reservations {
                 window_start_ms: window_start,
                 free_slots: mount.free_slots,
                 want: batch,
-                member: &member,
                 ttl: self.ttl,
             };
             match store.reserve(&request, RESERVE_TIMEOUT).await {
@@ -248,12 +238,7 @@ mod tests {
 
     #[tokio::test]
     async fn alone_never_exceeds_what_the_poll_saw() {
-        let r = Reservations::new(
-            None,
-            "r".into(),
-            Duration::from_secs(2),
-            Duration::from_secs(10),
-        );
+        let r = Reservations::new(None, Duration::from_secs(2), Duration::from_secs(10));
         let pool = r.pool("s", "/m");
         let mut granted = 0;
         for i in 0..10 {
@@ -281,12 +266,7 @@ mod tests {
             Duration::from_millis(50),
         )
         .expect("store");
-        let r = Reservations::new(
-            Some(store),
-            "r".into(),
-            Duration::from_secs(2),
-            Duration::from_secs(10),
-        );
+        let r = Reservations::new(Some(store), Duration::from_secs(2), Duration::from_secs(10));
         r.set_replicas(2);
         let pool = r.pool("s", "/m");
         let mut granted = 0;

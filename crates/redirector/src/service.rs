@@ -92,13 +92,8 @@ pub async fn run(
             let store = RedisStore::new(url.as_str(), Keys::default(), Duration::from_millis(500))
                 .map_err(|e| format!("--redis: {e}"))?;
             let reservations = Arc::new(
-                Reservations::new(
-                    Some(store.clone()),
-                    identity.clone(),
-                    options.connect_grace,
-                    ttl,
-                )
-                .with_metrics(metrics.clone()),
+                Reservations::new(Some(store.clone()), options.connect_grace, ttl)
+                    .with_metrics(metrics.clone()),
             );
             tokio::spawn(follow_redis(
                 store.clone(),
@@ -119,8 +114,7 @@ pub async fn run(
         Source::Standalone(path, fleet) => {
             let memory = MemoryStore::new();
             let reservations = Arc::new(
-                Reservations::new(None, identity.clone(), options.connect_grace, ttl)
-                    .with_metrics(metrics.clone()),
+                Reservations::new(None, options.connect_grace, ttl).with_metrics(metrics.clone()),
             );
             let (poller, status) = Poller::new(
                 path,

@@ -114,7 +114,6 @@ async fn location_only_ever_points_into_the_fleet() {
         let snapshot = random_snapshot(&mut rng, now_ms);
         let reservations = Arc::new(Reservations::new(
             None,
-            "t".into(),
             Duration::from_secs(1),
             Duration::from_secs(10),
         ));

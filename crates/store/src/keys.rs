@@ -89,9 +89,9 @@ impl Keys {
         format!("{}:drained", self.prefix)
     }
 
-    /// Sorted set of the slots redirectors handed out for one mount, scored by
-    /// the time they were handed out; entries older than the TTL are trimmed on
-    /// every write. TTL: [`reservation_ttl`].
+    /// Hash from a second to the slots redirectors handed out for one mount in
+    /// it; seconds older than the TTL are dropped on every write, so it holds
+    /// at most TTL-in-seconds fields. TTL: [`reservation_ttl`].
     pub fn reservations(&self, server: &str, mount: &str) -> String {
         format!("{}:reserved:{server}:{mount}", self.prefix)
     }

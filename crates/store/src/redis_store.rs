@@ -76,27 +76,34 @@ redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 ";
 
-/// Hands out up to `ARGV[4]` slots of a mount whose poll (at `ARGV[2]` ms,
-/// minus the connect grace) found `ARGV[3]` free, minus the slots already
-/// handed out since then: so all replicas together never exceed what the poll saw.
-/// KEYS[1]: the mount's reservation set. ARGV: now, window start, free, want,
-/// member prefix, ttl ms. Returns the number of slots granted.
+/// Hands out up to `ARGV[4]` slots of a mount whose poll found `ARGV[3]`
+/// free, minus the slots already handed out since `ARGV[2]` (the poll time
+/// minus the connect grace): so all replicas together never exceed what the
+/// poll saw. KEYS[1] is a hash from a second (since the epoch) to the slots
+/// handed out in it: its size is bounded by the TTL in seconds, whatever the
+/// redirect rate. The second holding the window start is counted whole, which
+/// can only refuse a slot, never overbook. ARGV: now ms, window start ms,
+/// free, want, ttl ms. Returns the number of slots granted.
 const RESERVE_SCRIPT: &str = r"
-local now = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[6])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
-local used = redis.call('ZCOUNT', KEYS[1], ARGV[2], '+inf')
+local now = math.floor(tonumber(ARGV[1]) / 1000)
+local from = math.floor(tonumber(ARGV[2]) / 1000)
+local oldest = now - math.ceil(tonumber(ARGV[5]) / 1000)
+local used = 0
+local buckets = redis.call('HGETALL', KEYS[1])
+for i = 1, #buckets, 2 do
+  local second = tonumber(buckets[i])
+  if second < oldest then
+    redis.call('HDEL', KEYS[1], buckets[i])
+  elseif second >= from then
+    used = used + tonumber(buckets[i + 1])
+  end
+end
 local grant = math.min(tonumber(ARGV[4]), tonumber(ARGV[3]) - used)
 if grant <= 0 then
   return 0
 end
-local entries = {}
-for i = 1, grant do
-  entries[2 * i - 1] = now
-  entries[2 * i] = ARGV[5] .. ':' .. i
-end
-redis.call('ZADD', KEYS[1], unpack(entries))
-redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('HINCRBY', KEYS[1], now, grant)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return grant
 ";
 
@@ -126,8 +133,6 @@ pub struct Reserve<'a> {
     pub free_slots: u32,
     /// How many to take.
     pub want: u32,
-    /// Unique prefix for the reservation entries (replica id and a counter).
-    pub member: &'a str,
     /// How long entries are kept.
     pub ttl: Duration,
 }
@@ -260,7 +265,6 @@ impl RedisStore {
             .arg(request.window_start_ms)
             .arg(request.free_slots)
             .arg(request.want)
-            .arg(request.member)
             .arg(millis(request.ttl));
         match tokio::time::timeout(timeout, call.invoke_async::<u32>(&mut conn)).await {
             Ok(result) => Ok(result?),
@@ -277,7 +281,13 @@ impl RedisStore {
     ) -> Result<u32, StoreError> {
         let mut conn = self.connection.clone();
         let key = self.keys.reservations(server, mount);
-        self.bounded(conn.zcount(key, since_ms, "+inf")).await
+        let buckets: Vec<(i64, u32)> = self.bounded(conn.hgetall(key)).await?;
+        let from = since_ms.div_euclid(1000);
+        Ok(buckets
+            .iter()
+            .filter(|(second, _)| *second >= from)
+            .map(|(_, n)| n)
+            .sum())
     }
 
     /// Records that replica `id` is alive at `now_ms`; returns how many replicas

@@ -137,13 +137,23 @@ pub(crate) fn client() -> reqwest::Client {
 pub(crate) async fn wait_status(url: &str, status: u16) -> reqwest::Response {
     let client = client();
     let deadline = Instant::now() + PATIENCE;
+    let mut last = String::new();
     loop {
-        if let Ok(response) = client.get(url).send().await
-            && response.status().as_u16() == status
-        {
-            return response;
+        match client.get(url).send().await {
+            Ok(response) if response.status().as_u16() == status => return response,
+            Ok(response) => {
+                last = format!(
+                    "{} {}",
+                    response.status(),
+                    response.text().await.unwrap_or_default()
+                )
+            }
+            Err(e) => last = format!("error: {e}"),
         }
-        assert!(Instant::now() < deadline, "{url} never answered {status}");
+        assert!(
+            Instant::now() < deadline,
+            "{url} never answered {status}; last answer: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

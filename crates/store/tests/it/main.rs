@@ -139,7 +139,7 @@ async fn every_key_written_is_bounded() {
         .await
         .unwrap();
     store
-        .reserve(&reserve("r:1", 1000, 0, 5, 2), TIMEOUT)
+        .reserve(&reserve(1000, 0, 5, 2), TIMEOUT)
         .await
         .unwrap();
     let keys = Keys::default();
@@ -173,12 +173,11 @@ async fn every_key_written_is_bounded() {
 }
 
 fn reserve(
-    member: &str,
     now_ms: i64,
     window_start_ms: i64,
     free_slots: u32,
     want: u32,
-) -> balancer_store::Reserve<'_> {
+) -> balancer_store::Reserve<'static> {
     balancer_store::Reserve {
         server: "a",
         mount: "/a.ogg",
@@ -186,7 +185,6 @@ fn reserve(
         window_start_ms,
         free_slots,
         want,
-        member,
         ttl: Duration::from_secs(10),
     }
 }
@@ -199,28 +197,31 @@ async fn reservations_never_exceed_what_the_poll_saw() {
         let store = store.clone();
         async move { store.reserve(&r, TIMEOUT).await.unwrap() }
     };
-    // A poll at t=1000 saw 5 free; two replicas ask for 3 each.
-    assert_eq!(granted(&a, reserve("a:1", 1100, 1000, 5, 3)).await, 3);
-    assert_eq!(granted(&b, reserve("b:1", 1200, 1000, 5, 3)).await, 2);
-    assert_eq!(granted(&a, reserve("a:2", 1250, 1000, 5, 1)).await, 0);
-    // (Had that poll seen 6 free, one more would have gone out, at t=1300.)
-    assert_eq!(granted(&a, reserve("a:3", 1300, 1000, 6, 1)).await, 1);
-    // The next poll (window from 1250) counted the first five players and saw
-    // 2 free; the slot handed out at 1300 is not in its count yet: 1 is left.
-    assert_eq!(granted(&a, reserve("a:4", 3100, 1250, 2, 5)).await, 1);
-    // Entries older than the TTL are forgotten.
-    assert_eq!(granted(&b, reserve("b:2", 60_000, 0, 3, 3)).await, 3);
+    // A poll at t=9 s saw 5 free; two replicas ask for 3 each at t=10 s.
+    assert_eq!(granted(&a, reserve(10_100, 9_000, 5, 3)).await, 3);
+    assert_eq!(granted(&b, reserve(10_200, 9_000, 5, 3)).await, 2);
+    assert_eq!(granted(&a, reserve(10_300, 9_000, 5, 1)).await, 0);
+    // (Had that poll seen 6 free, one more would have gone out, at t=12 s.)
+    assert_eq!(granted(&a, reserve(12_300, 9_000, 6, 1)).await, 1);
+    // The next poll (window from 11 s) counted the first five players and saw
+    // 2 free; the slot handed out at 12 s is not in its count yet: 1 is left.
+    assert_eq!(granted(&a, reserve(13_100, 11_000, 2, 5)).await, 1);
+    // A window starting inside a second counts that whole second: never overbook.
+    assert_eq!(granted(&b, reserve(13_200, 12_900, 2, 5)).await, 0);
+    // Seconds older than the TTL are forgotten: one field per live second.
+    assert_eq!(granted(&b, reserve(60_000, 0, 3, 3)).await, 3);
     let key = Keys::default().reservations("a", "/a.ogg");
     assert_eq!(
-        redis.command(&["ZCARD", &key]).await.unwrap(),
-        ":3",
-        "only live entries are kept"
+        redis.command(&["HLEN", &key]).await.unwrap(),
+        ":1",
+        "only live seconds are kept"
     );
+    assert_eq!(a.reserved("a", "/a.ogg", 59_000).await.unwrap(), 3);
     // A frozen Redis costs a request the reservation timeout, no more.
     redis.pause();
     let started = std::time::Instant::now();
     let frozen = a
-        .reserve(&reserve("a:5", 60_001, 0, 3, 1), Duration::from_millis(30))
+        .reserve(&reserve(60_001, 0, 3, 1), Duration::from_millis(30))
         .await;
     let waited = started.elapsed();
     redis.resume();
