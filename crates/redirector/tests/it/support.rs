@@ -137,7 +137,7 @@ pub(crate) fn client() -> reqwest::Client {
 pub(crate) async fn wait_status(url: &str, status: u16) -> reqwest::Response {
     let client = client();
     let deadline = Instant::now() + PATIENCE;
-    let mut last = String::new();
+    let mut last;
     loop {
         match client.get(url).send().await {
             Ok(response) if response.status().as_u16() == status => return response,
