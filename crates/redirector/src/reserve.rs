@@ -27,7 +27,7 @@ pub const RESERVE_TIMEOUT: Duration = Duration::from_millis(30);
 /// How long Redis is left alone after it failed to answer.
 const BREAKER_OPEN: Duration = Duration::from_millis(500);
 /// The largest batch a replica leases at once.
-const MAX_BATCH: u32 = 16;
+const MAX_BATCH: u32 = 64;
 
 /// One mount's slots held by this replica.
 #[derive(Default)]
