@@ -139,26 +139,8 @@ fn poller_case(servers: usize, mounts: usize, window: Duration) -> anyhow::Resul
     let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
     let release = workspace_root().join("target/release");
-    let port = free_port()?;
-    let redis = Guard(
-        pinned(1, "redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("start redis-server")?,
-    );
     // Redis must own its port before the simulator binds 1,000 ephemeral ones.
-    let redis_pid = redis.0.id(); // taskset execs the program, so this is redis-server's pid
-    wait_for(|| redis_answers(port), "redis-server to answer PING")?;
+    let (_redis, port, redis_pid) = start_redis()?;
     let fleet = dir.join("fleet.toml");
     let _sim = Guard(
         pinned(1, &release.join("icecast-sim").to_string_lossy())
@@ -284,6 +266,31 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// A redis-server without persistence on CPU 1, answering PING: the guard,
+/// its port and its pid (taskset execs the program, so the child's pid is redis-server's).
+fn start_redis() -> anyhow::Result<(Guard, u16, u32)> {
+    let port = free_port()?;
+    let redis = Guard(
+        pinned(1, "redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start redis-server")?,
+    );
+    let pid = redis.0.id();
+    wait_for(|| redis_answers(port), "redis-server to answer PING")?;
+    Ok((redis, port, pid))
+}
+
 fn redis_answers(port: u16) -> bool {
     use std::io::{Read as _, Write as _};
     let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -378,25 +385,7 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
     let dir = std::env::temp_dir().join(format!("xtask-bench-redirector-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
     let release = workspace_root().join("target/release");
-    let redis_port = free_port()?;
-    let redis = Guard(
-        pinned(1, "redis-server")
-            .args([
-                "--port",
-                &redis_port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("start redis-server")?,
-    );
-    let redis_pid = redis.0.id();
-    wait_for(|| redis_answers(redis_port), "redis-server to answer PING")?;
+    let (_redis, redis_port, redis_pid) = start_redis()?;
     let (fleet, geoip) = (dir.join("fleet.toml"), dir.join("city.mmdb"));
     let _sim = Guard(
         pinned(1, &release.join("icecast-sim").to_string_lossy())
