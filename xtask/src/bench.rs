@@ -26,7 +26,7 @@ const BENCH_TOOLS: &[Tool] = &[
 
 /// Runs every benchmark case and records the results.
 pub(crate) fn bench() -> anyhow::Result<()> {
-    packages::ensure(BENCH_TOOLS)?;
+    packages::ensure("the benchmarks", BENCH_TOOLS)?;
     run(cargo().args([
         "build",
         "--release",
@@ -372,16 +372,19 @@ struct Run {
 /// Redirector against nginx's static `return 302`, both on CPU 0, wrk on CPU 1:
 /// new connection per request and keep-alive, 3 alternating rounds of 10 s.
 pub(crate) fn redirector_case() -> anyhow::Result<String> {
-    packages::ensure(&[
-        Tool {
-            program: "nginx",
-            package: "nginx",
-        },
-        Tool {
-            program: "wrk",
-            package: "wrk",
-        },
-    ])?;
+    packages::ensure(
+        "the nginx comparison",
+        &[
+            Tool {
+                program: "nginx",
+                package: "nginx",
+            },
+            Tool {
+                program: "wrk",
+                package: "wrk",
+            },
+        ],
+    )?;
     let dir = std::env::temp_dir().join(format!("xtask-bench-redirector-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
     let release = workspace_root().join("target/release");

@@ -2,6 +2,7 @@
 //!
 //! - `cargo xtask codegen [--check]`: regenerate (or check) `crates/proto/src/generated/`.
 //! - `cargo xtask test`: install what the tests need, then fmt, clippy and every test.
+//! - `cargo xtask demo [--standalone]`: the whole balancer on this machine, until Ctrl-C.
 //! - `cargo xtask bench`: benchmarks on this machine, recorded in BENCHMARKS.md.
 
 mod bench;
@@ -19,6 +20,9 @@ commands:
   codegen [--check]   regenerate the checked-in gRPC/protobuf code (--check: fail if stale)
   test                install redis-server, icecast2 and ffmpeg if missing (apt-get, as root),
                       then run cargo fmt --check, clippy -D warnings and every test
+  demo [--standalone] install icecast2, ffmpeg and redis-server if missing, build, then run
+                      3 Icecast servers, Redis, a poller and 2 redirectors until Ctrl-C
+                      (--standalone: one redirector polling in-process, no Redis)
   bench               run the benchmarks on this machine and record them in BENCHMARKS.md";
 
 fn main() -> ExitCode {
@@ -38,6 +42,8 @@ fn dispatch() -> anyhow::Result<()> {
         ["codegen"] => codegen(false),
         ["codegen", "--check"] => codegen(true),
         ["test"] => test(),
+        ["demo"] => demo(false),
+        ["demo", "--standalone"] => demo(true),
         ["bench"] => bench::bench(),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
@@ -66,7 +72,7 @@ fn codegen(check: bool) -> anyhow::Result<()> {
 }
 
 fn test() -> anyhow::Result<()> {
-    packages::ensure(packages::TEST_TOOLS)?;
+    packages::ensure("the tests", packages::TEST_TOOLS)?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
@@ -90,6 +96,46 @@ fn test() -> anyhow::Result<()> {
     } else {
         run(cargo().args(["test", "--workspace", "--locked", "--no-fail-fast"]))
     }
+}
+
+/// Builds the release binaries, then becomes `icecast-demo`, so Ctrl-C reaches
+/// it directly and it stops everything it started.
+fn demo(standalone: bool) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    packages::ensure(
+        "the demo and its Icecast servers",
+        packages::demo_tools(standalone),
+    )?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "icecast-poller",
+        "-p",
+        "icecast-redirector",
+        "-p",
+        "balancerctl",
+        "-p",
+        "balancer-testkit",
+        "--bins",
+    ]))?;
+    let bin_dir = target_dir().join("release");
+    let mut command = Command::new(bin_dir.join("icecast-demo"));
+    command.arg("--bin-dir").arg(&bin_dir);
+    if standalone {
+        command.arg("--standalone");
+    }
+    eprintln!("$ {}", describe(&command));
+    let error = command.exec();
+    Err(error).context("cannot start icecast-demo")
+}
+
+/// Where cargo puts what it builds.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn has_nextest() -> bool {

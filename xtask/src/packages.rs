@@ -27,9 +27,19 @@ pub(crate) const TEST_TOOLS: &[Tool] = &[
     },
 ];
 
+/// What the demo runs: the same programs; Redis only outside standalone mode.
+pub(crate) fn demo_tools(standalone: bool) -> &'static [Tool] {
+    if standalone {
+        &TEST_TOOLS[1..]
+    } else {
+        TEST_TOOLS
+    }
+}
+
 /// Installs the packages of missing tools with apt-get when running as root;
-/// otherwise says exactly what to install and fails.
-pub(crate) fn ensure(tools: &[Tool]) -> anyhow::Result<()> {
+/// otherwise says exactly what to install and fails. `purpose` says who needs
+/// them, e.g. "the tests".
+pub(crate) fn ensure(purpose: &str, tools: &[Tool]) -> anyhow::Result<()> {
     let missing: Vec<&str> = tools
         .iter()
         .filter(|t| !on_path(t.program))
@@ -40,7 +50,7 @@ pub(crate) fn ensure(tools: &[Tool]) -> anyhow::Result<()> {
     }
     if !is_root() {
         bail!(
-            "the tests need these Debian packages: {0}\ninstall them with:\n    sudo apt-get install -y {0}",
+            "{purpose} need these Debian packages: {0}\ninstall them with:\n    sudo apt-get install -y {0}",
             missing.join(" ")
         );
     }
