@@ -18,7 +18,7 @@ usage: cargo xtask <command>
 
 commands:
   codegen [--check]   regenerate the checked-in gRPC/protobuf code (--check: fail if stale)
-  test                install redis-server, icecast2 and ffmpeg if missing (apt-get, as root),
+  test                install redis-server, icecast2, ffmpeg, haproxy if missing (apt-get, as root),
                       then run cargo fmt --check, clippy -D warnings and every test
   demo [--standalone] install icecast2, ffmpeg and redis-server if missing, build, then run
                       3 Icecast servers, Redis, a poller and 2 redirectors until Ctrl-C

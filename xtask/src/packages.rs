@@ -11,7 +11,8 @@ pub(crate) struct Tool {
     pub(crate) package: &'static str,
 }
 
-/// What the integration tests start: real Redis, real Icecast, real sources.
+/// What the integration tests start: real Redis, real Icecast, real sources,
+/// and HAProxy in front of redirectors.
 pub(crate) const TEST_TOOLS: &[Tool] = &[
     Tool {
         program: "redis-server",
@@ -25,14 +26,18 @@ pub(crate) const TEST_TOOLS: &[Tool] = &[
         program: "ffmpeg",
         package: "ffmpeg",
     },
+    Tool {
+        program: "haproxy",
+        package: "haproxy",
+    },
 ];
 
 /// What the demo runs: the same programs; Redis only outside standalone mode.
 pub(crate) fn demo_tools(standalone: bool) -> &'static [Tool] {
     if standalone {
-        &TEST_TOOLS[1..]
+        &TEST_TOOLS[1..3]
     } else {
-        TEST_TOOLS
+        &TEST_TOOLS[..3]
     }
 }
 

@@ -1,10 +1,13 @@
 //! The admin address: gRPC health (the standard `grpc.health.v1`) for load
 //! balancers, Kubernetes probes and `grpcurl`, the control API behind a bearer
-//! token when one is set, and server reflection.
+//! token when one is set, and server reflection. The same health as plain
+//! HTTP (`GET /healthz`) for checkers that cannot speak gRPC, such as
+//! HAProxy's `option httpchk`.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use balancer_proto::control::v1::control_server::{Control, ControlServer};
 use prometheus_client::registry::Registry;
@@ -21,6 +24,8 @@ use tonic_health::server::HealthReporter;
 #[derive(Clone)]
 pub struct Health {
     reporter: HealthReporter,
+    /// The same status, for `GET /healthz`.
+    serving: Arc<AtomicBool>,
 }
 
 impl Health {
@@ -31,6 +36,7 @@ impl Health {
         } else {
             ServingStatus::NotServing
         };
+        self.serving.store(serving, Ordering::Relaxed);
         self.reporter.set_service_status("", status).await;
     }
 }
@@ -58,7 +64,8 @@ pub fn check_admin_exposure(
 }
 
 /// Serves health, reflection, (if given) the control API and Prometheus
-/// metrics (`GET /metrics`, HTTP/1.1) on `listener` until `shutdown`
+/// metrics (`GET /metrics`, HTTP/1.1) and health over HTTP (`GET /healthz`:
+/// 200 `SERVING` or 503 `NOT_SERVING`) on `listener` until `shutdown`
 /// completes. With a `token`, control calls must carry `authorization: Bearer
 /// <token>`; health and metrics stay open for probes and scrapers. `on_ready`
 /// receives the health handle before serving starts.
@@ -71,7 +78,11 @@ pub async fn serve_admin<C: Control>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = Health { reporter };
+    let serving = Arc::new(AtomicBool::new(false));
+    let health = Health {
+        reporter,
+        serving: Arc::clone(&serving),
+    };
     health.set(false).await;
     on_ready(health);
     let reflection = tonic_reflection::server::Builder::configure()
@@ -92,18 +103,33 @@ pub async fn serve_admin<C: Control>(
     if let Some(control) = control {
         routes = routes.add_service(control);
     }
-    let router = routes.into_axum_router().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move { prometheus_text(&metrics) }
-        }),
-    );
+    let router = routes
+        .into_axum_router()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { prometheus_text(&metrics) }
+            }),
+        )
+        .route(
+            "/healthz",
+            axum::routing::get(move || std::future::ready(http_health(&serving))),
+        );
     Server::builder()
         .accept_http1(true)
         .add_routes(Routes::from(router))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
+}
+
+/// Health for HTTP checkers: the status code says it, the body repeats it.
+fn http_health(serving: &AtomicBool) -> (axum::http::StatusCode, &'static str) {
+    if serving.load(Ordering::Relaxed) {
+        (axum::http::StatusCode::OK, "SERVING\n")
+    } else {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+    }
 }
 
 /// The registry in Prometheus text format, with the content type scrapers expect.

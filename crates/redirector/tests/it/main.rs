@@ -7,5 +7,7 @@ mod crowd;
 mod geo;
 mod limits;
 mod outages;
+mod rolling;
+mod scenarios;
 mod standalone;
 mod support;

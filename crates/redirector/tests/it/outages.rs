@@ -126,6 +126,9 @@ async fn sigterm_turns_not_serving_keeps_answering_then_exits() {
     let fleet = one_stream_fleet(&[("one", &icecast, "")], "admin");
     let (_poller, mut replicas) = balancer(&redis, &fleet, 1, &["--drain-delay", "1s"]).await;
     let mut redirector = replicas.remove(0);
+    let healthz = format!("http://{}/healthz", redirector.admin);
+    let before = client().get(&healthz).send().await.unwrap();
+    assert_eq!(before.status(), 200, "GET /healthz while serving");
     redirector.process.signal(libc::SIGTERM);
     let stopping = Instant::now();
     wait_health(&redirector, false).await;
@@ -133,6 +136,9 @@ async fn sigterm_turns_not_serving_keeps_answering_then_exits() {
         stopping.elapsed() < Duration::from_millis(900),
         "NOT_SERVING at once"
     );
+    let during = client().get(&healthz).send().await.unwrap();
+    assert_eq!(during.status(), 503, "GET /healthz while draining");
+    assert_eq!(during.text().await.unwrap(), "NOT_SERVING\n");
     let response = client().get(redirector.url("/s")).send().await.unwrap();
     assert_eq!(
         response.status(),

@@ -40,9 +40,31 @@ impl Service {
         Service::redirector(tempfile::tempdir().unwrap(), args).await
     }
 
-    async fn redirector(dir: TempDir, mut args: Vec<String>) -> Service {
+    /// `icecast-redirector` following `redis` on given ports, e.g. to restart
+    /// a replica where its load balancer expects it.
+    pub(crate) async fn following_on(
+        redis: &RedisServer,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        extra: &[&str],
+    ) -> Service {
+        let mut args = vec!["--redis".to_owned(), redis.url()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Service::redirector_on(tempfile::tempdir().unwrap(), args, listen, admin).await
+    }
+
+    async fn redirector(dir: TempDir, args: Vec<String>) -> Service {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Service::redirector_on(dir, args, listen, admin).await
+    }
+
+    async fn redirector_on(
+        dir: TempDir,
+        mut args: Vec<String>,
+        listen: SocketAddr,
+        admin: SocketAddr,
+    ) -> Service {
         args.extend([
             "--listen".to_owned(),
             listen.to_string(),
