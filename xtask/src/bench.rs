@@ -444,7 +444,7 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
             .context("start icecast-redirector")?,
     );
     wait_for(
-        || status_of(redirector_port, "/sim") == Some(302),
+        || status_of(redirector_port, "/sim0") == Some(302),
         "the redirector to answer 302",
     )?;
 
@@ -471,7 +471,7 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
             .context("start nginx")?,
     );
     wait_for(
-        || status_of(nginx_port, "/sim") == Some(302),
+        || status_of(nginx_port, "/sim0") == Some(302),
         "nginx to answer 302",
     )?;
     let nginx_pids = children_and_self(nginx.0.id());
@@ -533,7 +533,8 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
          Both servers on CPU 0 (`taskset`), wrk (1 thread, 50 connections, 10 s) on CPU 1, loopback\n\
          only, 3 alternating rounds per mode, medians. The redirector follows a poller publishing a\n\
          snapshot of 100 simulated servers x 5 mounts (icecast-sim, CPU 1) through redis-server\n\
-         (CPU 1), with a GeoIP City database, geo ranking and reservations on; nginx answers a\n\
+         (CPU 1): 5 streams, each on one mount of every server, so a request ranks 100 candidates.\n\
+         A GeoIP City database, geo ranking and reservations are on; nginx answers a\n\
          static `return 302` with 1 worker and unlimited keep-alive requests. CPU per request is\n\
          user+system time from /proc over the run; Redis CPU includes the poller's publications.\n\n\
          {table}\n{ratios}",
@@ -556,7 +557,7 @@ fn wrk(port: u16, close: bool, pids: &[u32], redis_pid: u32) -> anyhow::Result<R
         command.args(["-H", "Connection: close"]);
     }
     let output = command
-        .arg(format!("http://127.0.0.1:{port}/sim"))
+        .arg(format!("http://127.0.0.1:{port}/sim0"))
         .output()
         .context("run wrk")?;
     let (after, redis_after) = (cpu(pids), cpu_time(redis_pid)?);

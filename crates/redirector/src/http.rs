@@ -53,7 +53,7 @@ pub async fn handle(
 
 async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        app.metrics.request("-", "method_not_allowed");
+        app.metrics.request(None, "method_not_allowed");
         let mut response = text(
             StatusCode::METHOD_NOT_ALLOWED,
             "Only GET and HEAD are supported.\n",
@@ -106,11 +106,7 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
         Decision::Full => "full",
     };
     // Only streams of the fleet become label values, never what a stranger typed.
-    let stream = if view.streams.contains_key(route.stream) {
-        route.stream
-    } else {
-        "-"
-    };
+    let stream = view.streams.get(route.stream).map(|s| &s.name);
     app.metrics.request(stream, outcome);
     match decision {
         Decision::Redirect(url) => redirect(&url, request.uri().query()),

@@ -1,6 +1,7 @@
 //! Prometheus metrics of a redirector, served at `GET /metrics` on its admin
 //! address. Counting a redirect is a few atomic additions; nothing is logged.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,7 +13,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
-    stream: String,
+    /// Shared with the view's stream, so counting a request allocates nothing.
+    stream: Arc<str>,
     outcome: &'static str,
 }
 
@@ -25,6 +27,8 @@ struct ResultLabel {
 #[derive(Clone)]
 pub struct RedirectorMetrics {
     requests: Family<OutcomeLabels, Counter>,
+    /// The label of requests for no stream of the fleet.
+    unknown_stream: Arc<str>,
     /// Time spent choosing a mount (GeoIP lookup, ranking, reservation).
     pub selection_seconds: Histogram,
     /// Age of the snapshot in use.
@@ -41,6 +45,7 @@ impl RedirectorMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = RedirectorMetrics {
             requests: Family::default(),
+            unknown_stream: Arc::from("-"),
             selection_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 16)),
             snapshot_age_seconds: Gauge::default(),
             snapshot_version: Gauge::default(),
@@ -81,13 +86,12 @@ impl RedirectorMetrics {
         metrics
     }
 
-    /// Counts one answered request.
-    pub fn request(&self, stream: &str, outcome: &'static str) {
+    /// Counts one answered request for `stream` of the fleet (`None`: for
+    /// something else, counted as `-`; never what a stranger typed).
+    pub fn request(&self, stream: Option<&Arc<str>>, outcome: &'static str) {
+        let stream = Arc::clone(stream.unwrap_or(&self.unknown_stream));
         self.requests
-            .get_or_create(&OutcomeLabels {
-                stream: stream.to_owned(),
-                outcome,
-            })
+            .get_or_create(&OutcomeLabels { stream, outcome })
             .inc();
     }
 

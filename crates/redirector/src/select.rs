@@ -9,7 +9,7 @@ use balancer_proto::snapshot::v1::{MountState, ServerState};
 
 use crate::reserve::{Observed, Reservations};
 use crate::route::Format;
-use crate::view::{FleetView, MountView};
+use crate::view::{FleetView, MountView, StreamView, candidate_of};
 
 /// How many candidates a redirect ranks: the choice and spares in case a
 /// reservation fails. A playlist lists this many too.
@@ -112,7 +112,7 @@ impl Selector {
             };
             if current.rule.permits(place.country)
                 && let Some(decision) = self
-                    .choose(view, &current.mounts, &client, format, reserve, rng, now_ms)
+                    .choose(view, current, &client, format, reserve, rng, now_ms)
                     .await
             {
                 return decision;
@@ -144,24 +144,36 @@ impl Selector {
     async fn choose(
         &self,
         view: &FleetView,
-        mounts: &[MountView],
+        stream: &StreamView,
         client: &Client,
         format: Format,
         reserve: bool,
         rng: &mut fastrand::Rng,
         now_ms: i64,
     ) -> Option<Decision> {
-        let mut candidates = Vec::with_capacity(mounts.len());
-        let mut which = Vec::with_capacity(mounts.len());
-        for (i, mount) in mounts.iter().enumerate() {
-            if self.usable(view, mount, now_ms).is_ok() {
-                candidates.push(candidate(view, mount));
-                which.push(i);
+        let mounts = &stream.mounts;
+        let (order, which) = if now_ms - stream.oldest_observation_ms <= self.max_age_ms {
+            // The usual case: no data is stale, the prepared candidates are exact.
+            let order = rank_top(client, &stream.candidates, &self.policy, rng, SPARES);
+            (order, None)
+        } else {
+            let mut candidates = Vec::with_capacity(mounts.len());
+            let mut which = Vec::with_capacity(mounts.len());
+            for (i, mount) in mounts.iter().enumerate() {
+                if self.usable(view, mount, now_ms).is_ok() {
+                    candidates.push(candidate(view, mount));
+                    which.push(i);
+                }
             }
-        }
-        let order = rank_top(client, &candidates, &self.policy, rng, SPARES);
+            let order = rank_top(client, &candidates, &self.policy, rng, SPARES);
+            (order, Some(which))
+        };
+        let mount_of = |candidate: usize| match &which {
+            Some(which) => &mounts[which[candidate]],
+            None => &mounts[candidate],
+        };
         for (position, &candidate) in order.iter().enumerate() {
-            let mount = &mounts[which[candidate]];
+            let mount = mount_of(candidate);
             let server = &view.servers[mount.server];
             let observed = Observed {
                 server: &server.name,
@@ -175,7 +187,7 @@ impl Selector {
                     _ => {
                         let rest = order[position + 1..]
                             .iter()
-                            .map(|&c| mounts[which[c]].url.clone());
+                            .map(|&c| mount_of(c).url.clone());
                         Decision::Playlist(std::iter::once(mount.url.clone()).chain(rest).collect())
                     }
                 });
@@ -188,13 +200,5 @@ impl Selector {
 /// What ranking needs to know about a mount and its server. Requests and
 /// `Explain` both use it, so they rank alike.
 pub fn candidate(view: &FleetView, mount: &MountView) -> Candidate {
-    let server = &view.servers[mount.server];
-    Candidate {
-        place: server.place,
-        free_slots: mount.free_slots,
-        limit: mount.limit,
-        weight: server.weight,
-        ipv4: server.ipv4,
-        ipv6: server.ipv6,
-    }
+    candidate_of(&view.servers[mount.server], mount)
 }

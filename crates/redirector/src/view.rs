@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use balancer_geo::{Code, Coordinates, CountryRule, GeoDb, Place};
+use balancer_geo::{Candidate, Code, Coordinates, CountryRule, GeoDb, Place};
 use balancer_proto::snapshot::v1::{MountState, ServerState, Snapshot};
 
 use crate::reserve::{Reservations, SlotPool};
@@ -46,8 +46,19 @@ pub struct ServerView {
 
 /// A stream.
 pub struct StreamView {
+    /// Its name, shared with metric labels.
+    pub name: Arc<str>,
     /// Its mounts, in config order.
     pub mounts: Vec<MountView>,
+    /// What ranking needs of each mount, index-aligned with `mounts` and
+    /// prepared once per snapshot. A mount that cannot take players for a
+    /// reason the snapshot fixes (server down or drained, no source, full) has
+    /// no free slots here, so ranking skips it.
+    pub candidates: Vec<Candidate>,
+    /// The oldest observation among the servers of mounts with free slots in
+    /// `candidates`: while it is recent enough, a request ranks `candidates`
+    /// as they are, without checking each mount again.
+    pub oldest_observation_ms: i64,
     /// The stream to use when every mount is full.
     pub fallback: Option<String>,
     /// Where it may be played.
@@ -111,7 +122,7 @@ impl FleetView {
             .streams
             .iter()
             .map(|stream| {
-                let mounts = stream
+                let mounts: Vec<MountView> = stream
                     .mounts
                     .iter()
                     .filter_map(|m| {
@@ -137,8 +148,28 @@ impl FleetView {
                 } else {
                     CountryRule::Anyone
                 };
+                let candidates: Vec<Candidate> = mounts
+                    .iter()
+                    .map(|m| {
+                        let server = &servers[m.server];
+                        let mut candidate = candidate_of(server, m);
+                        if !m.takes_players_in(server) {
+                            candidate.free_slots = 0;
+                        }
+                        candidate
+                    })
+                    .collect();
+                let oldest_observation_ms = mounts
+                    .iter()
+                    .filter(|m| m.takes_players_in(&servers[m.server]))
+                    .map(|m| servers[m.server].observed_at_ms)
+                    .min()
+                    .unwrap_or(i64::MAX);
                 let view = StreamView {
+                    name: Arc::from(stream.name.as_str()),
                     mounts,
+                    candidates,
+                    oldest_observation_ms,
                     fallback: Some(stream.fallback.clone()).filter(|f| !f.is_empty()),
                     rule,
                 };
@@ -160,6 +191,30 @@ impl FleetView {
             .map(|s| s.observed_at_ms)
             .max()
             .unwrap_or(0)
+    }
+}
+
+impl MountView {
+    /// Whether the snapshot lets this mount take players: its server is up
+    /// and not drained, it has a source and free slots. Only the age of the
+    /// data is left to judge per request.
+    pub fn takes_players_in(&self, server: &ServerView) -> bool {
+        server.state == ServerState::Up
+            && !server.drained
+            && self.state == MountState::Live
+            && self.free_slots > 0
+    }
+}
+
+/// What ranking needs to know about a mount and its server.
+pub fn candidate_of(server: &ServerView, mount: &MountView) -> Candidate {
+    Candidate {
+        place: server.place,
+        free_slots: mount.free_slots,
+        limit: mount.limit,
+        weight: server.weight,
+        ipv4: server.ipv4,
+        ipv6: server.ipv6,
     }
 }
 

@@ -3,6 +3,8 @@
 //! Each server listens on its own loopback port and answers every request with
 //! an `/admin/stats` document for `--mounts` live mounts whose listener counts
 //! drift. It writes a fleet config naming all of them, then serves until killed.
+//! Like a real network, each mount path is one stream carried by every server:
+//! `sim0` is `/m0.ogg` on all servers, `sim1` is `/m1.ogg`, and so on.
 //!
 //! ```text
 //! icecast-sim --servers 1000 --mounts 5 --interval 1s --fleet /tmp/fleet.toml
@@ -71,7 +73,9 @@ async fn main() -> std::process::ExitCode {
         "[poller]\ninterval = \"{}\"\ntimeout = \"{}\"\n\n",
         options.interval, options.interval
     );
-    let mut stream = String::from("[[stream]]\nname = \"sim\"\nmounts = [\n");
+    let mut streams: Vec<String> = (0..options.mounts)
+        .map(|m| format!("[[stream]]\nname = \"sim{m}\"\nmounts = [\n"))
+        .collect();
     for server in 0..options.servers {
         let listener = match TcpListener::bind("127.0.0.1:0").await {
             Ok(listener) => listener,
@@ -96,7 +100,7 @@ async fn main() -> std::process::ExitCode {
             );
         }
         fleet.push('\n');
-        for mount in 0..options.mounts {
+        for (mount, stream) in streams.iter_mut().enumerate() {
             let _ = writeln!(
                 stream,
                 "  {{ server = \"sim-{server}\", mount = \"/m{mount}.ogg\" }},"
@@ -110,8 +114,10 @@ async fn main() -> std::process::ExitCode {
             Arc::clone(&requests),
         ));
     }
-    stream.push_str("]\n");
-    fleet.push_str(&stream);
+    for stream in &streams {
+        fleet.push_str(stream);
+        fleet.push_str("]\n");
+    }
     if let Some(path) = &options.geoip {
         let db = balancer_testkit::geoip::city_db(&[balancer_testkit::geoip::CityNet {
             network: "127.0.0.0/8",
