@@ -158,6 +158,7 @@ async fn run(
         }
     }
     tracing::info!("shutting down");
+    balancer_service::notify_stopping();
     // Probes see NOT_SERVING before anything stops.
     health_follower.abort();
     health.set(false).await;

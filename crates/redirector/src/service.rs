@@ -224,6 +224,7 @@ pub async fn run(
     }
     tracing::info!(drain = ?options.drain_delay, "shutting down: NOT_SERVING, then draining");
     stopping.store(true, Ordering::Relaxed);
+    balancer_service::notify_stopping();
     health.set(false).await;
     tokio::time::sleep(options.drain_delay).await;
     let _ = stop_http.send(());

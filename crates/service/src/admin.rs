@@ -26,6 +26,8 @@ pub struct Health {
     reporter: HealthReporter,
     /// The same status, for `GET /healthz`.
     serving: Arc<AtomicBool>,
+    /// Whether systemd was told READY=1 (once, at the first SERVING).
+    announced: Arc<AtomicBool>,
 }
 
 impl Health {
@@ -37,6 +39,9 @@ impl Health {
             ServingStatus::NotServing
         };
         self.serving.store(serving, Ordering::Relaxed);
+        if serving && !self.announced.swap(true, Ordering::Relaxed) {
+            crate::notify_ready();
+        }
         self.reporter.set_service_status("", status).await;
     }
 }
@@ -82,6 +87,7 @@ pub async fn serve_admin<C: Control>(
     let health = Health {
         reporter,
         serving: Arc::clone(&serving),
+        announced: Arc::new(AtomicBool::new(false)),
     };
     health.set(false).await;
     on_ready(health);

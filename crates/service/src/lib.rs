@@ -1,10 +1,11 @@
 //! What every binary of the project does the same way: exit codes, logging
-//! setup, signals, the admin gRPC server with standard health checking, and
+//! setup, signals, systemd readiness, the admin gRPC server with standard health checking, and
 //! parsers for flags that several binaries share.
 
 mod admin;
 mod flags;
 mod logging;
+mod notify;
 mod signals;
 
 pub use admin::{ExposedAdmin, Health, check_admin_exposure, serve_admin};
@@ -12,6 +13,7 @@ pub use flags::{
     CommonFlags, RedisUrlError, parse_redis_url, parse_trusted_proxy, process_identity,
 };
 pub use logging::{LogFormat, init_logging};
+pub use notify::{notify_ready, notify_stopping};
 pub use signals::{Signal, signals};
 
 /// Exit code for a bad config file or flag (`EX_USAGE` from sysexits.h), so
