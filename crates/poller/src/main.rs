@@ -132,6 +132,9 @@ async fn run(
         return fail(EXIT_UNAVAILABLE, "the admin server did not start");
     };
 
+    // Started, whether it becomes the active poller or waits as a standby:
+    // systemd (Type=notify) counts the unit started from here.
+    balancer_service::notify_ready();
     let (stop_poller, poller_stopped) = watch::channel(false);
     let poller = tokio::spawn(poller.run(command_rx, async move {
         let mut stopped = poller_stopped;

@@ -250,6 +250,7 @@ async fn report_health(
     metrics: RedirectorMetrics,
 ) {
     let mut last = None;
+    let mut ready_announced = false;
     loop {
         if let Some(view) = views.load() {
             metrics
@@ -268,6 +269,11 @@ async fn report_health(
                 tracing::info!(serving, "health changed");
             }
             health.set(serving).await;
+            if serving && last.is_none_or(|was| !was) && !ready_announced {
+                // systemd (Type=notify) counts the unit started from here.
+                balancer_service::notify_ready();
+                ready_announced = true;
+            }
             last = Some(serving);
         }
         if stopping.load(Ordering::Relaxed) {

@@ -26,8 +26,6 @@ pub struct Health {
     reporter: HealthReporter,
     /// The same status, for `GET /healthz`.
     serving: Arc<AtomicBool>,
-    /// Whether systemd was told READY=1 (once, at the first SERVING).
-    announced: Arc<AtomicBool>,
 }
 
 impl Health {
@@ -39,9 +37,6 @@ impl Health {
             ServingStatus::NotServing
         };
         self.serving.store(serving, Ordering::Relaxed);
-        if serving && !self.announced.swap(true, Ordering::Relaxed) {
-            crate::notify_ready();
-        }
         self.reporter.set_service_status("", status).await;
     }
 }
@@ -87,7 +82,6 @@ pub async fn serve_admin<C: Control>(
     let health = Health {
         reporter,
         serving: Arc::clone(&serving),
-        announced: Arc::new(AtomicBool::new(false)),
     };
     health.set(false).await;
     on_ready(health);

@@ -11,3 +11,4 @@ mod rolling;
 mod scenarios;
 mod standalone;
 mod support;
+mod systemd;
