@@ -11,30 +11,36 @@ pub(crate) struct Tool {
     pub(crate) package: &'static str,
 }
 
-/// What the integration tests start: real Redis, real Icecast, real sources,
-/// and HAProxy in front of redirectors; systemd-analyze checks the units.
-pub(crate) const TEST_TOOLS: &[Tool] = &[
-    Tool {
-        program: "redis-server",
-        package: "redis-server",
-    },
-    Tool {
-        program: "icecast2",
-        package: "icecast2",
-    },
-    Tool {
-        program: "ffmpeg",
-        package: "ffmpeg",
-    },
-    Tool {
-        program: "haproxy",
-        package: "haproxy",
-    },
-    Tool {
-        program: "systemd-analyze",
-        package: "systemd",
-    },
-];
+const REDIS: Tool = Tool {
+    program: "redis-server",
+    package: "redis-server",
+};
+const SENTINEL: Tool = Tool {
+    program: "redis-sentinel",
+    package: "redis-sentinel",
+};
+const ICECAST: Tool = Tool {
+    program: "icecast2",
+    package: "icecast2",
+};
+const FFMPEG: Tool = Tool {
+    program: "ffmpeg",
+    package: "ffmpeg",
+};
+const HAPROXY: Tool = Tool {
+    program: "haproxy",
+    package: "haproxy",
+};
+const SYSTEMD_ANALYZE: Tool = Tool {
+    program: "systemd-analyze",
+    package: "systemd",
+};
+
+/// What the integration tests start: real Redis (with Sentinel), real
+/// Icecast, real sources, and HAProxy in front of redirectors;
+/// systemd-analyze checks the units.
+pub(crate) const TEST_TOOLS: &[Tool] =
+    &[REDIS, SENTINEL, ICECAST, FFMPEG, HAPROXY, SYSTEMD_ANALYZE];
 
 /// A program from PyPI, pinned.
 pub(crate) struct PipTool {
@@ -96,12 +102,12 @@ pub(crate) fn ensure_pip(tools: &[PipTool]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the demo runs: the same programs; Redis only outside standalone mode.
+/// What the demo runs: Icecast with sources, and Redis outside standalone mode.
 pub(crate) fn demo_tools(standalone: bool) -> &'static [Tool] {
     if standalone {
-        &TEST_TOOLS[1..3]
+        &[ICECAST, FFMPEG]
     } else {
-        &TEST_TOOLS[..3]
+        &[REDIS, ICECAST, FFMPEG]
     }
 }
 

@@ -4,9 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use balancer_service::{CommonFlags, parse_redis_url};
+use balancer_service::{CommonFlags, RedisUrl, parse_redis_url};
 use clap::Parser;
-use url::Url;
 
 /// Default admin address: gRPC health and control, loopback only.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:7070";
@@ -20,9 +19,10 @@ pub struct Args {
     #[arg(long, env = "ICB_CONFIG", value_name = "FLEET.toml")]
     pub config: Option<PathBuf>,
 
-    /// Redis to publish snapshots to, e.g. redis://127.0.0.1:6379/.
+    /// Redis to publish snapshots to, e.g. redis://127.0.0.1:6379/, or through
+    /// Sentinel: redis+sentinel://HOST:26379,HOST2:26379/MASTER[/DB].
     #[arg(long, env = "ICB_REDIS", value_name = "URL", value_parser = parse_redis_url)]
-    pub redis: Option<Url>,
+    pub redis: Option<RedisUrl>,
 
     /// Address for gRPC health and control. Keep it on loopback unless a token protects it.
     #[arg(long, env = "ICB_ADMIN", value_name = "ADDR", default_value = DEFAULT_ADMIN)]
@@ -51,7 +51,7 @@ pub enum Command {
         /// The fleet file.
         fleet: PathBuf,
         /// Where to publish.
-        redis: Url,
+        redis: RedisUrl,
         /// Where to serve health and control.
         admin: SocketAddr,
     },
@@ -117,7 +117,7 @@ mod tests {
             command(&["--config", "f.toml", "--redis", "redis://127.0.0.1/"]),
             Ok(Command::Run {
                 fleet: "f.toml".into(),
-                redis: Url::parse("redis://127.0.0.1/").unwrap(),
+                redis: parse_redis_url("redis://127.0.0.1/").unwrap(),
                 admin: DEFAULT_ADMIN.parse().unwrap(),
             })
         );

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use balancer_fleet::Fleet;
+use balancer_service::RedisUrl;
 use balancer_service::{
     EXIT_CONFIG, EXIT_UNAVAILABLE, Signal, check_admin_exposure, init_logging, process_identity,
     serve_admin, signals,
@@ -19,7 +20,6 @@ use icecast_poller::metrics::PollerMetrics;
 use icecast_poller::service::{self, Poller};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
-use url::Url;
 
 /// How long the poller may take to stop (finish a cycle, release the lease).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -77,14 +77,14 @@ fn main() -> ExitCode {
 async fn run(
     fleet_path: PathBuf,
     fleet: Fleet,
-    redis: Url,
+    redis: RedisUrl,
     admin: SocketAddr,
     admin_token: Option<String>,
 ) -> ExitCode {
     tracing::info!(config = %fleet_path.display(), summary = %fleet.summary(), "fleet loaded");
     let store = match RedisStore::new(redis.as_str(), Keys::default(), DEFAULT_OPERATION_TIMEOUT) {
         Ok(store) => store,
-        Err(e) => return fail(EXIT_CONFIG, &format!("--redis {}: {e}", redacted(&redis))),
+        Err(e) => return fail(EXIT_CONFIG, &format!("--redis {}: {e}", redis)),
     };
     let mut signals = match signals() {
         Ok(signals) => signals,
@@ -99,7 +99,7 @@ async fn run(
             );
         }
     };
-    tracing::info!(admin = %listener.local_addr().unwrap_or(admin), redis = %redacted(&redis), "admin gRPC listening");
+    tracing::info!(admin = %listener.local_addr().unwrap_or(admin), redis = %redis, "admin gRPC listening");
 
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = PollerMetrics::register(&mut registry);
@@ -182,14 +182,6 @@ async fn run(
 }
 
 /// The Redis URL without its password, for logs.
-fn redacted(url: &Url) -> Url {
-    let mut url = url.clone();
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
-    }
-    url
-}
-
 fn fail(code: i32, message: &str) -> ExitCode {
     eprintln!("icecast-poller: {message}");
     ExitCode::from(u8::try_from(code).unwrap_or(1))

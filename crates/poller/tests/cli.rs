@@ -105,7 +105,7 @@ fn bad_flags_are_refused() {
     let out = poller(&["--config", EXAMPLE, "--redis", "http://127.0.0.1/"], &[]);
     assert_ne!(out.status.code(), Some(0));
     assert!(
-        text(&out.stderr).contains("redis:// or rediss://"),
+        text(&out.stderr).contains("use redis://, rediss:// or redis+sentinel://"),
         "{}",
         text(&out.stderr)
     );

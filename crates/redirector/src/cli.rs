@@ -5,10 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use balancer_service::{CommonFlags, parse_redis_url, parse_trusted_proxy};
+use balancer_service::{CommonFlags, RedisUrl, parse_redis_url, parse_trusted_proxy};
 use clap::Parser;
 use ipnet::IpNet;
-use url::Url;
 
 /// Default admin address: gRPC health and control, loopback only.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:7071";
@@ -20,9 +19,10 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:7071";
 #[derive(Debug, Clone, Parser)]
 #[command(name = "icecast-redirector", version)]
 pub struct Args {
-    /// Redis the poller publishes to, e.g. redis://127.0.0.1:6379/.
+    /// Redis the poller publishes to, e.g. redis://127.0.0.1:6379/, or through
+    /// Sentinel: redis+sentinel://HOST:26379,HOST2:26379/MASTER[/DB].
     #[arg(long, env = "ICB_REDIS", value_name = "URL", value_parser = parse_redis_url, conflicts_with = "fleet")]
-    pub redis: Option<Url>,
+    pub redis: Option<RedisUrl>,
 
     /// Standalone mode: poll the servers of this fleet config in-process, no Redis.
     #[arg(long, env = "ICB_FLEET", value_name = "FLEET.toml")]
@@ -97,7 +97,7 @@ pub struct Args {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// Snapshots published by a poller in Redis.
-    Redis(Url),
+    Redis(RedisUrl),
     /// Its own in-process poller, reading this fleet file.
     Standalone(PathBuf),
 }
@@ -226,7 +226,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             s.source,
-            Source::Redis(Url::parse("redis://127.0.0.1/").unwrap())
+            Source::Redis(parse_redis_url("redis://127.0.0.1/").unwrap())
         );
         assert_eq!(s.listen, Some("[::]:8000".parse().unwrap()));
         assert_eq!(s.admin, DEFAULT_ADMIN.parse().unwrap());

@@ -38,7 +38,7 @@ const GEOIP_CHECK: Duration = Duration::from_secs(10);
 /// Where the fleet picture comes from.
 pub enum Source {
     /// A poller's snapshots in Redis.
-    Redis(url::Url),
+    Redis(balancer_service::RedisUrl),
     /// An in-process poller reading this fleet file (standalone mode).
     Standalone(PathBuf, Fleet),
 }

@@ -46,15 +46,59 @@ pub enum RedisUrlError {
     #[error("not a URL ({0}); write e.g. redis://127.0.0.1:6379/")]
     NotAUrl(String),
     /// A URL of another kind.
-    #[error("scheme {0:?} is not supported; use redis:// or rediss://")]
+    #[error("scheme {0:?} is not supported; use redis://, rediss:// or redis+sentinel://")]
     Scheme(String),
     /// No host to connect to.
     #[error("the URL has no host")]
     NoHost,
+    /// A `redis+sentinel://` URL that cannot be used.
+    #[error(transparent)]
+    Sentinel(#[from] balancer_store::SentinelUrlError),
+}
+
+/// A checked `--redis` value: `redis://`, `rediss://`, or
+/// `redis+sentinel://host:26379[,host:port...]/MASTER[/DB]`. It prints (and
+/// debug-prints) with its password masked, so it can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The URL as given, password included, for connecting.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = &self.0;
+        let start = url.find("://").map_or(0, |i| i + 3);
+        let authority_end = url[start..].find('/').map_or(url.len(), |i| start + i);
+        let masked = url[start..authority_end].rfind('@').and_then(|at| {
+            let userinfo = &url[start..start + at];
+            let colon = userinfo.find(':')?;
+            Some(format!(
+                "{}***{}",
+                &url[..start + colon + 1],
+                &url[start + at..]
+            ))
+        });
+        f.write_str(masked.as_deref().unwrap_or(url))
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
 }
 
 /// Checks a `--redis` URL. The password it may hold is not echoed in errors.
-pub fn parse_redis_url(value: &str) -> Result<Url, RedisUrlError> {
+pub fn parse_redis_url(value: &str) -> Result<RedisUrl, RedisUrlError> {
+    if value.starts_with(balancer_store::SENTINEL_SCHEME) {
+        balancer_store::SentinelTarget::parse(value)?;
+        return Ok(RedisUrl(value.to_owned()));
+    }
     let url = Url::parse(value).map_err(|e| RedisUrlError::NotAUrl(e.to_string()))?;
     if !matches!(url.scheme(), "redis" | "rediss") {
         return Err(RedisUrlError::Scheme(url.scheme().to_owned()));
@@ -62,7 +106,7 @@ pub fn parse_redis_url(value: &str) -> Result<Url, RedisUrlError> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err(RedisUrlError::NoHost);
     }
-    Ok(url)
+    Ok(RedisUrl(value.to_owned()))
 }
 
 /// Parses a `--trusted-proxy` value: a CIDR (`10.0.0.0/8`, `fd00::/8`) or a
@@ -98,6 +142,17 @@ mod tests {
         );
         assert!(parse_redis_url("127.0.0.1:6379").is_err());
         let err = parse_redis_url("redis://:hunter2@").expect_err("no host");
+        assert!(!err.to_string().contains("hunter2"));
+        let sentinel = parse_redis_url("redis+sentinel://:hunter2@a:26379,b:26379/m").unwrap();
+        assert_eq!(
+            sentinel.to_string(),
+            "redis+sentinel://:***@a:26379,b:26379/m"
+        );
+        assert!(!format!("{sentinel:?}").contains("hunter2"));
+        let plain = parse_redis_url("redis://user:hunter2@redis.example:6379/2").unwrap();
+        assert_eq!(plain.to_string(), "redis://user:***@redis.example:6379/2");
+        assert_eq!(plain.as_str(), "redis://user:hunter2@redis.example:6379/2");
+        let err = parse_redis_url("redis+sentinel://:hunter2@a:26379").expect_err("no master");
         assert!(!err.to_string().contains("hunter2"));
     }
 

@@ -10,7 +10,7 @@ mod signals;
 
 pub use admin::{ExposedAdmin, Health, check_admin_exposure, serve_admin};
 pub use flags::{
-    CommonFlags, RedisUrlError, parse_redis_url, parse_trusted_proxy, process_identity,
+    CommonFlags, RedisUrl, RedisUrlError, parse_redis_url, parse_trusted_proxy, process_identity,
 };
 pub use logging::{LogFormat, init_logging};
 pub use notify::{notify_ready, notify_stopping};

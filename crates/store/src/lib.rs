@@ -11,6 +11,7 @@ mod codec;
 mod keys;
 mod memory;
 mod redis_store;
+mod sentinel;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -26,6 +27,7 @@ pub use keys::{
     snapshot_ttl,
 };
 pub use redis_store::{DEFAULT_OPERATION_TIMEOUT, RedisStore, Reserve, StoreError};
+pub use sentinel::{SENTINEL_SCHEME, SentinelTarget, SentinelUrlError};
 
 /// What the poller needs from shared state: Redis for a fleet of redirectors,
 /// [`MemoryStore`] for the standalone redirector. See [`RedisStore`] for the

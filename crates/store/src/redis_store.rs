@@ -1,13 +1,19 @@
 //! The Redis side of the contract: the poller's writes (lease, snapshot,
-//! drains) and the redirectors' reads, each bounded in time.
+//! drains) and the redirectors' reads, each bounded in time. The Redis is one
+//! server (`redis://`, `rediss://`) or the master Sentinel names
+//! (`redis+sentinel://`), followed across failovers.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
 
 use balancer_proto::snapshot::v1::Snapshot;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, Script};
 
+use crate::sentinel::{Locator, SENTINEL_SCHEME, SentinelTarget, SentinelUrlError};
 use crate::{DecodeError, Keys, decode_snapshot, encode_snapshot};
 
 /// Default bound on one Redis operation.
@@ -28,6 +34,9 @@ pub enum StoreError {
     /// The stored snapshot does not decode.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// A `redis+sentinel://` URL that cannot be used.
+    #[error("sentinel URL: {0}")]
+    SentinelUrl(#[from] SentinelUrlError),
 }
 
 /// Acquires the lease if it is free, renews it if `ARGV[1]` holds it; 1 if held after the call.
@@ -138,12 +147,15 @@ pub struct Reserve<'a> {
 }
 
 /// A connection to the shared Redis, created without I/O so a service can
-/// start while Redis is down; it connects on first use and reconnects by itself.
+/// start while Redis is down; it connects on first use and reconnects by
+/// itself. Through Sentinel, it also moves to the new master after a failover.
 #[derive(Clone)]
 pub struct RedisStore {
     keys: Keys,
-    client: redis::Client,
-    connection: ConnectionManager,
+    /// The Redis in use; `None` until the sentinels named a master.
+    link: Arc<ArcSwapOption<Link>>,
+    /// Set for `redis+sentinel://`.
+    locator: Option<Arc<Locator>>,
     timeout: Duration,
     lease: Script,
     release: Script,
@@ -153,21 +165,40 @@ pub struct RedisStore {
     heartbeat: Script,
 }
 
-impl RedisStore {
-    /// A store for the Redis at `url` (redis:// or rediss://), with each
-    /// operation bounded by `timeout`.
-    pub fn new(url: &str, keys: Keys, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
+/// One Redis server: a client (for pub/sub) and its self-healing connection.
+struct Link {
+    client: redis::Client,
+    connection: ConnectionManager,
+}
+
+impl Link {
+    fn new(client: redis::Client, timeout: Duration) -> Result<Link, StoreError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
         let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(Link { client, connection })
+    }
+}
+
+impl RedisStore {
+    /// A store for the Redis at `url` (`redis://`, `rediss://`, or
+    /// `redis+sentinel://host:26379[,host:port...]/MASTER[/DB]`), with each
+    /// operation bounded by `timeout`.
+    pub fn new(url: &str, keys: Keys, timeout: Duration) -> Result<Self, StoreError> {
+        let (link, locator) = if url.starts_with(SENTINEL_SCHEME) {
+            let target = SentinelTarget::parse(url)?;
+            (None, Some(Arc::new(Locator::new(target))))
+        } else {
+            let link = Link::new(redis::Client::open(url)?, timeout)?;
+            (Some(Arc::new(link)), None)
+        };
         Ok(RedisStore {
             keys,
-            client,
-            connection,
+            link: Arc::new(ArcSwapOption::new(link)),
+            locator,
             timeout,
             lease: Script::new(LEASE_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
@@ -186,7 +217,7 @@ impl RedisStore {
     /// Takes the poller lease if free, or renews it if `holder` has it.
     /// Returns whether `holder` holds it now.
     pub async fn hold_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let mut conn = self.connection.clone();
+        let mut conn = self.connection().await?;
         let mut call = self.lease.key(self.keys.poller_lease());
         call.arg(holder).arg(millis(ttl));
         let held: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
@@ -195,7 +226,7 @@ impl RedisStore {
 
     /// Gives the lease up if `holder` has it, so a standby takes over at once.
     pub async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
-        let mut conn = self.connection.clone();
+        let mut conn = self.connection().await?;
         let mut call = self.release.key(self.keys.poller_lease());
         call.arg(holder);
         let _: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
@@ -212,7 +243,7 @@ impl RedisStore {
         ttl: Duration,
         floor: u64,
     ) -> Result<u64, StoreError> {
-        let mut conn = self.connection.clone();
+        let mut conn = self.connection().await?;
         let mut next = self.version.key(self.keys.snapshot_version());
         next.arg(floor);
         let version: u64 = self.bounded(next.invoke_async(&mut conn)).await?;
@@ -238,14 +269,14 @@ impl RedisStore {
 
     /// The latest snapshot, if one is stored.
     pub async fn latest_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
-        let mut conn = self.connection.clone();
+        let mut conn = self.connection().await?;
         let bytes: Option<Vec<u8>> = self.bounded(conn.get(self.keys.snapshot())).await?;
         Ok(bytes.map(|b| decode_snapshot(&b)).transpose()?)
     }
 
     /// The version of the newest snapshot, without fetching it (0 if none).
     pub async fn latest_version(&self) -> Result<u64, StoreError> {
-        let mut conn = self.connection.clone();
+        let mut conn = self.connection().await?;
         let version: Option<u64> = self.bounded(conn.get(self.keys.snapshot_version())).await?;
         Ok(version.unwrap_or(0))
     }
@@ -257,7 +288,7 @@ impl RedisStore {
         request: &Reserve<'_>,
         timeout: Duration,
     ) -> Result<u32, StoreError> {
-        let mut conn = self.connection.clone();
+        let mut conn = self.connection().await?;
         let mut call = self
             .reserve
             .key(self.keys.reservations(request.server, request.mount));
@@ -279,7 +310,7 @@ impl RedisStore {
         mount: &str,
         since_ms: i64,
     ) -> Result<u32, StoreError> {
-        let mut conn = self.connection.clone();
+        let mut conn = self.connection().await?;
         let key = self.keys.reservations(server, mount);
         let buckets: Vec<(i64, u32)> = self.bounded(conn.hgetall(key)).await?;
         let from = since_ms.div_euclid(1000);
@@ -298,7 +329,7 @@ impl RedisStore {
         now_ms: i64,
         stale_after: Duration,
     ) -> Result<u32, StoreError> {
-        let mut conn = self.connection.clone();
+        let mut conn = self.connection().await?;
         let mut call = self.heartbeat.key(self.keys.replicas());
         call.arg(now_ms).arg(id).arg(millis(stale_after));
         self.bounded(call.invoke_async(&mut conn)).await
@@ -309,7 +340,8 @@ impl RedisStore {
     pub async fn subscribe(
         &self,
     ) -> Result<impl futures_util::Stream<Item = u64> + Send + use<>, StoreError> {
-        let mut pubsub = self.bounded(self.client.get_async_pubsub()).await?;
+        let client = self.link().await?.client.clone();
+        let mut pubsub = self.bounded(client.get_async_pubsub()).await?;
         self.bounded(pubsub.subscribe(self.keys.snapshot_channel()))
             .await?;
         Ok(futures_util::StreamExt::filter_map(
@@ -320,13 +352,13 @@ impl RedisStore {
 
     /// Names of drained servers.
     pub async fn drained(&self) -> Result<BTreeSet<String>, StoreError> {
-        let mut conn = self.connection.clone();
+        let mut conn = self.connection().await?;
         self.bounded(conn.smembers(self.keys.drained())).await
     }
 
     /// Drains (`true`) or undrains a server; returns whether anything changed.
     pub async fn set_drained(&self, server: &str, drained: bool) -> Result<bool, StoreError> {
-        let mut conn = self.connection.clone();
+        let mut conn = self.connection().await?;
         let key = self.keys.drained();
         let changed: i64 = if drained {
             self.bounded(conn.sadd(key, server)).await?
@@ -341,7 +373,7 @@ impl RedisStore {
     pub async fn forget_drains_except(&self, servers: &BTreeSet<String>) -> Result<(), StoreError> {
         let stale: Vec<String> = self.drained().await?.difference(servers).cloned().collect();
         if !stale.is_empty() {
-            let mut conn = self.connection.clone();
+            let mut conn = self.connection().await?;
             let _: i64 = self.bounded(conn.srem(self.keys.drained(), stale)).await?;
         }
         Ok(())
@@ -351,10 +383,80 @@ impl RedisStore {
         &self,
         operation: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, operation).await {
-            Ok(result) => Ok(result?),
+        let result = match tokio::time::timeout(self.timeout, operation).await {
+            Ok(result) => result.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
+        };
+        if result.is_err() {
+            // The master may have moved (gone, or answering READONLY as a replica).
+            self.relocate_in_background(true);
         }
+        result
+    }
+
+    /// The connection to use now.
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        Ok(self.link().await?.connection.clone())
+    }
+
+    /// The Redis in use. Through Sentinel, the first call asks the sentinels
+    /// (bounded by the operation timeout); later calls also re-ask them in
+    /// the background now and then.
+    async fn link(&self) -> Result<Arc<Link>, StoreError> {
+        if let Some(link) = self.link.load_full() {
+            self.relocate_in_background(false);
+            return Ok(link);
+        }
+        let Some(locator) = &self.locator else {
+            unreachable!("a store without Sentinel always has a link");
+        };
+        if locator.should_ask(true) {
+            // Boxed: the sentinel client's future is deep, and rarely needed.
+            let asked = tokio::time::timeout(self.timeout, Box::pin(self.relocate(locator))).await;
+            locator.done();
+            asked.map_err(|_| StoreError::Timeout(self.timeout))??;
+        }
+        self.link.load_full().ok_or_else(|| {
+            StoreError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the sentinels have not named a master yet",
+            )))
+        })
+    }
+
+    /// Asks the sentinels again without holding up the caller, if it is time.
+    fn relocate_in_background(&self, failed: bool) {
+        let Some(locator) = &self.locator else {
+            return;
+        };
+        if !locator.should_ask(failed) {
+            return;
+        }
+        let (store, locator) = (self.clone(), Arc::clone(locator));
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = tokio::time::timeout(store.timeout, store.relocate(&locator)).await
+            {
+                tracing::warn!(error = %e, "cannot ask the sentinels for the master");
+            }
+            locator.done();
+        });
+    }
+
+    /// Points the store at the master the sentinels name, if it moved.
+    async fn relocate(&self, locator: &Locator) -> Result<(), StoreError> {
+        let client = locator.master().await?;
+        let address = client.get_connection_info().addr().clone();
+        let current = self.link.load_full();
+        if current
+            .as_ref()
+            .is_some_and(|link| *link.client.get_connection_info().addr() == address)
+        {
+            return Ok(());
+        }
+        tracing::info!(master = %address, "Redis master (from Sentinel)");
+        let link = Link::new(client, self.timeout)?;
+        self.link.store(Some(Arc::new(link)));
+        Ok(())
     }
 }
 

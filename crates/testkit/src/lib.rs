@@ -28,6 +28,7 @@ mod player;
 mod ports;
 mod process;
 mod redis;
+mod sentinel;
 mod wait;
 
 pub use dribble::DribblingServer;
@@ -36,6 +37,7 @@ pub use player::{PlayOutcome, Player};
 pub use ports::free_port;
 pub use process::{ChildProcess, process_exists};
 pub use redis::RedisServer;
+pub use sentinel::SentinelSet;
 pub use wait::wait_until;
 
 /// The project's `assets/load.xsl`, installed into every test Icecast's web root.

@@ -24,11 +24,22 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     process: Option<ChildProcess>,
+    /// The master's port, for a replica.
+    replica_of: Option<u16>,
 }
 
 impl RedisServer {
     /// Starts a server and waits until it answers PING.
     pub async fn start() -> Self {
+        RedisServer::start_with(None).await
+    }
+
+    /// Starts a replica of the server on `master_port` (`--replicaof`).
+    pub async fn start_replica_of(master_port: u16) -> Self {
+        RedisServer::start_with(Some(master_port)).await
+    }
+
+    async fn start_with(replica_of: Option<u16>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("testkit-redis-")
             .tempdir()
@@ -40,6 +51,7 @@ impl RedisServer {
                 port: free_port(),
                 dir,
                 process: None,
+                replica_of,
             };
             match server.launch().await {
                 Ok(()) => return server,
@@ -161,6 +173,9 @@ impl RedisServer {
             .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path());
+        if let Some(master) = self.replica_of {
+            command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
         self.process = Some(ChildProcess::spawn("redis-server", &mut command, &log));
         let deadline = Instant::now() + START_TIMEOUT;
         loop {

@@ -9,6 +9,7 @@ mod limits;
 mod outages;
 mod rolling;
 mod scenarios;
+mod sentinel;
 mod standalone;
 mod support;
 mod systemd;

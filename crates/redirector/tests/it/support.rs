@@ -35,7 +35,12 @@ impl Service {
 
     /// `icecast-redirector` following `redis`.
     pub(crate) async fn following(redis: &RedisServer, extra: &[&str]) -> Service {
-        let mut args = vec!["--redis".to_owned(), redis.url()];
+        Service::following_url(&redis.url(), extra).await
+    }
+
+    /// `icecast-redirector` following the Redis at `url` (e.g. `redis+sentinel://`).
+    pub(crate) async fn following_url(url: &str, extra: &[&str]) -> Service {
+        let mut args = vec!["--redis".to_owned(), url.to_owned()];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         Service::redirector(tempfile::tempdir().unwrap(), args).await
     }
@@ -92,6 +97,11 @@ impl Service {
 
     /// `icecast-poller` on `fleet` publishing to `redis`.
     pub(crate) async fn poller(fleet: &str, redis: &RedisServer) -> Service {
+        Service::poller_at(fleet, &redis.url()).await
+    }
+
+    /// `icecast-poller` on `fleet` publishing to the Redis at `url`.
+    pub(crate) async fn poller_at(fleet: &str, url: &str) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let path: PathBuf = dir.path().join("fleet.toml");
         std::fs::write(&path, fleet).unwrap();
@@ -108,7 +118,7 @@ impl Service {
         command
             .arg("--config")
             .arg(&path)
-            .args(["--redis", &redis.url(), "--admin", &admin.to_string()])
+            .args(["--redis", url, "--admin", &admin.to_string()])
             .env("RUST_LOG", "info");
         let process = ChildProcess::spawn(
             "icecast-poller",

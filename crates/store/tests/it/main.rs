@@ -340,3 +340,36 @@ async fn a_garbage_snapshot_is_a_decode_error() {
         Err(StoreError::Decode(_))
     ));
 }
+
+#[tokio::test]
+async fn through_sentinel_the_store_finds_the_master_and_unreachable_sentinels_fail_in_time() {
+    let set = balancer_testkit::SentinelSet::start().await;
+    let through = RedisStore::new(&set.url(), Keys::default(), TIMEOUT).unwrap();
+    through.set_drained("a", true).await.unwrap();
+    // The write landed on the master the sentinels name.
+    let direct = store(&set.master);
+    assert_eq!(
+        direct
+            .drained()
+            .await
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["a"]
+    );
+
+    // Nobody listens on port 1: the error comes within the operation timeout.
+    let nowhere =
+        RedisStore::new("redis+sentinel://127.0.0.1:1/icb", Keys::default(), TIMEOUT).unwrap();
+    let started = Instant::now();
+    let error = nowhere.latest_version().await.unwrap_err();
+    assert!(
+        started.elapsed() < TIMEOUT + Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(error, StoreError::Redis(_) | StoreError::Timeout(_)),
+        "{error}"
+    );
+}
