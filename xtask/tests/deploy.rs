@@ -207,3 +207,62 @@ fn kubernetes_probes_use_grpc_health_where_it_means_ready() {
         "the poller's probes must not use gRPC health"
     );
 }
+
+/// The alert rules as JSON.
+fn alert_rules() -> serde_json::Value {
+    let output = run(
+        "python3",
+        &[
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+            "deploy/prometheus/alerts.yaml",
+        ],
+    );
+    assert!(output.status.success(), "alerts.yaml: {}", text(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn alert_rules_parse_as_promql_and_are_documented() {
+    let rules = alert_rules();
+    let rules = rules["groups"][0]["rules"].as_array().unwrap();
+    assert!(rules.len() >= 8, "{}", rules.len());
+    let exprs: Vec<&str> = rules.iter().map(|r| r["expr"].as_str().unwrap()).collect();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let tools = target.join("tools/node_modules");
+    assert!(
+        tools.join("@prometheus-io/lezer-promql").exists(),
+        "the PromQL parser is missing: `cargo xtask test` installs it"
+    );
+    let mut check = Command::new("node")
+        .arg(root().join("xtask/tests/promql-check.cjs"))
+        .env("NODE_PATH", &tools)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node: `cargo xtask test` needs Node.js");
+    {
+        use std::io::Write as _;
+        let mut stdin = check.stdin.take().unwrap();
+        stdin
+            .write_all(serde_json::to_string(&exprs).unwrap().as_bytes())
+            .unwrap();
+    }
+    let output = check.wait_with_output().unwrap();
+    assert!(output.status.success(), "PromQL: {}", text(&output));
+    // Every alert has a severity and is explained in docs/operations.md.
+    let operations = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    for rule in rules {
+        let name = rule["alert"].as_str().unwrap();
+        assert!(
+            rule["labels"]["severity"].is_string(),
+            "{name}: no severity"
+        );
+        assert!(
+            operations.contains(&format!("`{name}`")),
+            "{name} is not in docs/operations.md"
+        );
+    }
+}

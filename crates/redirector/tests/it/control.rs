@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use balancer_testkit::geoip::{CityNet, city_db};
-use balancer_testkit::{IcecastServer, IcecastSpec, MountSpec, RedisServer, free_port};
+use balancer_testkit::{IcecastServer, IcecastSpec, MountSpec, RedisServer, free_port, wait_until};
 
 use crate::support::*;
 
@@ -299,7 +299,16 @@ fn sample(samples: &[(String, f64)], name: &str, labels: &[&str]) -> f64 {
 #[tokio::test]
 async fn metrics_parse_and_count_a_redirect_that_just_happened() {
     let (redis, icecast) = tokio::join!(RedisServer::start(), IcecastServer::start(spec()));
-    let fleet = one_stream_fleet(&[("one", &icecast, "")], "admin");
+    // A server nobody answers for, so poll errors have a series too.
+    let dead = format!(
+        "[[server]]\nname = \"dead\"\nurl = \"http://127.0.0.1:{}\"\nstatus = \"json\"\n\n",
+        free_port()
+    );
+    let fleet = one_stream_fleet(&[("one", &icecast, "")], "admin").replacen(
+        "[[stream]]",
+        &format!("{dead}[[stream]]"),
+        1,
+    );
     let (poller, replicas) = balancer(&redis, &fleet, 1, &[]).await;
     let redirector = &replicas[0];
     let redirect = ["stream=\"s\"", "outcome=\"redirect\""];
@@ -342,6 +351,15 @@ async fn metrics_parse_and_count_a_redirect_that_just_happened() {
     assert!(sample(&after, "icb_selection_seconds_count", &[]) >= 1.0);
     assert!(sample(&after, "icb_snapshot_version", &[]) >= 1.0);
 
+    wait_until("a failed poll of the dead server", PATIENCE, || async {
+        (sample(
+            &scrape(poller.admin).await,
+            "icb_poll_errors_total",
+            &["server=\"dead\""],
+        ) >= 1.0)
+            .then_some(())
+    })
+    .await;
     let polled = scrape(poller.admin).await;
     let mount = ["server=\"one\"", "mount=\"/s.ogg\"", "stream=\"s\""];
     assert_eq!(sample(&polled, "icb_mount_limit", &mount), 500.0);
@@ -360,4 +378,51 @@ async fn metrics_parse_and_count_a_redirect_that_just_happened() {
             .iter()
             .any(|(n, _)| n.starts_with("icb_stream_listeners{stream=\"s\"}"))
     );
+
+    // Every metric the shipped alert rules use is one these services export.
+    let mut families = metric_families(redirector.admin).await;
+    families.extend(metric_families(poller.admin).await);
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/prometheus/alerts.yaml"
+    ))
+    .unwrap();
+    let mut used: Vec<&str> = rules
+        .match_indices("icb_")
+        .map(|(at, _)| {
+            let rest = &rules[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(used.len() >= 10, "{used:?}");
+    for name in used {
+        let family = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        assert!(
+            families.iter().any(|f| f == family),
+            "alerts.yaml uses {name}, which no service exports; exported: {families:?}"
+        );
+    }
+}
+
+/// The metric families (`# TYPE` lines) an admin address exports, series or not.
+async fn metric_families(admin: SocketAddr) -> Vec<String> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect()
 }
