@@ -118,23 +118,23 @@ fn dockerfile_passes_hadolint_and_runs_as_non_root() {
     }
 }
 
-/// The compose file as JSON (PyYAML comes with kubernetes-validate).
-fn compose() -> serde_json::Value {
+/// A YAML file of the repository as JSON (PyYAML comes with kubernetes-validate).
+fn yaml_as_json(path: &str) -> serde_json::Value {
     let output = run(
         "python3",
         &[
             "-c",
             "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
-            "deploy/docker/compose.yaml",
+            path,
         ],
     );
-    assert!(output.status.success(), "compose.yaml: {}", text(&output));
+    assert!(output.status.success(), "{path}: {}", text(&output));
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
 #[test]
 fn compose_runs_redis_a_poller_and_two_redirectors_from_the_dockerfile() {
-    let compose = compose();
+    let compose = yaml_as_json("deploy/docker/compose.yaml");
     let services = compose["services"].as_object().unwrap();
     let mut names: Vec<&str> = services.keys().map(String::as_str).collect();
     names.sort_unstable();
@@ -208,23 +208,9 @@ fn kubernetes_probes_use_grpc_health_where_it_means_ready() {
     );
 }
 
-/// The alert rules as JSON.
-fn alert_rules() -> serde_json::Value {
-    let output = run(
-        "python3",
-        &[
-            "-c",
-            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
-            "deploy/prometheus/alerts.yaml",
-        ],
-    );
-    assert!(output.status.success(), "alerts.yaml: {}", text(&output));
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 #[test]
 fn alert_rules_parse_as_promql_and_are_documented() {
-    let rules = alert_rules();
+    let rules = yaml_as_json("deploy/prometheus/alerts.yaml");
     let rules = rules["groups"][0]["rules"].as_array().unwrap();
     assert!(rules.len() >= 8, "{}", rules.len());
     let exprs: Vec<&str> = rules.iter().map(|r| r["expr"].as_str().unwrap()).collect();

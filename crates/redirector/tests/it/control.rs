@@ -263,14 +263,19 @@ async fn the_admin_api_beyond_loopback_needs_a_token() {
     );
 }
 
-/// Scrapes `/metrics` on an admin address; every sample line must parse.
-async fn scrape(admin: SocketAddr) -> Vec<(String, f64)> {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
+/// The text of `/metrics` on an admin address.
+async fn metrics_text(admin: SocketAddr) -> String {
+    reqwest::get(format!("http://{admin}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Scrapes `/metrics` on an admin address; every sample line must parse.
+async fn scrape(admin: SocketAddr) -> Vec<(String, f64)> {
+    let text = metrics_text(admin).await;
     assert!(
         text.trim_end().ends_with("# EOF"),
         "OpenMetrics text ends with # EOF: {text}"
@@ -414,13 +419,9 @@ async fn metrics_parse_and_count_a_redirect_that_just_happened() {
 
 /// The metric families (`# TYPE` lines) an admin address exports, series or not.
 async fn metric_families(admin: SocketAddr) -> Vec<String> {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
+    metrics_text(admin)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split(' ').next())
         .map(str::to_owned)
