@@ -144,19 +144,12 @@ pub(crate) fn demo_tools(standalone: bool) -> &'static [Tool] {
 /// otherwise says exactly what to install and fails. `purpose` says who needs
 /// them, e.g. "the tests".
 pub(crate) fn ensure(purpose: &str, tools: &[Tool]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = tools
-        .iter()
-        .filter(|t| !on_path(t.program))
-        .map(|t| t.package)
-        .collect();
+    let missing = missing_packages(tools);
     if missing.is_empty() {
         return Ok(());
     }
     if !is_root() {
-        bail!(
-            "{purpose} need these Debian packages: {0}\ninstall them with:\n    sudo apt-get install -y {0}",
-            missing.join(" ")
-        );
+        bail!("{}", install_hint(purpose, &missing));
     }
     eprintln!("installing {}", missing.join(" "));
     apt(&["update", "-qq"])?;
@@ -175,6 +168,23 @@ pub(crate) fn ensure(purpose: &str, tools: &[Tool]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The Debian packages of the tools that are not installed.
+fn missing_packages(tools: &[Tool]) -> Vec<&'static str> {
+    tools
+        .iter()
+        .filter(|t| !on_path(t.program))
+        .map(|t| t.package)
+        .collect()
+}
+
+/// What to tell someone who is not root: exactly what to install.
+fn install_hint(purpose: &str, missing: &[&str]) -> String {
+    format!(
+        "{purpose} need these Debian packages: {0}\ninstall them with:\n    sudo apt-get install -y {0}",
+        missing.join(" ")
+    )
 }
 
 fn apt(args: &[&str]) -> anyhow::Result<()> {
@@ -203,4 +213,38 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_root_it_says_exactly_what_to_install() {
+        let tools = [
+            Tool {
+                program: "no-such-program-for-icecast-balancer",
+                package: "icecast2",
+            },
+            Tool {
+                program: "sh",
+                package: "dash",
+            },
+        ];
+        let missing = missing_packages(&tools);
+        assert_eq!(missing, ["icecast2"]);
+        let hint = install_hint("the demo", &missing);
+        assert!(hint.contains("sudo apt-get install -y icecast2"), "{hint}");
+        assert!(hint.starts_with("the demo need"), "{hint}");
+    }
+
+    #[test]
+    fn the_demo_needs_redis_only_outside_standalone_mode() {
+        let names = |tools: &[Tool]| tools.iter().map(|t| t.package).collect::<Vec<_>>();
+        assert_eq!(
+            names(demo_tools(false)),
+            ["redis-server", "icecast2", "ffmpeg"]
+        );
+        assert_eq!(names(demo_tools(true)), ["icecast2", "ffmpeg"]);
+    }
 }

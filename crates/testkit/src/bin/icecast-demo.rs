@@ -8,11 +8,13 @@
 //! on Ctrl-C or SIGTERM.
 //!
 //! ```text
-//! icecast-demo [--standalone] [--bin-dir DIR]
+//! icecast-demo [--standalone] [--bin-dir DIR] [--any-ports]
 //! ```
 //!
 //! `--bin-dir` is where `icecast-poller`, `icecast-redirector` and
-//! `balancerctl` are (default: beside this program).
+//! `balancerctl` are (default: beside this program). The services listen on
+//! 8000/8001 and 7070-7072 when those are free; `--any-ports` always picks
+//! free ports, so tests can run several demos at once.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,11 +38,13 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 struct Options {
     standalone: bool,
     bin_dir: PathBuf,
+    any_ports: bool,
 }
 
 fn options() -> Result<Options, String> {
     let mut options = Options {
         standalone: false,
+        any_ports: false,
         bin_dir: std::env::current_exe()
             .ok()
             .and_then(|exe| exe.parent().map(Path::to_path_buf))
@@ -50,6 +54,7 @@ fn options() -> Result<Options, String> {
     while let Some(flag) = args.next() {
         match flag.as_str() {
             "--standalone" => options.standalone = true,
+            "--any-ports" => options.any_ports = true,
             "--bin-dir" => {
                 options.bin_dir = args.next().ok_or("--bin-dir needs a value")?.into();
             }
@@ -72,7 +77,9 @@ async fn main() -> ExitCode {
     let options = match options() {
         Ok(options) => options,
         Err(e) => {
-            eprintln!("icecast-demo: {e}\nusage: icecast-demo [--standalone] [--bin-dir DIR]");
+            eprintln!(
+                "icecast-demo: {e}\nusage: icecast-demo [--standalone] [--bin-dir DIR] [--any-ports]"
+            );
             return ExitCode::from(64);
         }
     };
@@ -117,6 +124,8 @@ async fn wait_for_stop() -> &'static str {
 /// Everything the demo runs; dropping it stops all of it.
 struct Demo {
     dir: tempfile::TempDir,
+    /// Free ports only, never the well-known ones.
+    any_ports: bool,
     icecasts: Vec<IcecastServer>,
     redis: Option<RedisServer>,
     services: Vec<Service>,
@@ -170,6 +179,7 @@ impl Demo {
 
         let mut demo = Demo {
             dir,
+            any_ports: options.any_ports,
             icecasts,
             redis,
             services: Vec::new(),
@@ -218,8 +228,9 @@ impl Demo {
         listen: u16,
         admin: u16,
     ) -> Service {
-        let listen = (listen != 0).then(|| loopback(listen));
-        let admin = loopback(admin);
+        let port = |wanted: u16| loopback(if self.any_ports { 0 } else { wanted });
+        let listen = (listen != 0).then(|| port(listen));
+        let admin = port(admin);
         if let Some(listen) = listen {
             args.extend(["--listen".to_owned(), listen.to_string()]);
         }
@@ -332,9 +343,10 @@ Watch (players from this machine count as Vienna: they fill vienna, then graz, t
     }
 }
 
+/// `127.0.0.1:port` if that port is free, else a free port (`port` 0: always a free one).
 fn loopback(port: u16) -> SocketAddr {
     let wanted = SocketAddr::from(([127, 0, 0, 1], port));
-    if std::net::TcpListener::bind(wanted).is_ok() {
+    if port != 0 && std::net::TcpListener::bind(wanted).is_ok() {
         wanted
     } else {
         SocketAddr::from(([127, 0, 0, 1], balancer_testkit::free_port()))

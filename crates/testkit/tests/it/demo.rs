@@ -38,11 +38,33 @@ fn descendants(root: u32) -> Vec<u32> {
 
 #[tokio::test]
 async fn demo_plays_and_ctrl_c_leaves_nothing_running() {
+    // 3 icecast2 + 6 ffmpeg sources + redis + poller + 2 redirectors.
+    run_demo(
+        &[],
+        &["icecast vienna", "redis ", "poller ", "redirector-2 "],
+        13,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_standalone_demo_plays_without_redis_and_leaves_nothing_running() {
+    // 3 icecast2 + 6 ffmpeg sources + one redirector polling in-process.
+    let printed = run_demo(&["--standalone"], &["icecast berlin", "redirector "], 10).await;
+    assert!(!printed.contains("redis://"), "{printed}");
+}
+
+/// Runs the demo with `args` until it is ready, checks what it printed and
+/// that its URL plays, then sends Ctrl-C and checks that the `processes` it
+/// started are all gone. Returns what it printed.
+async fn run_demo(args: &[&str], expected: &[&str], processes: usize) -> String {
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_icecast-demo"));
     let bin_dir = binary.parent().unwrap();
     let mut demo = Command::new(binary)
         .arg("--bin-dir")
         .arg(bin_dir)
+        .arg("--any-ports")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -66,14 +88,7 @@ async fn demo_plays_and_ctrl_c_leaves_nothing_running() {
         }
     }
     let text = printed.join("\n");
-    for expected in [
-        "icecast vienna",
-        "redis ",
-        "poller ",
-        "redirector-2 ",
-        "status",
-        "/metrics",
-    ] {
+    for expected in expected.iter().chain(&["status", "/metrics"]) {
         assert!(text.contains(expected), "no {expected:?} in:\n{text}");
     }
     // The printed listen URL plays through the balancer.
@@ -85,9 +100,8 @@ async fn demo_plays_and_ctrl_c_leaves_nothing_running() {
     assert!(outcome.played(), "{outcome:?}");
 
     let started = descendants(pid);
-    // 3 icecast2 + 6 ffmpeg sources + redis + poller + 2 redirectors.
     assert!(
-        started.len() >= 13,
+        started.len() >= processes,
         "only {} processes: {started:?}",
         started.len()
     );
@@ -108,7 +122,8 @@ async fn demo_plays_and_ctrl_c_leaves_nothing_running() {
     )
     .await;
     println!(
-        "demo: {} processes started, all gone after Ctrl-C",
+        "demo {args:?}: {} processes started, all gone after Ctrl-C",
         started.len()
     );
+    text
 }
