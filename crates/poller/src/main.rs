@@ -84,7 +84,7 @@ async fn run(
     tracing::info!(config = %fleet_path.display(), summary = %fleet.summary(), "fleet loaded");
     let store = match RedisStore::new(redis.as_str(), Keys::default(), DEFAULT_OPERATION_TIMEOUT) {
         Ok(store) => store,
-        Err(e) => return fail(EXIT_CONFIG, &format!("--redis {}: {e}", redis)),
+        Err(e) => return fail(EXIT_CONFIG, &format!("--redis {redis}: {e}")),
     };
     let mut signals = match signals() {
         Ok(signals) => signals,
@@ -181,7 +181,6 @@ async fn run(
     ExitCode::SUCCESS
 }
 
-/// The Redis URL without its password, for logs.
 fn fail(code: i32, message: &str) -> ExitCode {
     eprintln!("icecast-poller: {message}");
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -5,7 +5,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use balancer_geo::{Candidate, Client, GeoDb, RankPolicy, rank_top};
-use balancer_proto::snapshot::v1::{MountState, ServerState};
 
 use crate::reserve::{Observed, Reservations};
 use crate::route::Format;
@@ -61,22 +60,14 @@ impl Selector {
     /// Whether a mount can take a player now, and if not, why.
     pub fn usable(&self, view: &FleetView, mount: &MountView, now_ms: i64) -> Result<(), Unusable> {
         let server = &view.servers[mount.server];
-        if server.state != ServerState::Up {
-            return Err(Unusable::Down);
+        let stale = now_ms - server.observed_at_ms > self.max_age_ms;
+        // Reasons in order of weight: a down or drained server before stale data.
+        match mount.ruled_out_in(server) {
+            Some(reason @ (Unusable::Down | Unusable::Drained)) => Err(reason),
+            _ if stale => Err(Unusable::Stale),
+            Some(reason) => Err(reason),
+            None => Ok(()),
         }
-        if server.drained {
-            return Err(Unusable::Drained);
-        }
-        if now_ms - server.observed_at_ms > self.max_age_ms {
-            return Err(Unusable::Stale);
-        }
-        if mount.state != MountState::Live {
-            return Err(Unusable::NoSource);
-        }
-        if mount.free_slots == 0 {
-            return Err(Unusable::Full);
-        }
-        Ok(())
     }
 
     /// Decides the answer for `client` asking for `stream` as `format`. With

@@ -269,7 +269,7 @@ async fn report_health(
                 tracing::info!(serving, "health changed");
             }
             health.set(serving).await;
-            if serving && last.is_none_or(|was| !was) && !ready_announced {
+            if serving && !ready_announced {
                 // systemd (Type=notify) counts the unit started from here.
                 balancer_service::notify_ready();
                 ready_announced = true;

@@ -9,6 +9,7 @@ use balancer_geo::{Candidate, Code, Coordinates, CountryRule, GeoDb, Place};
 use balancer_proto::snapshot::v1::{MountState, ServerState, Snapshot};
 
 use crate::reserve::{Reservations, SlotPool};
+use crate::select::Unusable;
 
 /// One snapshot, ready for selection. Immutable; swapped whole when a newer one arrives.
 pub struct FleetView {
@@ -195,14 +196,26 @@ impl FleetView {
 }
 
 impl MountView {
-    /// Whether the snapshot lets this mount take players: its server is up
-    /// and not drained, it has a source and free slots. Only the age of the
-    /// data is left to judge per request.
+    /// Why the snapshot rules this mount out, if it does: its server is down
+    /// or drained, it has no source or no free slot. Only the age of the data
+    /// is left to judge per request (`Selector::usable`).
+    pub fn ruled_out_in(&self, server: &ServerView) -> Option<Unusable> {
+        if server.state != ServerState::Up {
+            Some(Unusable::Down)
+        } else if server.drained {
+            Some(Unusable::Drained)
+        } else if self.state != MountState::Live {
+            Some(Unusable::NoSource)
+        } else if self.free_slots == 0 {
+            Some(Unusable::Full)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the snapshot lets this mount take players.
     pub fn takes_players_in(&self, server: &ServerView) -> bool {
-        server.state == ServerState::Up
-            && !server.drained
-            && self.state == MountState::Live
-            && self.free_slots > 0
+        self.ruled_out_in(server).is_none()
     }
 }
 

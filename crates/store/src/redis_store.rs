@@ -407,10 +407,10 @@ impl RedisStore {
             self.relocate_in_background(false);
             return Ok(link);
         }
-        let Some(locator) = &self.locator else {
-            unreachable!("a store without Sentinel always has a link");
-        };
-        if locator.should_ask(true) {
+        // Only a Sentinel store starts without a link.
+        if let Some(locator) = &self.locator
+            && locator.should_ask(true)
+        {
             // Boxed: the sentinel client's future is deep, and rarely needed.
             let asked = tokio::time::timeout(self.timeout, Box::pin(self.relocate(locator))).await;
             locator.done();
