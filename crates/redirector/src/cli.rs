@@ -73,6 +73,13 @@ pub struct Args {
     #[arg(long, env = "ICB_CONNECT_GRACE", value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     pub connect_grace: Duration,
 
+    /// How long a replica may hand out the slots it leased from Redis without
+    /// asking again. Longer rides out longer Redis outages; shorter frees
+    /// handed-out slots for reuse sooner (a lease counts until a poll
+    /// `--connect-grace` after its end).
+    #[arg(long, env = "ICB_SLOT_LEASE", value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub slot_lease: Duration,
+
     /// Close a connection whose request head is still arriving after this, and
     /// idle keep-alive connections after it (at most 10s).
     #[arg(long, env = "ICB_HEADER_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -125,6 +132,8 @@ pub struct Settings {
     pub max_data_age: Duration,
     /// Time a player may take to connect after a redirect.
     pub connect_grace: Duration,
+    /// How long leased slots may be handed out.
+    pub slot_lease: Duration,
     /// Time to keep answering after health turns NOT_SERVING on SIGTERM.
     pub drain_delay: Duration,
     /// Time allowed for a request head, and for an idle keep-alive connection.
@@ -179,6 +188,10 @@ impl Args {
             self.common.admin_insecure,
         )
         .map_err(|e| e.to_string())?;
+        if self.slot_lease < Duration::from_millis(100) || self.slot_lease > Duration::from_secs(60)
+        {
+            return Err("--slot-lease must be between 100ms and 60s".into());
+        }
         if self.drain_delay > Duration::from_secs(8) {
             return Err("--drain-delay must be at most 8s: shutdown ends within 10s".into());
         }
@@ -186,6 +199,7 @@ impl Args {
             prefix: self.prefix.clone(),
             max_data_age: self.max_data_age,
             connect_grace: self.connect_grace,
+            slot_lease: self.slot_lease,
             drain_delay: self.drain_delay,
             header_timeout: self.header_timeout,
             admin_token: self.common.admin_token.clone(),

@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status};
 
 use crate::follow::Views;
 use crate::http::now_ms;
-use crate::select::{Selector, Unusable, candidate};
+use crate::select::{Selector, candidate};
+use crate::view::Unusable;
 
 /// Serves the control API from a running redirector.
 pub struct RedirectorControl {
@@ -208,8 +209,8 @@ impl Control for RedirectorControl {
             };
             match reason {
                 Some((reason, detail)) => excluded.push(api::Excluded {
-                    server: server.name.clone(),
-                    mount: mount.mount.clone(),
+                    server: server.name.to_string(),
+                    mount: mount.mount.to_string(),
                     reason: reason.into(),
                     detail,
                 }),
@@ -227,8 +228,8 @@ impl Control for RedirectorControl {
                 let mount = which[i];
                 let server = &view.servers[mount.server];
                 api::Candidate {
-                    server: server.name.clone(),
-                    mount: mount.mount.clone(),
+                    server: server.name.to_string(),
+                    mount: mount.mount.to_string(),
                     url: mount.url.clone(),
                     free_slots: mount.free_slots,
                     distance_km: place

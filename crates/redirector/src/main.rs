@@ -68,6 +68,7 @@ fn main() -> ExitCode {
             prefix: settings.prefix.clone(),
             max_data_age: settings.max_data_age,
             connect_grace: settings.connect_grace,
+            slot_lease: settings.slot_lease,
             drain_delay: settings.drain_delay,
             header_timeout: settings.header_timeout,
             admin_token: settings.admin_token.clone(),

@@ -1,33 +1,71 @@
-//! Reservations: every redirect takes a slot, so that across all replicas the
-//! players sent to a mount never exceed the free slots its last poll reported.
+//! Reservations: every redirect takes a slot from a lease, so that across all
+//! replicas the players sent to a mount never exceed the free slots a poll
+//! reported (the argument is in ARCHITECTURE.md, "Slot accounting").
 //!
-//! A slot handed out at time `t` counts against a poll observed at `T` while
-//! `t >= T - grace`: players connect within `grace` of their redirect, so
-//! older ones are already in the poll's listener count.
-//!
-//! - With Redis, a replica leases a small batch of a mount's slots in one
-//!   script call and hands them out locally, so most redirects touch no
-//!   network. Leases older than the window are dropped, never used.
-//! - Without Redis (down, frozen, or standalone mode), each replica hands out
-//!   at most its share (free slots divided by the live replicas last seen),
-//!   counting locally. Standalone mode is one replica, so that count is exact.
-//! - Redis calls on the request path are bounded by a short timeout, and after
-//!   a failure Redis is left alone for a moment (a circuit breaker), so a
-//!   frozen Redis costs at most one short wait per breaker period.
+//! - A replica leases a mount's slots from the ledger (Redis, or in process
+//!   when standalone) in batches sized by its recent demand. It hands them out
+//!   locally, each lease only until it expires. The ledger counts a lease in
+//!   every poll whose window it reaches, so a lease can be used without
+//!   asking Redis again. This is what keeps redirects exact while Redis is
+//!   slow, frozen or gone: a replica then serves from the leases it holds,
+//!   and from nothing else.
+//! - One refill is in flight per mount per replica; requests that find the
+//!   pool empty wait for it (at most [`RESERVE_TIMEOUT`] from its start), and
+//!   a pool running low refills before it is empty. A grant adds to the pool,
+//!   also when it arrives after the requests stopped waiting.
+//! - A mount the ledger reports exhausted for a poll is not asked again until
+//!   a newer poll of its server arrives.
+//! - After a failed call Redis is left alone for [`BREAKER_OPEN`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use balancer_store::{RedisStore, Reserve};
+use balancer_store::{Grant, ReserveRequest, SlotStore, StoreError};
+use tokio::sync::Notify;
 
-/// How long a redirect may wait for Redis to lease slots.
+/// How long a request may wait for a refill, counted from the refill's start.
 pub const RESERVE_TIMEOUT: Duration = Duration::from_millis(30);
-/// How long Redis is left alone after it failed to answer.
-const BREAKER_OPEN: Duration = Duration::from_millis(500);
-/// The largest batch a replica leases at once.
-const MAX_BATCH: u32 = 64;
+/// How long Redis is left alone after a call failed.
+pub const BREAKER_OPEN: Duration = Duration::from_millis(500);
+/// The smallest batch asked for.
+const MIN_BATCH: u32 = 4;
+/// The largest batch asked for.
+const MAX_BATCH: u32 = 4096;
+
+/// What a mount's last poll said, for taking a slot.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// The server's name.
+    pub server: Arc<str>,
+    /// The mount.
+    pub mount: Arc<str>,
+    /// When the server was polled (ms since the epoch).
+    pub observed_at_ms: i64,
+    /// Free slots the poll saw.
+    pub free_slots: u32,
+}
+
+/// Whether leases come from Redis or from the in-process ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Shared through Redis with other replicas.
+    Shared,
+    /// This process is the only redirector (standalone).
+    Alone,
+}
+
+/// How a replica takes slots: timings that the ledger's argument rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// How long after a redirect a player may take to connect.
+    pub grace: Duration,
+    /// How long a lease may be used.
+    pub lease: Duration,
+    /// How long the ledger keeps entries.
+    pub ttl: Duration,
+}
 
 /// One mount's slots held by this replica.
 #[derive(Default)]
@@ -37,67 +75,157 @@ pub struct SlotPool {
 
 #[derive(Default)]
 struct PoolState {
-    /// Slots leased from Redis and not handed out yet.
-    leased: u32,
-    /// When they were leased (ms since the epoch).
-    leased_at_ms: i64,
-    /// When this replica handed out slots of the mount, oldest first, trimmed to the TTL.
-    handed_out: VecDeque<i64>,
+    /// Leased slots not handed out yet, by expiry, soonest first.
+    leases: VecDeque<Lease>,
+    /// The poll (its `observed_at_ms`) for which the ledger said no more.
+    exhausted_for: Option<i64>,
+    /// The refill in flight, if any.
+    refill: Option<Refill>,
+    /// Handouts in the current and the previous second, for sizing batches.
+    demand: Demand,
+    /// Requests waiting for the refill in flight.
+    waiting: u32,
 }
 
-impl SlotPool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+struct Lease {
+    left: u32,
+    expires_ms: i64,
+}
+
+#[derive(Clone)]
+struct Refill {
+    started_ms: i64,
+    done: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Demand {
+    second: i64,
+    this_second: u32,
+    last_second: u32,
+}
+
+impl Demand {
+    fn record(&mut self, now_ms: i64) {
+        self.roll(now_ms);
+        self.this_second = self.this_second.saturating_add(1);
+    }
+
+    fn roll(&mut self, now_ms: i64) {
+        let second = now_ms.div_euclid(1000);
+        if second != self.second {
+            self.last_second = if second == self.second + 1 {
+                self.this_second
+            } else {
+                0
+            };
+            self.this_second = 0;
+            self.second = second;
+        }
+    }
+
+    /// Handouts over the last second or so.
+    fn recent(&mut self, now_ms: i64) -> u32 {
+        self.roll(now_ms);
+        self.this_second.max(self.last_second)
     }
 }
 
-/// What a mount's last poll said, for taking a slot.
-#[derive(Debug, Clone, Copy)]
-pub struct Observed<'a> {
-    /// The server's name.
-    pub server: &'a str,
-    /// The mount.
-    pub mount: &'a str,
-    /// When the server was polled (ms since the epoch).
-    pub observed_at_ms: i64,
-    /// Free slots the poll saw.
-    pub free_slots: u32,
+impl PoolState {
+    fn drop_expired(&mut self, now_ms: i64) {
+        self.leases.retain(|l| l.expires_ms >= now_ms && l.left > 0);
+    }
+
+    fn held(&self) -> u32 {
+        self.leases
+            .iter()
+            .map(|l| l.left)
+            .fold(0u32, u32::saturating_add)
+    }
+
+    /// Hands out one leased slot, soonest expiry first.
+    fn hand_out(&mut self, now_ms: i64) -> bool {
+        self.drop_expired(now_ms);
+        let Some(lease) = self.leases.front_mut() else {
+            return false;
+        };
+        lease.left -= 1;
+        if lease.left == 0 {
+            self.leases.pop_front();
+        }
+        self.demand.record(now_ms);
+        true
+    }
+
+    fn add(&mut self, granted: u32, expires_ms: i64) {
+        if granted == 0 {
+            return;
+        }
+        let at = self.leases.partition_point(|l| l.expires_ms <= expires_ms);
+        self.leases.insert(
+            at,
+            Lease {
+                left: granted,
+                expires_ms,
+            },
+        );
+    }
 }
 
-/// Whether slots come from Redis or from local counting alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Shared through Redis with other replicas.
-    Shared,
-    /// This process is the only redirector (standalone).
-    Alone,
+impl SlotPool {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Slots leased and not yet handed out (for Explain and metrics).
+    pub fn held(&self, now_ms: i64) -> u32 {
+        let mut state = self.lock();
+        state.drop_expired(now_ms);
+        state.held()
+    }
+
+    /// Whether the ledger said this poll has no slot left for this replica,
+    /// and none are held: a request need not try the mount.
+    pub fn exhausted(&self, observed_at_ms: i64, now_ms: i64) -> bool {
+        let mut state = self.lock();
+        state.drop_expired(now_ms);
+        state.leases.is_empty() && state.exhausted_for == Some(observed_at_ms)
+    }
 }
 
 /// This replica's reservations.
 pub struct Reservations {
-    store: Option<RedisStore>,
-    grace_ms: i64,
-    ttl: Duration,
-    breaker_until_ms: AtomicI64,
+    store: Arc<dyn SlotStore>,
+    mode: Mode,
+    timings: Timings,
+    breaker_until_ms: Arc<AtomicI64>,
     replicas: AtomicU32,
     pools: Mutex<HashMap<(String, String), Arc<SlotPool>>>,
     metrics: Option<crate::metrics::RedirectorMetrics>,
 }
 
 impl Reservations {
-    /// Reservations shared through `store` (None: standalone).
-    /// `grace` is how long after a redirect a player may take to connect;
-    /// `ttl` how long Redis keeps reservation entries.
-    pub fn new(store: Option<RedisStore>, grace: Duration, ttl: Duration) -> Self {
+    /// Reservations leased from `store`; `mode` says whether other replicas share it.
+    pub fn new(store: Arc<dyn SlotStore>, mode: Mode, timings: Timings) -> Self {
         Reservations {
             store,
-            grace_ms: i64::try_from(grace.as_millis()).unwrap_or(i64::MAX),
-            ttl,
-            breaker_until_ms: AtomicI64::new(0),
+            mode,
+            timings,
+            breaker_until_ms: Arc::new(AtomicI64::new(0)),
             replicas: AtomicU32::new(1),
             pools: Mutex::new(HashMap::new()),
             metrics: None,
         }
+    }
+
+    /// The only replica, leasing from an in-process ledger (standalone mode,
+    /// and tests).
+    pub fn alone(timings: Timings) -> Self {
+        Reservations::new(
+            Arc::new(balancer_store::LocalSlots::new()),
+            Mode::Alone,
+            timings,
+        )
     }
 
     /// Counts reservations and Redis errors in `metrics`.
@@ -108,11 +236,7 @@ impl Reservations {
 
     /// How slots are counted.
     pub fn mode(&self) -> Mode {
-        if self.store.is_some() {
-            Mode::Shared
-        } else {
-            Mode::Alone
-        }
+        self.mode
     }
 
     /// The pool of a mount, created on first use and kept across snapshots.
@@ -124,19 +248,19 @@ impl Reservations {
             .clone()
     }
 
-    /// Records how many replicas are alive (from the heartbeat), for the share
-    /// each may hand out while Redis is unavailable.
+    /// Records how many replicas are alive (from the heartbeat), for the fair
+    /// share of the last slots.
     pub fn set_replicas(&self, replicas: u32) {
         self.replicas.store(replicas.max(1), Ordering::Relaxed);
     }
 
-    /// Whether Redis failed recently (reservations are then counted locally).
+    /// Whether Redis failed recently (leases held are still handed out).
     pub fn redis_trouble(&self, now_ms: i64) -> bool {
-        self.store.is_some() && now_ms < self.breaker_until_ms.load(Ordering::Relaxed)
+        self.mode == Mode::Shared && now_ms < self.breaker_until_ms.load(Ordering::Relaxed)
     }
 
-    /// Takes one slot of `mount` for a redirect; false if it has none left.
-    pub async fn take(&self, pool: &SlotPool, mount: Observed<'_>, now_ms: i64) -> bool {
+    /// Takes one slot of `mount` for a redirect; false if none can be had now.
+    pub async fn take(&self, pool: &Arc<SlotPool>, mount: &Observed, now_ms: i64) -> bool {
         let granted = self.take_slot(pool, mount, now_ms).await;
         if let Some(metrics) = &self.metrics {
             metrics.reservation(granted);
@@ -144,139 +268,152 @@ impl Reservations {
         granted
     }
 
-    async fn take_slot(&self, pool: &SlotPool, mount: Observed<'_>, now_ms: i64) -> bool {
-        let window_start = mount.observed_at_ms - self.grace_ms;
-        {
-            let mut state = pool.lock();
-            trim(&mut state.handed_out, now_ms - self.ttl_ms());
-            if state.leased > 0 {
-                if state.leased_at_ms >= window_start {
-                    state.leased -= 1;
-                    state.handed_out.push_back(now_ms);
+    async fn take_slot(&self, pool: &Arc<SlotPool>, mount: &Observed, started_ms: i64) -> bool {
+        let started = tokio::time::Instant::now();
+        for attempt in 0..2 {
+            // After a wait for a refill, leases are judged at the handout's time.
+            let now_ms = started_ms + millis(started.elapsed());
+            let (refill, wait) = {
+                let mut state = pool.lock();
+                if state.hand_out(now_ms) {
+                    self.refill_if_low(pool, &mut state, mount, now_ms);
                     return true;
                 }
-                // Leased before the poll's window: the poll saw these slots as
-                // free, so another replica may lease them. Never hand them out.
-                state.leased = 0;
-            }
-        }
-        if let Some(store) = self.store.as_ref().filter(|_| !self.redis_trouble(now_ms)) {
-            let replicas = self.replicas.load(Ordering::Relaxed);
-            let batch = (mount.free_slots / (4 * replicas)).clamp(1, MAX_BATCH);
-            let request = Reserve {
-                server: mount.server,
-                mount: mount.mount,
-                now_ms,
-                window_start_ms: window_start,
-                free_slots: mount.free_slots,
-                want: batch,
-                ttl: self.ttl,
+                if attempt == 1 || state.exhausted_for == Some(mount.observed_at_ms) {
+                    return false;
+                }
+                let refill = match &state.refill {
+                    Some(refill) => refill.clone(),
+                    None => match self.start_refill(pool, &mut state, mount, now_ms) {
+                        Some(refill) => refill,
+                        None => return false,
+                    },
+                };
+                let wait = refill.started_ms + millis(RESERVE_TIMEOUT) - now_ms;
+                if wait <= 0 {
+                    // Redis is slow: the refill lands in the pool when it
+                    // answers; this request tries another mount.
+                    return false;
+                }
+                state.waiting += 1;
+                (refill, wait)
             };
-            match store.reserve(&request, RESERVE_TIMEOUT).await {
-                Ok(0) => return false,
-                Ok(granted) => {
-                    let mut state = pool.lock();
-                    state.leased = granted - 1;
-                    state.leased_at_ms = now_ms;
-                    state.handed_out.push_back(now_ms);
-                    return true;
-                }
-                Err(e) => {
-                    if let Some(metrics) = &self.metrics {
-                        metrics.redis_errors.inc();
-                    }
-                    if !self.redis_trouble(now_ms) {
-                        tracing::warn!(error = %e, "cannot reserve in Redis; counting locally for now");
-                    }
-                    let until = now_ms + i64::try_from(BREAKER_OPEN.as_millis()).unwrap_or(500);
-                    self.breaker_until_ms.store(until, Ordering::Relaxed);
-                }
+            let notified = refill.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Registered before looking, so the refill's notification cannot
+            // slip by between the look and the wait.
+            let finished = pool
+                .lock()
+                .refill
+                .as_ref()
+                .is_none_or(|r| !Arc::ptr_eq(&r.done, &refill.done));
+            if !finished {
+                let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(0));
+                let _ = tokio::time::timeout(wait, notified).await;
             }
+            let mut state = pool.lock();
+            state.waiting = state.waiting.saturating_sub(1);
         }
-        // Local counting: this replica's share of what the poll saw.
-        let share = match self.mode() {
-            Mode::Alone => mount.free_slots,
-            Mode::Shared => mount.free_slots / self.replicas.load(Ordering::Relaxed),
+        false
+    }
+
+    /// Starts a refill before the pool runs dry: when what it holds is below
+    /// half a second of its recent demand.
+    fn refill_if_low(
+        &self,
+        pool: &Arc<SlotPool>,
+        state: &mut PoolState,
+        mount: &Observed,
+        now_ms: i64,
+    ) {
+        if state.refill.is_some() || state.exhausted_for == Some(mount.observed_at_ms) {
+            return;
+        }
+        let recent = state.demand.recent(now_ms);
+        if recent >= MIN_BATCH && state.held() < recent / 2 {
+            let _ = self.start_refill(pool, state, mount, now_ms);
+        }
+    }
+
+    /// Asks the ledger for a batch in a task of its own, so that the answer
+    /// reaches the pool however long it takes. None while the breaker is open.
+    fn start_refill(
+        &self,
+        pool: &Arc<SlotPool>,
+        state: &mut PoolState,
+        mount: &Observed,
+        now_ms: i64,
+    ) -> Option<Refill> {
+        if self.redis_trouble(now_ms) {
+            return None;
+        }
+        let want = state
+            .demand
+            .recent(now_ms)
+            .max(state.waiting + 1)
+            .clamp(MIN_BATCH, MAX_BATCH);
+        let request = ReserveRequest {
+            server: mount.server.clone(),
+            mount: mount.mount.clone(),
+            now_ms,
+            window_start_ms: mount.observed_at_ms - millis(self.timings.grace),
+            free_slots: mount.free_slots,
+            want,
+            replicas: self.replicas.load(Ordering::Relaxed),
+            lease: self.timings.lease,
+            ttl: self.timings.ttl,
         };
-        let mut state = pool.lock();
-        let used = state
-            .handed_out
-            .iter()
-            .filter(|&&t| t >= window_start)
-            .count();
-        if (used as u64) < u64::from(share) {
-            state.handed_out.push_back(now_ms);
-            true
-        } else {
-            false
-        }
-    }
-
-    fn ttl_ms(&self) -> i64 {
-        i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX)
-    }
-}
-
-fn trim(times: &mut VecDeque<i64>, older_than: i64) {
-    while times.front().is_some_and(|&t| t < older_than) {
-        times.pop_front();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn observed(at: i64, free: u32) -> Observed<'static> {
-        Observed {
-            server: "s",
-            mount: "/m",
-            observed_at_ms: at,
-            free_slots: free,
-        }
-    }
-
-    #[tokio::test]
-    async fn alone_never_exceeds_what_the_poll_saw() {
-        let r = Reservations::new(None, Duration::from_secs(2), Duration::from_secs(10));
-        let pool = r.pool("s", "/m");
-        let mut granted = 0;
-        for i in 0..10 {
-            if r.take(&pool, observed(1000, 3), 1100 + i).await {
-                granted += 1;
-            }
-        }
-        assert_eq!(granted, 3);
-        // A poll 5 s later counts those players (they connected within the grace).
-        assert!(r.take(&pool, observed(6000, 1), 6100).await);
-        assert!(!r.take(&pool, observed(6000, 1), 6200).await);
-        // Handouts inside the new window still count against it.
-        assert!(
-            !r.take(&pool, observed(6500, 1), 6600).await,
-            "the 6100 handout is not in that poll yet"
+        let refill = Refill {
+            started_ms: now_ms,
+            done: Arc::new(Notify::new()),
+        };
+        state.refill = Some(refill.clone());
+        let (pool, breaker, metrics) = (
+            pool.clone(),
+            self.breaker_until_ms.clone(),
+            self.metrics.clone(),
         );
-    }
-
-    #[tokio::test]
-    async fn with_redis_down_each_replica_takes_its_share() {
-        // A store on a port nothing listens on: every call fails fast.
-        let store = RedisStore::new(
-            "redis://127.0.0.1:9/",
-            balancer_store::Keys::default(),
-            Duration::from_millis(50),
-        )
-        .expect("store");
-        let r = Reservations::new(Some(store), Duration::from_secs(2), Duration::from_secs(10));
-        r.set_replicas(2);
-        let pool = r.pool("s", "/m");
-        let mut granted = 0;
-        for i in 0..10 {
-            if r.take(&pool, observed(1000, 9), 1100 + i).await {
-                granted += 1;
+        let (observed_at_ms, expires_ms) = (mount.observed_at_ms, request.expires_ms());
+        let call = self.store.reserve(request);
+        let for_waiters = refill.clone();
+        let started = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            let result = call.await;
+            let failed_at_ms = now_ms + millis(started.elapsed());
+            let mut state = pool.lock();
+            state.refill = None;
+            match result {
+                Ok(Grant { granted, remaining }) => {
+                    state.add(granted, expires_ms);
+                    if remaining == 0 {
+                        state.exhausted_for = Some(observed_at_ms);
+                    }
+                }
+                Err(e) => open_breaker(&breaker, metrics.as_ref(), &e, failed_at_ms),
             }
-        }
-        assert_eq!(granted, 4, "9 free shared by 2 replicas: 4 each");
-        assert!(r.redis_trouble(1200));
-        assert!(!r.redis_trouble(1100 + 10_000), "the breaker closes again");
+            drop(state);
+            refill.done.notify_waiters();
+        });
+        Some(for_waiters)
     }
+}
+
+fn open_breaker(
+    breaker: &AtomicI64,
+    metrics: Option<&crate::metrics::RedirectorMetrics>,
+    error: &StoreError,
+    now_ms: i64,
+) {
+    if let Some(metrics) = metrics {
+        metrics.redis_errors.inc();
+    }
+    let until = now_ms + millis(BREAKER_OPEN);
+    if breaker.swap(until, Ordering::Relaxed) < now_ms {
+        tracing::warn!(%error, "cannot lease slots from Redis; serving from the leases held");
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use balancer_geo::{Candidate, Client, GeoDb, RankPolicy, rank_top};
 
-use crate::reserve::{Observed, Reservations};
+use crate::reserve::Reservations;
 use crate::route::Format;
-use crate::view::{FleetView, MountView, StreamView, candidate_of};
+use crate::view::{FleetView, MountView, StreamView, Unusable, candidate_of};
 
 /// How many candidates a redirect ranks: the choice and spares in case a
 /// reservation fails. A playlist lists this many too.
@@ -29,21 +29,6 @@ pub enum Decision {
     Full,
 }
 
-/// Why a mount cannot take a player now, for logs and `Explain`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unusable {
-    /// Its server is down (or not yet polled).
-    Down,
-    /// Its server is drained.
-    Drained,
-    /// Its server's data is older than the staleness limit.
-    Stale,
-    /// No source is connected.
-    NoSource,
-    /// No free slot.
-    Full,
-}
-
 /// The selection logic, shared by all connections.
 pub struct Selector {
     /// GeoIP lookups.
@@ -59,15 +44,7 @@ pub struct Selector {
 impl Selector {
     /// Whether a mount can take a player now, and if not, why.
     pub fn usable(&self, view: &FleetView, mount: &MountView, now_ms: i64) -> Result<(), Unusable> {
-        let server = &view.servers[mount.server];
-        let stale = now_ms - server.observed_at_ms > self.max_age_ms;
-        // Reasons in order of weight: a down or drained server before stale data.
-        match mount.ruled_out_in(server) {
-            Some(reason @ (Unusable::Down | Unusable::Drained)) => Err(reason),
-            _ if stale => Err(Unusable::Stale),
-            Some(reason) => Err(reason),
-            None => Ok(()),
-        }
+        mount.usable(&view.servers[mount.server], now_ms, self.max_age_ms)
     }
 
     /// Decides the answer for `client` asking for `stream` as `format`. With
@@ -163,28 +140,67 @@ impl Selector {
             Some(which) => &mounts[which[candidate]],
             None => &mounts[candidate],
         };
-        for (position, &candidate) in order.iter().enumerate() {
-            let mount = mount_of(candidate);
+        let order: Vec<&MountView> = order.into_iter().map(mount_of).collect();
+        if let Some(position) = self.first_taken(view, &order, reserve, now_ms).await {
+            return Some(answer(format, &order[position..]));
+        }
+        if !reserve || mounts.len() <= order.len() {
+            return None;
+        }
+        // Every ranked mount was exhausted (a crowd above capacity): rank the
+        // mounts that may still have slots, so that none is left unused.
+        let tried = order;
+        let mut rest = Vec::new();
+        let mut candidates = Vec::new();
+        for mount in mounts {
             let server = &view.servers[mount.server];
-            let observed = Observed {
-                server: &server.name,
-                mount: &mount.mount,
-                observed_at_ms: server.observed_at_ms,
-                free_slots: mount.free_slots,
-            };
-            if !reserve || self.reservations.take(&mount.slots, observed, now_ms).await {
-                return Some(match format {
-                    Format::Redirect => Decision::Redirect(mount.url.clone()),
-                    _ => {
-                        let rest = order[position + 1..]
-                            .iter()
-                            .map(|&c| mount_of(c).url.clone());
-                        Decision::Playlist(std::iter::once(mount.url.clone()).chain(rest).collect())
-                    }
-                });
+            if !tried.iter().any(|t| std::ptr::eq(*t, mount))
+                && self.usable(view, mount, now_ms).is_ok()
+                && !mount.slots.exhausted(server.observed_at_ms, now_ms)
+            {
+                candidates.push(candidate(view, mount));
+                rest.push(mount);
+            }
+        }
+        let order: Vec<&MountView> = rank_top(client, &candidates, &self.policy, rng, rest.len())
+            .into_iter()
+            .map(|i| rest[i])
+            .collect();
+        let position = self.first_taken(view, &order, reserve, now_ms).await?;
+        Some(answer(format, &order[position..]))
+    }
+
+    /// The position of the first mount of `order` that gives a slot (the
+    /// first one, when no slot is taken).
+    async fn first_taken(
+        &self,
+        view: &FleetView,
+        order: &[&MountView],
+        reserve: bool,
+        now_ms: i64,
+    ) -> Option<usize> {
+        if !reserve {
+            return (!order.is_empty()).then_some(0);
+        }
+        for (position, mount) in order.iter().enumerate() {
+            let observed = mount.observed(&view.servers[mount.server]);
+            if self
+                .reservations
+                .take(&mount.slots, &observed, now_ms)
+                .await
+            {
+                return Some(position);
             }
         }
         None
+    }
+}
+
+/// A redirect to the first mount, or a playlist of them all, best first.
+fn answer(format: Format, mounts: &[&MountView]) -> Decision {
+    match format {
+        Format::Redirect => Decision::Redirect(mounts[0].url.clone()),
+        _ => Decision::Playlist(mounts.iter().take(SPARES).map(|m| m.url.clone()).collect()),
     }
 }
 

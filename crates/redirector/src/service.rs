@@ -21,7 +21,7 @@ use crate::control::RedirectorControl;
 use crate::follow::{Views, follow_memory, follow_redis};
 use crate::http::{App, now_ms};
 use crate::metrics::RedirectorMetrics;
-use crate::reserve::Reservations;
+use crate::reserve::{Mode, Reservations, Timings};
 use crate::select::Selector;
 use crate::server::serve;
 
@@ -59,6 +59,8 @@ pub struct Options {
     pub max_data_age: Duration,
     /// Time a player may take to connect after a redirect.
     pub connect_grace: Duration,
+    /// How long slots leased from Redis may be handed out.
+    pub slot_lease: Duration,
     /// Time to keep answering after health turns NOT_SERVING.
     pub drain_delay: Duration,
     /// Time allowed for a request head.
@@ -82,7 +84,15 @@ pub async fn run(
     let identity = balancer_service::process_identity();
     let views = Arc::new(Views::default());
     let (stop_tx, stop) = watch::channel(false);
-    let ttl = options.max_data_age + options.connect_grace + Duration::from_secs(5);
+    let timings = Timings {
+        grace: options.connect_grace,
+        lease: options.slot_lease,
+        ttl: balancer_store::reservation_ttl(
+            options.slot_lease,
+            options.connect_grace,
+            options.max_data_age,
+        ),
+    };
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = RedirectorMetrics::register(&mut registry);
     let mut poller_commands = None;
@@ -92,7 +102,7 @@ pub async fn run(
             let store = RedisStore::new(url.as_str(), Keys::default(), Duration::from_millis(500))
                 .map_err(|e| format!("--redis: {e}"))?;
             let reservations = Arc::new(
-                Reservations::new(Some(store.clone()), options.connect_grace, ttl)
+                Reservations::new(Arc::new(store.clone()), Mode::Shared, timings)
                     .with_metrics(metrics.clone()),
             );
             tokio::spawn(follow_redis(
@@ -114,7 +124,8 @@ pub async fn run(
         Source::Standalone(path, fleet) => {
             let memory = MemoryStore::new();
             let reservations = Arc::new(
-                Reservations::new(None, options.connect_grace, ttl).with_metrics(metrics.clone()),
+                Reservations::new(Arc::new(memory.slots()), Mode::Alone, timings)
+                    .with_metrics(metrics.clone()),
             );
             let (poller, status) = Poller::new(
                 path,

@@ -8,8 +8,22 @@ use std::sync::Arc;
 use balancer_geo::{Candidate, Code, Coordinates, CountryRule, GeoDb, Place};
 use balancer_proto::snapshot::v1::{MountState, ServerState, Snapshot};
 
-use crate::reserve::{Reservations, SlotPool};
-use crate::select::Unusable;
+use crate::reserve::{Observed, Reservations, SlotPool};
+
+/// Why a mount cannot take a player now, for logs and `Explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    /// Its server is down (or not yet polled).
+    Down,
+    /// Its server is drained.
+    Drained,
+    /// Its server's data is older than the staleness limit.
+    Stale,
+    /// No source is connected.
+    NoSource,
+    /// No free slot.
+    Full,
+}
 
 /// One snapshot, ready for selection. Immutable; swapped whole when a newer one arrives.
 pub struct FleetView {
@@ -25,8 +39,8 @@ pub struct FleetView {
 
 /// A server as selection needs it.
 pub struct ServerView {
-    /// Its name.
-    pub name: String,
+    /// Its name, shared with reservation requests.
+    pub name: Arc<str>,
     /// Health after hysteresis.
     pub state: ServerState,
     /// Drained by an operator.
@@ -70,8 +84,8 @@ pub struct StreamView {
 pub struct MountView {
     /// Index into [`FleetView::servers`].
     pub server: usize,
-    /// The mount path.
-    pub mount: String,
+    /// The mount path, shared with reservation requests.
+    pub mount: Arc<str>,
     /// Live or not.
     pub state: MountState,
     /// Free slots the poll saw.
@@ -97,7 +111,7 @@ impl FleetView {
                     .as_ref()
                     .and_then(|l| Coordinates::new(l.lat, l.lon).ok());
                 ServerView {
-                    name: s.name.clone(),
+                    name: Arc::from(s.name.as_str()),
                     state: s.state(),
                     drained: s.drained,
                     observed_at_ms: s.observed_at_ms,
@@ -112,7 +126,7 @@ impl FleetView {
         let index: HashMap<&str, usize> = servers
             .iter()
             .enumerate()
-            .map(|(i, s)| (s.name.as_str(), i))
+            .map(|(i, s)| (&*s.name, i))
             .collect();
         let public_urls: HashMap<&str, &str> = snapshot
             .servers
@@ -131,7 +145,7 @@ impl FleetView {
                         let base = public_urls.get(m.server.as_str())?;
                         Some(MountView {
                             server,
-                            mount: m.mount.clone(),
+                            mount: Arc::from(m.mount.as_str()),
                             state: m.state(),
                             free_slots: m.free_slots,
                             limit: m.max_listeners,
@@ -216,6 +230,35 @@ impl MountView {
     /// Whether the snapshot lets this mount take players.
     pub fn takes_players_in(&self, server: &ServerView) -> bool {
         self.ruled_out_in(server).is_none()
+    }
+
+    /// The one rule for "can this mount take a player now": what the snapshot
+    /// fixes, plus the age of its server's data at `now_ms`. Requests and
+    /// `Explain` both use it.
+    pub fn usable(
+        &self,
+        server: &ServerView,
+        now_ms: i64,
+        max_age_ms: i64,
+    ) -> Result<(), Unusable> {
+        let stale = now_ms - server.observed_at_ms > max_age_ms;
+        // Reasons in order of weight: a down or drained server before stale data.
+        match self.ruled_out_in(server) {
+            Some(reason @ (Unusable::Down | Unusable::Drained)) => Err(reason),
+            _ if stale => Err(Unusable::Stale),
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
+
+    /// What reservation needs to know of the mount's last poll.
+    pub fn observed(&self, server: &ServerView) -> Observed {
+        Observed {
+            server: server.name.clone(),
+            mount: self.mount.clone(),
+            observed_at_ms: server.observed_at_ms,
+            free_slots: self.free_slots,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use balancer_geo::{GeoDb, RankPolicy};
 use balancer_proto::snapshot::v1::{Mount, MountState, Server, ServerState, Snapshot, Stream};
 use icecast_redirector::http::with_query;
-use icecast_redirector::reserve::Reservations;
+use icecast_redirector::reserve::{Reservations, Timings};
 use icecast_redirector::route::{Format, route};
 use icecast_redirector::select::{Decision, Selector};
 use icecast_redirector::view::FleetView;
@@ -112,11 +112,11 @@ async fn location_only_ever_points_into_the_fleet() {
     let mut redirects = 0;
     for round in 0..300 {
         let snapshot = random_snapshot(&mut rng, now_ms);
-        let reservations = Arc::new(Reservations::new(
-            None,
-            Duration::from_secs(1),
-            Duration::from_secs(10),
-        ));
+        let reservations = Arc::new(Reservations::alone(Timings {
+            grace: Duration::from_secs(1),
+            lease: Duration::from_secs(1),
+            ttl: Duration::from_secs(10),
+        }));
         let geo = Arc::new(GeoDb::disabled());
         let view = FleetView::build(&snapshot, &geo, &reservations);
         let selector = Selector {

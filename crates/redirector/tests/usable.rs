@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use balancer_geo::{GeoDb, RankPolicy};
 use balancer_proto::snapshot::v1::{Mount, MountState, Server, ServerState, Snapshot, Stream};
-use icecast_redirector::reserve::Reservations;
+use icecast_redirector::reserve::{Reservations, Timings};
 use icecast_redirector::route::Format;
 use icecast_redirector::select::{Decision, Selector};
 use icecast_redirector::view::FleetView;
@@ -91,11 +91,11 @@ async fn players_only_go_to_mounts_that_can_take_them() {
                 .iter()
                 .any(|s| NOW_MS - s.observed_at_ms > MAX_AGE_MS),
         );
-        let reservations = Arc::new(Reservations::new(
-            None,
-            Duration::from_secs(1),
-            Duration::from_secs(10),
-        ));
+        let reservations = Arc::new(Reservations::alone(Timings {
+            grace: Duration::from_secs(1),
+            lease: Duration::from_secs(1),
+            ttl: Duration::from_secs(10),
+        }));
         let geo = Arc::new(GeoDb::disabled());
         let view = FleetView::build(&snapshot, &geo, &reservations);
         let selector = Selector {

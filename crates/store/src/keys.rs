@@ -89,11 +89,19 @@ impl Keys {
         format!("{}:drained", self.prefix)
     }
 
-    /// Hash from a second to the slots redirectors handed out for one mount in
-    /// it; seconds older than the TTL are dropped on every write, so it holds
-    /// at most TTL-in-seconds fields. TTL: [`reservation_ttl`].
+    /// Hash from a second to the slots of the leases redirectors took for one
+    /// mount that expire in it; seconds older than the TTL are dropped on every
+    /// write, so it holds at most TTL-in-seconds fields (plus the lease life).
+    /// TTL: [`reservation_ttl`].
     pub fn reservations(&self, server: &str, mount: &str) -> String {
         format!("{}:reserved:{server}:{mount}", self.prefix)
+    }
+
+    /// Since when (ms since the epoch) the reservation ledger is complete: set
+    /// when missing, so a Redis that lost its keys fences new grants until the
+    /// leases it forgot have expired. One integer.
+    pub fn reservations_since(&self) -> String {
+        format!("{}:reserved-since", self.prefix)
     }
 
     /// Sorted set of live redirector replicas, scored by their last heartbeat;
@@ -129,6 +137,11 @@ impl Keys {
                 Bound::Ttl,
                 "slots reserved for one mount",
             ),
+            spec(
+                self.reservations_since(),
+                Bound::Fixed,
+                "since when the reservation ledger is complete",
+            ),
             spec(self.replicas(), Bound::Ttl, "live redirector replicas"),
         ]
     }
@@ -147,10 +160,15 @@ pub fn lease_ttl(poll_interval: Duration) -> Duration {
     (poll_interval * 3).max(Duration::from_secs(3))
 }
 
-/// How long a reservation is remembered: long enough for the poll after the
-/// player connected (`connect_grace` after the redirect) to count it.
-pub fn reservation_ttl(poll_interval: Duration, connect_grace: Duration) -> Duration {
-    (poll_interval * 3 + connect_grace).max(Duration::from_secs(10))
+/// How long a lease is remembered: until no replica can use a poll whose
+/// window still counts it, i.e. its life, plus the connect grace, plus the
+/// oldest data a replica may use (`max_data_age`), plus a margin.
+pub fn reservation_ttl(
+    lease: Duration,
+    connect_grace: Duration,
+    max_data_age: Duration,
+) -> Duration {
+    (lease + connect_grace + max_data_age + Duration::from_secs(5)).max(Duration::from_secs(10))
 }
 
 #[cfg(test)]
@@ -203,14 +221,14 @@ mod tests {
             lease_ttl(Duration::from_millis(500)),
             Duration::from_secs(3)
         );
-        let grace = Duration::from_secs(3);
+        let (lease, grace) = (Duration::from_secs(2), Duration::from_secs(3));
         assert_eq!(
-            reservation_ttl(Duration::from_secs(2), grace),
-            Duration::from_secs(10)
+            reservation_ttl(lease, grace, Duration::from_secs(15)),
+            Duration::from_secs(25)
         );
         assert_eq!(
-            reservation_ttl(Duration::from_secs(5), grace),
-            Duration::from_secs(18)
+            reservation_ttl(Duration::ZERO, Duration::ZERO, Duration::ZERO),
+            Duration::from_secs(10)
         );
     }
 }

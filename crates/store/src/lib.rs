@@ -12,6 +12,7 @@ mod keys;
 mod memory;
 mod redis_store;
 mod sentinel;
+mod slots;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -26,8 +27,9 @@ pub use keys::{
     Bound, DEFAULT_NAMESPACE, KeySpec, Keys, NamespaceError, lease_ttl, reservation_ttl,
     snapshot_ttl,
 };
-pub use redis_store::{DEFAULT_OPERATION_TIMEOUT, RedisStore, Reserve, StoreError};
+pub use redis_store::{DEFAULT_OPERATION_TIMEOUT, RedisStore, StoreError};
 pub use sentinel::{SENTINEL_SCHEME, SentinelTarget, SentinelUrlError};
+pub use slots::{Grant, LocalSlots, ReserveRequest, SlotLedger, SlotStore};
 
 /// What the poller needs from shared state: Redis for a fleet of redirectors,
 /// [`MemoryStore`] for the standalone redirector. See [`RedisStore`] for the

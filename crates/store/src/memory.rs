@@ -8,12 +8,13 @@ use std::time::Duration;
 use balancer_proto::snapshot::v1::Snapshot;
 use tokio::sync::watch;
 
-use crate::{PollerStore, StoreError};
+use crate::{LocalSlots, PollerStore, StoreError};
 
 /// In-process state: always the leader, snapshots delivered by channel.
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Mutex<MemoryState>>,
+    slots: LocalSlots,
     snapshots: watch::Sender<Option<Arc<Snapshot>>>,
 }
 
@@ -34,6 +35,7 @@ impl MemoryStore {
     pub fn new() -> Self {
         MemoryStore {
             inner: Arc::default(),
+            slots: LocalSlots::new(),
             snapshots: watch::channel(None).0,
         }
     }
@@ -41,6 +43,11 @@ impl MemoryStore {
     /// Receives every snapshot published from now on (and the latest one).
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
         self.snapshots.subscribe()
+    }
+
+    /// The reservation ledger the standalone redirector leases from.
+    pub fn slots(&self) -> LocalSlots {
+        self.slots.clone()
     }
 
     /// Drains (`true`) or undrains a server; returns whether anything changed.
@@ -90,14 +97,8 @@ impl PollerStore for MemoryStore {
             .clone())
     }
 
-    /// The standalone redirector counts its slots itself; they are not shared here.
-    async fn reserved(
-        &self,
-        _server: &str,
-        _mount: &str,
-        _since_ms: i64,
-    ) -> Result<u32, StoreError> {
-        Ok(0)
+    async fn reserved(&self, server: &str, mount: &str, since_ms: i64) -> Result<u32, StoreError> {
+        Ok(self.slots.reserved(server, mount, since_ms))
     }
 
     async fn set_drained(&self, server: &str, drained: bool) -> Result<bool, StoreError> {

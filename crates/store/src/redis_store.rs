@@ -14,6 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, Script};
 
 use crate::sentinel::{Locator, SENTINEL_SCHEME, SentinelTarget, SentinelUrlError};
+use crate::slots::{Grant, RESERVE_SCRIPT, ReserveRequest, SlotStore};
 use crate::{DecodeError, Keys, decode_snapshot, encode_snapshot};
 
 /// Default bound on one Redis operation.
@@ -76,44 +77,16 @@ return version
 
 /// Writes the snapshot and announces it, only while `ARGV[1]` holds the lease
 /// (a fence against a paused ex-leader writing after a standby took over).
+/// Also sets the reservation ledger's "history since" marker (KEYS[3]) to
+/// `ARGV[6]` if it is missing (see `slots.rs`).
 const PUBLISH_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('NOTLEADER')
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[3], ARGV[6], 'NX')
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
-";
-
-/// Hands out up to `ARGV[4]` slots of a mount whose poll found `ARGV[3]`
-/// free, minus the slots already handed out since `ARGV[2]` (the poll time
-/// minus the connect grace): so all replicas together never exceed what the
-/// poll saw. KEYS[1] is a hash from a second (since the epoch) to the slots
-/// handed out in it: its size is bounded by the TTL in seconds, whatever the
-/// redirect rate. The second holding the window start is counted whole, which
-/// can only refuse a slot, never overbook. ARGV: now ms, window start ms,
-/// free, want, ttl ms. Returns the number of slots granted.
-const RESERVE_SCRIPT: &str = r"
-local now = math.floor(tonumber(ARGV[1]) / 1000)
-local from = math.floor(tonumber(ARGV[2]) / 1000)
-local oldest = now - math.ceil(tonumber(ARGV[5]) / 1000)
-local used = 0
-local buckets = redis.call('HGETALL', KEYS[1])
-for i = 1, #buckets, 2 do
-  local second = tonumber(buckets[i])
-  if second < oldest then
-    redis.call('HDEL', KEYS[1], buckets[i])
-  elseif second >= from then
-    used = used + tonumber(buckets[i + 1])
-  end
-end
-local grant = math.min(tonumber(ARGV[4]), tonumber(ARGV[3]) - used)
-if grant <= 0 then
-  return 0
-end
-redis.call('HINCRBY', KEYS[1], now, grant)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return grant
 ";
 
 /// Records a replica's heartbeat, forgets replicas silent for `ARGV[3]` ms,
@@ -125,26 +98,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
 redis.call('PEXPIRE', KEYS[1], 10000)
 return redis.call('ZCARD', KEYS[1])
 ";
-
-/// A reservation request for one mount.
-#[derive(Debug, Clone, Copy)]
-pub struct Reserve<'a> {
-    /// The server's name.
-    pub server: &'a str,
-    /// The mount.
-    pub mount: &'a str,
-    /// Now, in ms since the epoch.
-    pub now_ms: i64,
-    /// Reservations made at or after this time (the poll time minus the
-    /// connect grace) are not yet in the poll's listener count.
-    pub window_start_ms: i64,
-    /// Free slots the poll saw.
-    pub free_slots: u32,
-    /// How many to take.
-    pub want: u32,
-    /// How long entries are kept.
-    pub ttl: Duration,
-}
 
 /// A connection to the shared Redis, created without I/O so a service can
 /// start while Redis is down; it connects on first use and reconnects by
@@ -248,13 +201,23 @@ impl RedisStore {
         next.arg(floor);
         let version: u64 = self.bounded(next.invoke_async(&mut conn)).await?;
         snapshot.version = version;
+        // A fresh counter and a poller that never published: a new deployment,
+        // whose reservation ledger has no history to lose. Otherwise Redis
+        // lost its keys while leases may be out: history starts now.
+        let history_since = if version == 1 && floor == 0 {
+            0
+        } else {
+            snapshot.published_at_ms
+        };
         let mut call = self.publish.key(self.keys.poller_lease());
         call.key(self.keys.snapshot())
+            .key(self.keys.reservations_since())
             .arg(holder)
             .arg(encode_snapshot(snapshot))
             .arg(millis(ttl))
             .arg(self.keys.snapshot_channel())
-            .arg(version);
+            .arg(version)
+            .arg(history_since);
         let result: Result<i64, StoreError> = self.bounded(call.invoke_async(&mut conn)).await;
         match result {
             Ok(_) => Ok(version),
@@ -281,29 +244,27 @@ impl RedisStore {
         Ok(version.unwrap_or(0))
     }
 
-    /// Takes up to `request.want` slots of a mount; returns how many were granted.
-    /// Bounded by `timeout`, which a request path keeps short.
-    pub async fn reserve(
-        &self,
-        request: &Reserve<'_>,
-        timeout: Duration,
-    ) -> Result<u32, StoreError> {
+    /// Leases up to `request.want` slots of a mount (see `slots.rs`), bounded
+    /// by the store's operation timeout.
+    pub async fn reserve(&self, request: &ReserveRequest) -> Result<Grant, StoreError> {
         let mut conn = self.connection().await?;
         let mut call = self
             .reserve
-            .key(self.keys.reservations(request.server, request.mount));
-        call.arg(request.now_ms)
+            .key(self.keys.reservations(&request.server, &request.mount));
+        call.key(self.keys.reservations_since())
+            .arg(request.now_ms)
             .arg(request.window_start_ms)
             .arg(request.free_slots)
             .arg(request.want)
+            .arg(request.replicas)
+            .arg(millis(request.lease))
             .arg(millis(request.ttl));
-        match tokio::time::timeout(timeout, call.invoke_async::<u32>(&mut conn)).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::Timeout(timeout)),
-        }
+        let (granted, remaining): (u32, u32) = self.bounded(call.invoke_async(&mut conn)).await?;
+        Ok(Grant { granted, remaining })
     }
 
-    /// How many slots of a mount were handed out at or after `since_ms`.
+    /// Slots of a mount leased by redirectors whose leases expire at or after
+    /// `since_ms` (what a poll's window counts).
     pub async fn reserved(
         &self,
         server: &str,
@@ -457,6 +418,17 @@ impl RedisStore {
         let link = Link::new(client, self.timeout)?;
         self.link.store(Some(Arc::new(link)));
         Ok(())
+    }
+}
+
+impl SlotStore for RedisStore {
+    fn reserve(
+        &self,
+        request: ReserveRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Grant, StoreError>> + Send>>
+    {
+        let store = self.clone();
+        Box::pin(async move { RedisStore::reserve(&store, &request).await })
     }
 }
 

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use balancer_proto::snapshot::v1::{Server, Snapshot};
-use balancer_store::{Bound, Keys, RedisStore, StoreError};
+use balancer_store::{Bound, Grant, Keys, RedisStore, ReserveRequest, SlotLedger, StoreError};
 use balancer_testkit::RedisServer;
 
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -138,10 +138,7 @@ async fn every_key_written_is_bounded() {
         .heartbeat("replica", 1, Duration::from_secs(5))
         .await
         .unwrap();
-    store
-        .reserve(&reserve(1000, 0, 5, 2), TIMEOUT)
-        .await
-        .unwrap();
+    store.reserve(&reserve(10_000, 9_000, 5, 2)).await.unwrap();
     let keys = Keys::default();
     let fixed: Vec<String> = keys
         .all()
@@ -152,10 +149,11 @@ async fn every_key_written_is_bounded() {
     let listed = redis.command(&["KEYS", "*"]).await.unwrap();
     let count: usize = listed.trim_start_matches('*').parse().unwrap();
     assert_eq!(
-        count, 6,
-        "snapshot, version, lease, drained, replicas, one reservation set"
+        count, 7,
+        "snapshot, version, lease, drained, replicas, one reservation hash, its marker"
     );
     for key in [
+        keys.reservations_since(),
         keys.snapshot(),
         keys.poller_lease(),
         keys.snapshot_version(),
@@ -172,19 +170,16 @@ async fn every_key_written_is_bounded() {
     }
 }
 
-fn reserve(
-    now_ms: i64,
-    window_start_ms: i64,
-    free_slots: u32,
-    want: u32,
-) -> balancer_store::Reserve<'static> {
-    balancer_store::Reserve {
-        server: "a",
-        mount: "/a.ogg",
+fn reserve(now_ms: i64, window_start_ms: i64, free_slots: u32, want: u32) -> ReserveRequest {
+    ReserveRequest {
+        server: "a".into(),
+        mount: "/a.ogg".into(),
         now_ms,
         window_start_ms,
         free_slots,
         want,
+        replicas: 1,
+        lease: Duration::from_secs(1),
         ttl: Duration::from_secs(10),
     }
 }
@@ -193,40 +188,94 @@ fn reserve(
 async fn reservations_never_exceed_what_the_poll_saw() {
     let redis = RedisServer::start().await;
     let (a, b) = (store(&redis), store(&redis));
-    let granted = |store: &RedisStore, r: balancer_store::Reserve<'static>| {
+    // A new deployment: the poller's first publication says there is no history to lose.
+    assert!(a.hold_lease("p", Duration::from_secs(5)).await.unwrap());
+    a.publish_snapshot("p", &mut snapshot(), Duration::from_secs(30), 0)
+        .await
+        .unwrap();
+    let granted = |store: &RedisStore, r: ReserveRequest| {
         let store = store.clone();
-        async move { store.reserve(&r, TIMEOUT).await.unwrap() }
+        async move { store.reserve(&r).await.unwrap().granted }
     };
-    // A poll at t=9 s saw 5 free; two replicas ask for 3 each at t=10 s.
-    assert_eq!(granted(&a, reserve(10_100, 9_000, 5, 3)).await, 3);
-    assert_eq!(granted(&b, reserve(10_200, 9_000, 5, 3)).await, 2);
-    assert_eq!(granted(&a, reserve(10_300, 9_000, 5, 1)).await, 0);
-    // (Had that poll seen 6 free, one more would have gone out, at t=12 s.)
-    assert_eq!(granted(&a, reserve(12_300, 9_000, 6, 1)).await, 1);
-    // The next poll (window from 11 s) counted the first five players and saw
-    // 2 free; the slot handed out at 12 s is not in its count yet: 1 is left.
-    assert_eq!(granted(&a, reserve(13_100, 11_000, 2, 5)).await, 1);
-    // A window starting inside a second counts that whole second: never overbook.
-    assert_eq!(granted(&b, reserve(13_200, 12_900, 2, 5)).await, 0);
+    // A poll at t=9 s saw 5 free; two replicas ask at t=10 s. The fair share
+    // is half of what is left: 2 of 5, then 1 of 3, ...
+    assert_eq!(granted(&a, reserve(10_100, 9_000, 5, 3)).await, 2);
+    assert_eq!(granted(&b, reserve(10_200, 9_000, 5, 3)).await, 1);
+    assert_eq!(granted(&a, reserve(10_300, 9_000, 5, 9)).await, 1);
+    assert_eq!(granted(&a, reserve(10_300, 9_000, 5, 9)).await, 1);
+    let last = a.reserve(&reserve(10_300, 9_000, 5, 9)).await.unwrap();
+    assert_eq!(last, Grant::default(), "5 in all, and 0 remaining");
+    // Leases of 1 s from 10.1 s expire at 11.x s: a window starting at 11 s still counts them.
+    assert_eq!(granted(&a, reserve(13_100, 11_000, 7, 9)).await, 1);
+    // One starting at 12 s does not (those players connected before that poll).
+    assert_eq!(granted(&b, reserve(14_000, 12_000, 7, 9)).await, 3);
     // Seconds older than the TTL are forgotten: one field per live second.
-    assert_eq!(granted(&b, reserve(60_000, 0, 3, 3)).await, 3);
+    assert_eq!(granted(&b, reserve(60_000, 58_000, 3, 3)).await, 1);
     let key = Keys::default().reservations("a", "/a.ogg");
     assert_eq!(
         redis.command(&["HLEN", &key]).await.unwrap(),
         ":1",
         "only live seconds are kept"
     );
-    assert_eq!(a.reserved("a", "/a.ogg", 59_000).await.unwrap(), 3);
-    // A frozen Redis costs a request the reservation timeout, no more.
+    assert_eq!(a.reserved("a", "/a.ogg", 59_000).await.unwrap(), 1);
+    // A frozen Redis costs a call the store's timeout, no more.
     redis.pause();
     let started = std::time::Instant::now();
-    let frozen = a
-        .reserve(&reserve(60_001, 0, 3, 1), Duration::from_millis(30))
-        .await;
+    let frozen = a.reserve(&reserve(60_001, 0, 3, 1)).await;
     let waited = started.elapsed();
     redis.resume();
-    assert!(matches!(frozen, Err(StoreError::Timeout(_))), "{frozen:?}");
-    assert!(waited < Duration::from_millis(200), "{waited:?}");
+    // The connection's response timeout or ours, whichever fires first.
+    assert!(
+        matches!(frozen, Err(StoreError::Timeout(_) | StoreError::Redis(_))),
+        "{frozen:?}"
+    );
+    assert!(waited < TIMEOUT + Duration::from_millis(200), "{waited:?}");
+}
+
+/// The Lua script in Redis and `SlotLedger` (the standalone ledger and the
+/// simulation's model) give the same answer to every request, across random
+/// mounts, windows, replicas and a Redis that loses its keys.
+#[tokio::test]
+async fn the_script_and_the_in_process_ledger_agree() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis);
+    assert!(store.hold_lease("p", Duration::from_secs(5)).await.unwrap());
+    store
+        .publish_snapshot("p", &mut snapshot(), Duration::from_secs(30), 0)
+        .await
+        .unwrap();
+    let mut ledger = SlotLedger::lost();
+    ledger.mark_history_since(0);
+    let mut rng = fastrand::Rng::with_seed(12);
+    let mut now: i64 = 1_700_000_000_000;
+    let (mut compared, mut granted, mut flushed) = (0, 0u64, 0);
+    for step in 0..3000 {
+        now += rng.i64(0..400);
+        if rng.u32(0..400) == 0 {
+            // Redis restarts empty; the next caller finds no marker.
+            redis.command(&["FLUSHALL"]).await.unwrap();
+            ledger = SlotLedger::lost();
+            flushed += 1;
+        }
+        let request = ReserveRequest {
+            server: ["a", "b"][rng.usize(0..2)].into(),
+            mount: ["/x.ogg", "/y.mp3"][rng.usize(0..2)].into(),
+            now_ms: now,
+            window_start_ms: now - rng.i64(0..6000),
+            free_slots: rng.u32(0..60),
+            want: rng.u32(0..40),
+            replicas: rng.u32(1..5),
+            lease: Duration::from_millis(rng.u64(100..3000)),
+            ttl: Duration::from_millis(rng.u64(5000..20_000)),
+        };
+        let expected = ledger.reserve(&request);
+        let got = store.reserve(&request).await.unwrap();
+        assert_eq!(got, expected, "step {step}: {request:?}");
+        compared += 1;
+        granted += u64::from(got.granted);
+    }
+    println!("{compared} requests compared, {granted} slots granted, {flushed} restarts");
+    assert!(granted > 1000 && flushed > 2, "{granted} {flushed}");
 }
 
 #[tokio::test]
