@@ -77,7 +77,7 @@ pub struct Args {
     /// asking again. Longer rides out longer Redis outages; shorter frees
     /// handed-out slots for reuse sooner (a lease counts until a poll
     /// `--connect-grace` after its end).
-    #[arg(long, env = "ICB_SLOT_LEASE", value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "ICB_SLOT_LEASE", value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub slot_lease: Duration,
 
     /// Close a connection whose request head is still arriving after this, and

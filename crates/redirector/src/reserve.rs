@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use balancer_store::{Grant, ReserveRequest, SlotStore, StoreError};
+use balancer_store::{Grant, PollSeen, ReserveRequest, SlotStore, StoreError};
 use tokio::sync::Notify;
 
 /// How long a request may wait for a refill, counted from the refill's start.
@@ -65,7 +65,12 @@ pub struct Timings {
     pub lease: Duration,
     /// How long the ledger keeps entries.
     pub ttl: Duration,
+    /// Polls older than this are not granted against (`--max-data-age`).
+    pub max_age: Duration,
 }
+
+/// How many recent polls of a mount a pool remembers for the ledger.
+const POLLS_KEPT: usize = 6;
 
 /// One mount's slots held by this replica.
 #[derive(Default)]
@@ -85,6 +90,8 @@ struct PoolState {
     demand: Demand,
     /// Requests waiting for the refill in flight.
     waiting: u32,
+    /// Recent polls of the mount (observed_at, free), oldest first.
+    polls: VecDeque<(i64, u32)>,
 }
 
 struct Lease {
@@ -132,6 +139,21 @@ impl Demand {
 }
 
 impl PoolState {
+    /// Remembers a poll, and forgets those older than `max_age_ms`.
+    fn note_poll(&mut self, observed_at_ms: i64, free: u32, now_ms: i64, max_age_ms: i64) {
+        if self.polls.back().is_none_or(|&(t, _)| t < observed_at_ms) {
+            self.polls.push_back((observed_at_ms, free));
+        }
+        while self.polls.len() > POLLS_KEPT
+            || self
+                .polls
+                .front()
+                .is_some_and(|&(t, _)| now_ms - t > max_age_ms)
+        {
+            self.polls.pop_front();
+        }
+    }
+
     fn drop_expired(&mut self, now_ms: i64) {
         self.leases.retain(|l| l.expires_ms >= now_ms && l.left > 0);
     }
@@ -319,7 +341,8 @@ impl Reservations {
     }
 
     /// Starts a refill before the pool runs dry: when what it holds is below
-    /// half a second of its recent demand.
+    /// three quarters of what its recent demand uses in a lease's life, so
+    /// that the slots held are always fresh enough to ride out an outage.
     fn refill_if_low(
         &self,
         pool: &Arc<SlotPool>,
@@ -330,10 +353,17 @@ impl Reservations {
         if state.refill.is_some() || state.exhausted_for == Some(mount.observed_at_ms) {
             return;
         }
-        let recent = state.demand.recent(now_ms);
-        if recent >= MIN_BATCH && state.held() < recent / 2 {
+        let wanted = self.lease_demand(state.demand.recent(now_ms));
+        if wanted > MIN_BATCH && state.held() < wanted / 4 * 3 {
             let _ = self.start_refill(pool, state, mount, now_ms);
         }
+    }
+
+    /// What `per_second` handouts a second use over a lease's life: the batch
+    /// that lets the pool ride out a Redis outage of that length.
+    fn lease_demand(&self, per_second: u32) -> u32 {
+        let per_lease = u64::from(per_second) * self.timings.lease.as_millis() as u64 / 1000;
+        u32::try_from(per_lease).unwrap_or(u32::MAX)
     }
 
     /// Asks the ledger for a batch in a task of its own, so that the answer
@@ -348,17 +378,31 @@ impl Reservations {
         if self.redis_trouble(now_ms) {
             return None;
         }
-        let want = state
-            .demand
-            .recent(now_ms)
+        // Top the pool up to a lease's worth of recent demand.
+        let want = self
+            .lease_demand(state.demand.recent(now_ms))
+            .saturating_sub(state.held())
             .max(state.waiting + 1)
             .clamp(MIN_BATCH, MAX_BATCH);
+        let grace_ms = millis(self.timings.grace);
+        state.note_poll(
+            mount.observed_at_ms,
+            mount.free_slots,
+            now_ms,
+            millis(self.timings.max_age),
+        );
         let request = ReserveRequest {
             server: mount.server.clone(),
             mount: mount.mount.clone(),
             now_ms,
-            window_start_ms: mount.observed_at_ms - millis(self.timings.grace),
-            free_slots: mount.free_slots,
+            polls: state
+                .polls
+                .iter()
+                .map(|&(t, free)| PollSeen {
+                    window_start_ms: t - grace_ms,
+                    free_slots: free,
+                })
+                .collect(),
             want,
             replicas: self.replicas.load(Ordering::Relaxed),
             lease: self.timings.lease,

@@ -92,6 +92,7 @@ pub async fn run(
             options.connect_grace,
             options.max_data_age,
         ),
+        max_age: options.max_data_age,
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = RedirectorMetrics::register(&mut registry);

@@ -116,6 +116,7 @@ async fn location_only_ever_points_into_the_fleet() {
             grace: Duration::from_secs(1),
             lease: Duration::from_secs(1),
             ttl: Duration::from_secs(10),
+            max_age: Duration::from_secs(10),
         }));
         let geo = Arc::new(GeoDb::disabled());
         let view = FleetView::build(&snapshot, &geo, &reservations);

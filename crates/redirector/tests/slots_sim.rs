@@ -47,7 +47,8 @@ struct SimRedis {
     rng: fastrand::Rng,
     /// Calls that ran in the ledger but whose caller got an error.
     ran_then_failed: u64,
-    /// Every positive grant: (when it ran, its window start, the poll's free slots).
+    /// Every positive grant: when it ran, and the window start and free slots
+    /// of the poll that bound it.
     grants: Vec<(i64, i64, u32)>,
     /// The clock's origin.
     start: Instant,
@@ -97,11 +98,11 @@ impl SlotStore for SimStore {
                         return;
                     }
                     // The script reads the caller's clock from its arguments.
-                    let grant = r.ledger.reserve(&request);
-                    if grant.granted > 0 {
+                    let (grant, bound) = r.ledger.reserve_against(&request);
+                    if let Some(poll) = bound {
                         let ran_at = now_ms(r.start);
                         r.grants
-                            .push((ran_at, request.window_start_ms, request.free_slots));
+                            .push((ran_at, poll.window_start_ms, poll.free_slots));
                     }
                     grant
                 };
@@ -177,6 +178,7 @@ async fn simulate(seed: u64) -> Stats {
         grace: GRACE,
         lease: LEASE,
         ttl: balancer_store::reservation_ttl(LEASE, GRACE, Duration::from_millis(4000)),
+        max_age: Duration::from_millis(u64::try_from(MAX_AGE_MS).unwrap()),
     };
     let new_replica = move |store: &SimStore| {
         let reservations = Arc::new(Reservations::new(

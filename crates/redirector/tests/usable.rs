@@ -95,6 +95,7 @@ async fn players_only_go_to_mounts_that_can_take_them() {
             grace: Duration::from_secs(1),
             lease: Duration::from_secs(1),
             ttl: Duration::from_secs(10),
+            max_age: Duration::from_secs(10),
         }));
         let geo = Arc::new(GeoDb::disabled());
         let view = FleetView::build(&snapshot, &geo, &reservations);

@@ -253,12 +253,13 @@ impl RedisStore {
             .key(self.keys.reservations(&request.server, &request.mount));
         call.key(self.keys.reservations_since())
             .arg(request.now_ms)
-            .arg(request.window_start_ms)
-            .arg(request.free_slots)
             .arg(request.want)
             .arg(request.replicas)
             .arg(millis(request.lease))
             .arg(millis(request.ttl));
+        for poll in &request.polls {
+            call.arg(poll.window_start_ms).arg(poll.free_slots);
+        }
         let (granted, remaining): (u32, u32) = self.bounded(call.invoke_async(&mut conn)).await?;
         Ok(Grant { granted, remaining })
     }

@@ -40,11 +40,14 @@ pub struct ReserveRequest {
     pub mount: Arc<str>,
     /// Now, in ms since the epoch (the replica's clock).
     pub now_ms: i64,
-    /// The poll's time minus the connect grace: leases expiring at or after
-    /// this are not yet in the poll's listener count.
-    pub window_start_ms: i64,
-    /// Free slots the poll saw.
-    pub free_slots: u32,
+    /// Recent polls of the mount this replica has seen, each as its window
+    /// start (the poll's time minus the connect grace: leases expiring at or
+    /// after it are not yet in the poll's listener count) and the free slots
+    /// it saw. The ledger grants against the one that leaves the most room.
+    /// Any poll is a sound bound, and an older one does not count twice the
+    /// players who connected since (which a newer one does, in its listener
+    /// count and in its window).
+    pub polls: Vec<PollSeen>,
     /// How many the replica would like.
     pub want: u32,
     /// The live replicas, for the fair-share cap: no replica takes more than
@@ -63,6 +66,15 @@ impl ReserveRequest {
     pub fn expires_ms(&self) -> i64 {
         self.now_ms.saturating_add(millis_i64(self.lease))
     }
+}
+
+/// One poll of a mount, as the ledger needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollSeen {
+    /// The poll's time minus the connect grace.
+    pub window_start_ms: i64,
+    /// Free slots the poll saw.
+    pub free_slots: u32,
 }
 
 /// The ledger's answer.
@@ -90,18 +102,17 @@ pub trait SlotStore: Send + Sync + 'static {
 
 /// The reservation ledger of one mount in Redis: KEYS[1] is a hash from a
 /// second to the slots of the leases expiring in it, KEYS[2] the "history
-/// since" marker shared by all mounts. ARGV: now ms, window start ms, free,
-/// want, replicas, lease ms, ttl ms. Returns `{granted, remaining}`.
+/// since" marker shared by all mounts. ARGV: now ms, want, replicas, lease ms,
+/// ttl ms, then pairs of (window start ms, free) for the polls to grant
+/// against. Returns `{granted, remaining}`.
 ///
-/// Keep in step with [`SlotLedger::reserve`]; `tests/it/slots.rs` compares them.
+/// Keep in step with [`SlotLedger::reserve`]; `crates/store/tests/it` compares them.
 pub(crate) const RESERVE_SCRIPT: &str = r"
 local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local free = tonumber(ARGV[3])
-local want = tonumber(ARGV[4])
-local replicas = math.max(1, tonumber(ARGV[5]))
-local lease = tonumber(ARGV[6])
-local ttl = tonumber(ARGV[7])
+local want = tonumber(ARGV[2])
+local replicas = math.max(1, tonumber(ARGV[3]))
+local lease = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
 local since = redis.call('GET', KEYS[2])
 if not since then
   redis.call('SET', KEYS[2], now)
@@ -109,22 +120,31 @@ if not since then
 else
   since = tonumber(since)
 end
-if window < since + lease then
-  return {0, 0}
-end
-local from = math.floor(window / 1000)
 local oldest = math.floor(now / 1000) - math.ceil(ttl / 1000)
-local used = 0
 local buckets = redis.call('HGETALL', KEYS[1])
+local live = {}
 for i = 1, #buckets, 2 do
   local second = tonumber(buckets[i])
   if second < oldest then
     redis.call('HDEL', KEYS[1], buckets[i])
-  elseif second >= from then
-    used = used + tonumber(buckets[i + 1])
+  else
+    live[#live + 1] = {second, tonumber(buckets[i + 1])}
   end
 end
-local left = free - used
+local left = 0
+for p = 6, #ARGV - 1, 2 do
+  local window = tonumber(ARGV[p])
+  if window >= since + lease then
+    local from = math.floor(window / 1000)
+    local used = 0
+    for _, bucket in ipairs(live) do
+      if bucket[1] >= from then
+        used = used + bucket[2]
+      end
+    end
+    left = math.max(left, tonumber(ARGV[p + 1]) - used)
+  end
+end
 if left <= 0 then
   return {0, 0}
 end
@@ -175,35 +195,54 @@ impl SlotLedger {
 
     /// Leases slots as [`RESERVE_SCRIPT`] does.
     pub fn reserve(&mut self, r: &ReserveRequest) -> Grant {
+        self.reserve_against(r).0
+    }
+
+    /// Leases slots as [`RESERVE_SCRIPT`] does, and says which of the
+    /// request's polls bound the grant (for the simulation's checks).
+    pub fn reserve_against(&mut self, r: &ReserveRequest) -> (Grant, Option<PollSeen>) {
         let since = *self.since_ms.get_or_insert(r.now_ms);
-        if r.window_start_ms < since.saturating_add(millis_i64(r.lease)) {
-            return Grant::default();
-        }
-        let from = r.window_start_ms.div_euclid(1000);
         let oldest = r.now_ms.div_euclid(1000) - ceil_seconds(r.ttl);
         let buckets = self
             .mounts
             .entry((r.server.clone(), r.mount.clone()))
             .or_default();
         buckets.retain(|&second, _| second >= oldest);
-        let used: u64 = buckets.range(from..).map(|(_, n)| n).sum();
-        let left = i64::from(r.free_slots) - i64::try_from(used).unwrap_or(i64::MAX);
-        if left <= 0 {
-            return Grant::default();
+        let mut best: Option<(i64, PollSeen)> = None;
+        for poll in &r.polls {
+            if poll.window_start_ms < since.saturating_add(millis_i64(r.lease)) {
+                continue;
+            }
+            let used: u64 = buckets
+                .range(poll.window_start_ms.div_euclid(1000)..)
+                .map(|(_, n)| n)
+                .sum();
+            let left = i64::from(poll.free_slots) - i64::try_from(used).unwrap_or(i64::MAX);
+            if best.is_none_or(|(most, _)| left > most) {
+                best = Some((left, *poll));
+            }
         }
+        let Some((left, poll)) = best.filter(|(left, _)| *left > 0) else {
+            return (Grant::default(), None);
+        };
         let share = (left / (2 * i64::from(r.replicas.max(1)))).max(1);
         let grant = i64::from(r.want).min(left).min(share);
         if grant <= 0 {
-            return Grant {
-                granted: 0,
-                remaining: to_u32(left),
-            };
+            let remaining = to_u32(left);
+            return (
+                Grant {
+                    granted: 0,
+                    remaining,
+                },
+                None,
+            );
         }
         *buckets.entry(r.expires_ms().div_euclid(1000)).or_default() += grant.unsigned_abs();
-        Grant {
+        let grant = Grant {
             granted: to_u32(grant),
             remaining: to_u32(left - grant),
-        }
+        };
+        (grant, Some(poll))
     }
 
     /// Slots of a mount whose leases expire at or after `since_ms` (what a
@@ -277,8 +316,10 @@ mod tests {
             server: Arc::from("s"),
             mount: Arc::from("/m"),
             now_ms: now,
-            window_start_ms: window,
-            free_slots: free,
+            polls: vec![PollSeen {
+                window_start_ms: window,
+                free_slots: free,
+            }],
             want,
             replicas: 1,
             lease: Duration::from_secs(1),
@@ -340,6 +381,35 @@ mod tests {
         let mut fresh = SlotLedger::lost();
         fresh.mark_history_since(0);
         assert_eq!(fresh.reserve(&request(20_000, 19_000, 5, 1)).granted, 1);
+    }
+
+    #[test]
+    fn an_older_poll_does_not_count_connected_players_twice() {
+        let mut ledger = SlotLedger::new();
+        // A poll at 10 s (window from 9 s) saw 10 free; a crowd takes 5 at 11 s.
+        let before = PollSeen {
+            window_start_ms: 9_000,
+            free_slots: 10,
+        };
+        let mut r = request(11_000, 9_000, 10, 5);
+        r.want = 5;
+        r.replicas = 0;
+        assert_eq!(ledger.reserve(&r).granted, 5);
+        // The poll at 11.5 s sees them connected: 5 free, and its window still
+        // counts their leases. Alone it would leave nothing.
+        let after = PollSeen {
+            window_start_ms: 10_500,
+            free_slots: 5,
+        };
+        let mut alone = request(11_600, 0, 0, 5);
+        alone.polls = vec![after];
+        assert_eq!(ledger.clone().reserve(&alone), Grant::default());
+        // With the poll before the crowd, the 5 left are found.
+        let mut both = alone.clone();
+        both.polls = vec![before, after];
+        let (grant, bound) = ledger.reserve_against(&both);
+        assert_eq!((grant.granted, grant.remaining), (2, 3), "half of 5");
+        assert_eq!(bound, Some(before));
     }
 
     #[test]

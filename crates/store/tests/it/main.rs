@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use balancer_proto::snapshot::v1::{Server, Snapshot};
-use balancer_store::{Bound, Grant, Keys, RedisStore, ReserveRequest, SlotLedger, StoreError};
+use balancer_store::{
+    Bound, Grant, Keys, PollSeen, RedisStore, ReserveRequest, SlotLedger, StoreError,
+};
 use balancer_testkit::RedisServer;
 
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -175,8 +177,10 @@ fn reserve(now_ms: i64, window_start_ms: i64, free_slots: u32, want: u32) -> Res
         server: "a".into(),
         mount: "/a.ogg".into(),
         now_ms,
-        window_start_ms,
-        free_slots,
+        polls: vec![PollSeen {
+            window_start_ms,
+            free_slots,
+        }],
         want,
         replicas: 1,
         lease: Duration::from_secs(1),
@@ -261,8 +265,12 @@ async fn the_script_and_the_in_process_ledger_agree() {
             server: ["a", "b"][rng.usize(0..2)].into(),
             mount: ["/x.ogg", "/y.mp3"][rng.usize(0..2)].into(),
             now_ms: now,
-            window_start_ms: now - rng.i64(0..6000),
-            free_slots: rng.u32(0..60),
+            polls: (0..rng.usize(1..4))
+                .map(|_| PollSeen {
+                    window_start_ms: now - rng.i64(0..6000),
+                    free_slots: rng.u32(0..60),
+                })
+                .collect(),
             want: rng.u32(0..40),
             replicas: rng.u32(1..5),
             lease: Duration::from_millis(rng.u64(100..3000)),
