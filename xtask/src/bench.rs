@@ -24,8 +24,15 @@ const BENCH_TOOLS: &[Tool] = &[
     },
 ];
 
-/// Runs every benchmark case and records the results.
-pub(crate) fn bench() -> anyhow::Result<()> {
+/// The benchmark cases, in the order `cargo xtask bench` runs them.
+pub(crate) const CASES: [&str; 4] = ["poller", "geo", "redirector", "saturation"];
+
+/// Runs the benchmark cases named (all when `only` is None) and records the results.
+pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
+    if let Some(case) = only.filter(|c| !CASES.contains(c)) {
+        bail!("unknown benchmark case {case:?}; the cases are {CASES:?}");
+    }
+    let wanted = |case: &str| only.is_none_or(|o| o == case);
     packages::ensure("the benchmarks", BENCH_TOOLS)?;
     run(cargo().args([
         "build",
@@ -39,11 +46,35 @@ pub(crate) fn bench() -> anyhow::Result<()> {
         "icecast-poller",
         "--bin",
         "icecast-sim",
+        "--bin",
+        "icecast-crowd",
         "-p",
         "icecast-redirector",
         "--bin",
         "icecast-redirector",
     ]))?;
+    if wanted("poller") {
+        poller_section()?;
+    }
+    if wanted("geo") {
+        let geo = geo_case()?;
+        println!("{geo}");
+        record("geo", &geo)?;
+    }
+    if wanted("redirector") {
+        let redirector = redirector_case()?;
+        println!("{redirector}");
+        record("redirector", &redirector)?;
+    }
+    if wanted("saturation") {
+        let saturation = saturation_case()?;
+        println!("{saturation}");
+        record("saturation", &saturation)?;
+    }
+    Ok(())
+}
+
+fn poller_section() -> anyhow::Result<()> {
     let poller = poller_case(1000, 5, Duration::from_secs(30))?;
     let section = format!(
         "## Poller: 1,000 simulated Icecast servers x 5 mounts, 1 s interval\n\n\
@@ -70,13 +101,7 @@ pub(crate) fn bench() -> anyhow::Result<()> {
         redis_us = poller.redis_cpu_per_cycle.as_secs_f64() * 1e6,
     );
     println!("{section}");
-    record("poller", &section)?;
-    let geo = geo_case()?;
-    println!("{geo}");
-    record("geo", &geo)?;
-    let redirector = redirector_case()?;
-    println!("{redirector}");
-    record("redirector", &redirector)
+    record("poller", &section)
 }
 
 /// The geo benchmark binary, pinned to CPU 0; its lines become a table.
@@ -630,4 +655,216 @@ fn children_and_self(pid: u32) -> Vec<u32> {
         std::thread::sleep(Duration::from_millis(50));
     }
     pids
+}
+
+/// Where the redirector and poller under test come from: `target/release`, or
+/// `ICB_BENCH_BIN_DIR` (to measure another build, e.g. an older commit's,
+/// with the same load).
+fn service_bin_dir() -> std::path::PathBuf {
+    std::env::var_os("ICB_BENCH_BIN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release"))
+}
+
+/// One flash crowd against two replicas.
+struct Saturation {
+    free: u64,
+    players: u64,
+    admitted: u64,
+    sent_to_full: u64,
+    told_to_retry: u64,
+    errors: u64,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    redis_cpu_per_redirect_us: f64,
+}
+
+/// Saturation: a flash crowd of 1.5x the free slots through two replicas.
+const SAT_SERVERS: u64 = 100;
+const SAT_LIMIT: u64 = 40;
+const SAT_PLAYERS: u64 = SAT_SERVERS * SAT_LIMIT * 3 / 2;
+const SAT_CONCURRENCY: u64 = 400;
+
+/// Three fresh runs of the crowd; each starts every process anew, so no run
+/// inherits another's listeners or reservations.
+pub(crate) fn saturation_case() -> anyhow::Result<String> {
+    let runs = (0..3)
+        .map(|_| saturation_run())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let median = |f: fn(&Saturation) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let mut rows = String::new();
+    for (i, r) in runs.iter().enumerate() {
+        rows.push_str(&format!(
+            "| {} | {} | {} | {} | {:.1}% | **{}** | {} | {} | {:.1} s | {:.2} ms | {:.2} ms | {:.2} µs |\n",
+            i + 1,
+            r.free,
+            r.players,
+            r.admitted,
+            r.admitted as f64 * 100.0 / r.free as f64,
+            r.sent_to_full,
+            r.told_to_retry,
+            r.errors,
+            r.seconds,
+            r.p50_ms,
+            r.p99_ms,
+            r.redis_cpu_per_redirect_us,
+        ));
+    }
+    Ok(format!(
+        "## Saturation: a flash crowd of 1.5x capacity through 2 replicas\n\n\
+         Command: `cargo xtask bench saturation`. Machine: {machine}. Run: {date}.\n\n\
+         `icecast-sim --players on` serves {SAT_SERVERS} servers with one mount of {SAT_LIMIT} slots\n\
+         each ({free} free slots); like Icecast it counts a player who connects and answers 403\n\
+         beyond the limit. A poller (1 s interval) publishes to redis-server; two redirectors\n\
+         (CPU 0) follow it. `icecast-crowd` (CPU 1) sends {SAT_PLAYERS} players, {SAT_CONCURRENCY} in\n\
+         flight at a time, alternating between the replicas; each player GETs the stream on a new\n\
+         connection, follows the 302 to the mount and stays connected. \"Sent to full\" counts\n\
+         players a server refused: overbooking. Redis CPU is redis-server's user+system time over\n\
+         the crowd (the poller's publications included) per redirect. Three runs, each with\n\
+         fresh processes.\n\n\
+         | run | free slots | players | admitted | fill | sent to full | told to retry | errors | crowd took | redirect p50 | redirect p99 | Redis CPU per redirect |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n{rows}\n\
+         Median fill {fill:.1}%, median Redis CPU per redirect {redis:.2} µs.\n",
+        machine = machine(),
+        date = today(),
+        free = SAT_SERVERS * SAT_LIMIT,
+        fill = median(|r| r.admitted as f64 * 100.0 / r.free as f64),
+        redis = median(|r| r.redis_cpu_per_redirect_us),
+    ))
+}
+
+fn saturation_run() -> anyhow::Result<Saturation> {
+    let dir = std::env::temp_dir().join(format!("xtask-bench-saturation-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let release = workspace_root().join("target/release");
+    let services = service_bin_dir();
+    let (_redis, redis_port, redis_pid) = start_redis()?;
+    let fleet = dir.join("fleet.toml");
+    let _ = fs::remove_file(&fleet);
+    let _sim = Guard(
+        pinned(1, &release.join("icecast-sim").to_string_lossy())
+            .args([
+                "--servers",
+                &SAT_SERVERS.to_string(),
+                "--mounts",
+                "1",
+                "--limit",
+                &SAT_LIMIT.to_string(),
+                "--interval",
+                "1s",
+                "--players",
+                "on",
+                "--fleet",
+            ])
+            .arg(&fleet)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start icecast-sim")?,
+    );
+    wait_for(|| fleet.exists(), "icecast-sim to write the fleet")?;
+    let redis_url = format!("redis://127.0.0.1:{redis_port}/");
+    let _poller = Guard(
+        pinned(1, &services.join("icecast-poller").to_string_lossy())
+            .arg("--config")
+            .arg(&fleet)
+            .args(["--redis", &redis_url, "--admin", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start icecast-poller")?,
+    );
+    let mut replicas = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        let port = free_port()?;
+        replicas.push(Guard(
+            pinned(0, &services.join("icecast-redirector").to_string_lossy())
+                .args([
+                    "--redis",
+                    &redis_url,
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--admin",
+                    "127.0.0.1:0",
+                ])
+                .env("RUST_LOG", "warn")
+                .stderr(Stdio::null())
+                .spawn()
+                .context("start icecast-redirector")?,
+        ));
+        ports.push(port);
+    }
+    // HEAD takes no slot, so the probes leave the capacity whole.
+    for &port in &ports {
+        wait_for(
+            || head_status(port, "/sim0") == Some(302),
+            "the redirectors to answer 302",
+        )?;
+    }
+    // Let the poller publish once more with every server up and the redirectors settled.
+    std::thread::sleep(Duration::from_secs(2));
+    let redis_before = cpu_time(redis_pid)?;
+    let mut crowd = pinned(1, &release.join("icecast-crowd").to_string_lossy());
+    for &port in &ports {
+        crowd.args(["--url", &format!("http://127.0.0.1:{port}/sim0")]);
+    }
+    let output = crowd
+        .args([
+            "--players",
+            &SAT_PLAYERS.to_string(),
+            "--concurrency",
+            &SAT_CONCURRENCY.to_string(),
+        ])
+        .output()
+        .context("run icecast-crowd")?;
+    let redis_after = cpu_time(redis_pid)?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "icecast-crowd failed: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let value = |name: &str| -> anyhow::Result<f64> {
+        text.split_whitespace()
+            .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("icecast-crowd printed no {name}: {text}"))
+    };
+    let admitted = value("admitted")? as u64;
+    let sent_to_full = value("sent_to_full")? as u64;
+    let _ = fs::remove_dir_all(&dir);
+    Ok(Saturation {
+        free: SAT_SERVERS * SAT_LIMIT,
+        players: value("players")? as u64,
+        admitted,
+        sent_to_full,
+        told_to_retry: value("told_to_retry")? as u64,
+        errors: value("errors")? as u64,
+        seconds: value("seconds")?,
+        p50_ms: value("p50_ms")?,
+        p99_ms: value("p99_ms")?,
+        redis_cpu_per_redirect_us: (redis_after.saturating_sub(redis_before)).as_secs_f64() * 1e6
+            / (admitted + sent_to_full).max(1) as f64,
+    })
+}
+
+/// The HTTP status a HEAD of `path` gets, if any.
+fn head_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    stream
+        .write_all(
+            format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }

@@ -3,7 +3,7 @@
 //! - `cargo xtask codegen [--check]`: regenerate (or check) `crates/proto/src/generated/`.
 //! - `cargo xtask test`: install what the tests need, then fmt, clippy and every test.
 //! - `cargo xtask demo [--standalone]`: the whole balancer on this machine, until Ctrl-C.
-//! - `cargo xtask bench`: benchmarks on this machine, recorded in BENCHMARKS.md.
+//! - `cargo xtask bench [CASE]`: benchmarks on this machine, recorded in BENCHMARKS.md.
 
 mod bench;
 mod packages;
@@ -25,7 +25,8 @@ commands:
   demo [--standalone] install icecast2, ffmpeg and redis-server if missing, build, then run
                       3 Icecast servers, Redis, a poller and 2 redirectors until Ctrl-C
                       (--standalone: one redirector polling in-process, no Redis)
-  bench               run the benchmarks on this machine and record them in BENCHMARKS.md";
+  bench [CASE]        run the benchmarks on this machine and record them in BENCHMARKS.md
+                      (CASE: poller, geo, redirector or saturation; default all)";
 
 fn main() -> ExitCode {
     match dispatch() {
@@ -46,7 +47,8 @@ fn dispatch() -> anyhow::Result<()> {
         ["test"] => test(),
         ["demo"] => demo(false),
         ["demo", "--standalone"] => demo(true),
-        ["bench"] => bench::bench(),
+        ["bench"] => bench::bench(None),
+        ["bench", case] => bench::bench(Some(case)),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())

@@ -19,4 +19,4 @@ mod rank;
 pub use code::{Code, CountryRule};
 pub use coordinates::{Coordinates, CoordinatesError};
 pub use lookup::{DbError, GeoDb, Place};
-pub use rank::{Candidate, Client, RankPolicy, rank, rank_top};
+pub use rank::{Candidate, Client, Closeness, RankPolicy, closeness, rank, rank_top};

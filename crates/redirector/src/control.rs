@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use balancer_geo::{Client, GeoDb, Place, rank};
+use balancer_geo::{Client, Closeness, GeoDb, Place, closeness, rank};
 use balancer_proto::control::v1 as api;
 use balancer_proto::control::v1::control_server::Control;
 use balancer_proto::snapshot::v1::Location;
@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::follow::Views;
 use crate::http::now_ms;
-use crate::select::{Selector, candidate};
+use crate::select::{Exclusion, Selector};
 use crate::view::Unusable;
 
 /// Serves the control API from a running redirector.
@@ -172,60 +172,56 @@ impl Control for RedirectorControl {
             ipv6: ip.is_ipv6(),
         };
         let now = now_ms();
-        let licensed = stream.rule.permits(place.country);
-        let mut excluded = Vec::new();
-        let mut candidates = Vec::new();
-        let mut which = Vec::new();
-        for mount in &stream.mounts {
-            let server = &view.servers[mount.server];
-            let reason = if !licensed {
-                Some((
-                    api::ExclusionReason::DeniedCountry,
-                    "the stream is not licensed in the client's country".to_owned(),
-                ))
-            } else if !(if client.ipv6 {
-                server.ipv6
-            } else {
-                server.ipv4
-            }) {
-                Some((
-                    api::ExclusionReason::AddressFamily,
-                    "not reachable over the client's IP version".to_owned(),
-                ))
-            } else {
-                self.selector
-                    .usable(&view, mount, now)
-                    .err()
-                    .map(|why| match why {
-                        Unusable::Down => (api::ExclusionReason::Down, server.last_error.clone()),
-                        Unusable::Drained => (api::ExclusionReason::Drained, String::new()),
-                        Unusable::Stale => (
-                            api::ExclusionReason::Stale,
-                            format!("data is {} s old", (now - server.observed_at_ms) / 1000),
-                        ),
-                        Unusable::NoSource => (api::ExclusionReason::NoSource, String::new()),
-                        Unusable::Full => (api::ExclusionReason::Full, String::new()),
-                    })
-            };
-            match reason {
-                Some((reason, detail)) => excluded.push(api::Excluded {
+        // The same pass and the same ranking as a request's.
+        let filtered = self
+            .selector
+            .filter(&view, stream, &client, now, &|_| false);
+        let excluded = filtered
+            .excluded
+            .iter()
+            .map(|&(mount, why)| {
+                let server = &view.servers[mount.server];
+                let (reason, detail) = match why {
+                    Exclusion::DeniedCountry => (
+                        api::ExclusionReason::DeniedCountry,
+                        "the stream is not licensed in the client's country".to_owned(),
+                    ),
+                    Exclusion::AddressFamily => (
+                        api::ExclusionReason::AddressFamily,
+                        "not reachable over the client's IP version".to_owned(),
+                    ),
+                    Exclusion::Unusable(Unusable::Down) => {
+                        (api::ExclusionReason::Down, server.last_error.clone())
+                    }
+                    Exclusion::Unusable(Unusable::Drained) => {
+                        (api::ExclusionReason::Drained, String::new())
+                    }
+                    Exclusion::Unusable(Unusable::Stale) => (
+                        api::ExclusionReason::Stale,
+                        format!("data is {} s old", (now - server.observed_at_ms) / 1000),
+                    ),
+                    Exclusion::Unusable(Unusable::NoSource) => {
+                        (api::ExclusionReason::NoSource, String::new())
+                    }
+                    Exclusion::Unusable(Unusable::Full) => {
+                        (api::ExclusionReason::Full, String::new())
+                    }
+                };
+                api::Excluded {
                     server: server.name.to_string(),
                     mount: mount.mount.to_string(),
                     reason: reason.into(),
                     detail,
-                }),
-                None => {
-                    candidates.push(candidate(&view, mount));
-                    which.push(mount);
                 }
-            }
-        }
+            })
+            .collect();
+        let candidates: Vec<_> = filtered.accepted.iter().map(|(_, c)| *c).collect();
         let mut rng = fastrand::Rng::new();
         let order = rank(&client, &candidates, &self.selector.policy, &mut rng);
         let candidates = order
             .into_iter()
             .map(|i| {
-                let mount = which[i];
+                let mount = filtered.accepted[i].0;
                 let server = &view.servers[mount.server];
                 api::Candidate {
                     server: server.name.to_string(),
@@ -236,7 +232,7 @@ impl Control for RedirectorControl {
                         .location
                         .zip(server.place.location)
                         .map(|(a, b)| a.distance_km(b)),
-                    rank_reason: closeness(&place, &server.place),
+                    rank_reason: rank_reason(&place, &server.place),
                 }
             })
             .collect();
@@ -256,23 +252,16 @@ impl Control for RedirectorControl {
     }
 }
 
-/// Why a server ranks where it does, in words.
-fn closeness(client: &Place, server: &Place) -> String {
-    if client.asn.is_some() && client.asn == server.asn {
-        format!("same network (AS{})", client.asn.unwrap_or(0))
-    } else if client.country.is_some() && client.country == server.country {
-        format!(
-            "same country ({})",
-            client.country.map(|c| c.to_string()).unwrap_or_default()
-        )
-    } else if client.continent.is_some() && client.continent == server.continent {
-        format!(
-            "same continent ({})",
-            client.continent.map(|c| c.to_string()).unwrap_or_default()
-        )
-    } else if client.location.is_some() && server.location.is_some() {
-        "by distance".to_owned()
-    } else {
-        "by free slots and weight (no location)".to_owned()
+/// Why a server ranks where it does, in words: the tier ranking used.
+fn rank_reason(client: &Place, server: &Place) -> String {
+    let code = |c: Option<balancer_geo::Code>| c.map(|c| c.to_string()).unwrap_or_default();
+    match closeness(client, server) {
+        Closeness::SameNetwork => format!("same network (AS{})", client.asn.unwrap_or(0)),
+        Closeness::SameCountry => format!("same country ({})", code(client.country)),
+        Closeness::SameContinent => format!("same continent ({})", code(client.continent)),
+        Closeness::Elsewhere if client.location.is_some() && server.location.is_some() => {
+            "by distance".to_owned()
+        }
+        Closeness::Elsewhere => "by free slots and weight (no location)".to_owned(),
     }
 }

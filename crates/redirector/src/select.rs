@@ -29,6 +29,29 @@ pub enum Decision {
     Full,
 }
 
+/// Why a mount was left out for one player: the snapshot's and the data's
+/// reasons ([`Unusable`]), or the player's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exclusion {
+    /// The mount cannot take a player now.
+    Unusable(Unusable),
+    /// The stream is not licensed in the player's country.
+    DeniedCountry,
+    /// The server is not reachable over the player's IP version.
+    AddressFamily,
+}
+
+/// One pass over a stream's mounts for one player: the candidates ranking may
+/// choose from, and the others with the reason each was left out. Requests
+/// (whenever they cannot use the candidates prepared per snapshot) and
+/// `Explain` both come from it.
+pub struct Filtered<'v> {
+    /// Mounts that may take the player, and what ranking needs of each.
+    pub accepted: Vec<(&'v MountView, Candidate)>,
+    /// Mounts left out, and why.
+    pub excluded: Vec<(&'v MountView, Exclusion)>,
+}
+
 /// The selection logic, shared by all connections.
 pub struct Selector {
     /// GeoIP lookups.
@@ -45,6 +68,45 @@ impl Selector {
     /// Whether a mount can take a player now, and if not, why.
     pub fn usable(&self, view: &FleetView, mount: &MountView, now_ms: i64) -> Result<(), Unusable> {
         mount.usable(&view.servers[mount.server], now_ms, self.max_age_ms)
+    }
+
+    /// Sorts the mounts of `stream` for `client` into candidates and exclusions.
+    /// `skip` leaves out mounts already tried.
+    pub fn filter<'v>(
+        &self,
+        view: &'v FleetView,
+        stream: &'v StreamView,
+        client: &Client,
+        now_ms: i64,
+        skip: &dyn Fn(&MountView) -> bool,
+    ) -> Filtered<'v> {
+        let licensed = stream.rule.permits(client.place.country);
+        let mut filtered = Filtered {
+            accepted: Vec::with_capacity(stream.mounts.len()),
+            excluded: Vec::new(),
+        };
+        for mount in stream.mounts.iter().filter(|m| !skip(m)) {
+            let server = &view.servers[mount.server];
+            let reachable = if client.ipv6 {
+                server.ipv6
+            } else {
+                server.ipv4
+            };
+            let why = if !licensed {
+                Some(Exclusion::DeniedCountry)
+            } else if !reachable {
+                Some(Exclusion::AddressFamily)
+            } else {
+                self.usable(view, mount, now_ms)
+                    .err()
+                    .map(Exclusion::Unusable)
+            };
+            match why {
+                Some(why) => filtered.excluded.push((mount, why)),
+                None => filtered.accepted.push((mount, candidate(view, mount))),
+            }
+        }
+        filtered
     }
 
     /// Decides the answer for `client` asking for `stream` as `format`. With
@@ -119,55 +181,60 @@ impl Selector {
         rng: &mut fastrand::Rng,
         now_ms: i64,
     ) -> Option<Decision> {
-        let mounts = &stream.mounts;
-        let (order, which) = if now_ms - stream.oldest_observation_ms <= self.max_age_ms {
+        let fresh = now_ms - stream.oldest_observation_ms <= self.max_age_ms;
+        let order: Vec<&MountView> = if fresh {
             // The usual case: no data is stale, the prepared candidates are exact.
-            let order = rank_top(client, &stream.candidates, &self.policy, rng, SPARES);
-            (order, None)
+            rank_top(client, &stream.candidates, &self.policy, rng, SPARES)
+                .into_iter()
+                .map(|i| &stream.mounts[i])
+                .collect()
         } else {
-            let mut candidates = Vec::with_capacity(mounts.len());
-            let mut which = Vec::with_capacity(mounts.len());
-            for (i, mount) in mounts.iter().enumerate() {
-                if self.usable(view, mount, now_ms).is_ok() {
-                    candidates.push(candidate(view, mount));
-                    which.push(i);
-                }
-            }
-            let order = rank_top(client, &candidates, &self.policy, rng, SPARES);
-            (order, Some(which))
+            self.ranked(view, stream, client, now_ms, rng, SPARES, &|_| false)
         };
-        let mount_of = |candidate: usize| match &which {
-            Some(which) => &mounts[which[candidate]],
-            None => &mounts[candidate],
-        };
-        let order: Vec<&MountView> = order.into_iter().map(mount_of).collect();
         if let Some(position) = self.first_taken(view, &order, reserve, now_ms).await {
             return Some(answer(format, &order[position..]));
         }
-        if !reserve || mounts.len() <= order.len() {
+        if !reserve || stream.mounts.len() <= order.len() {
             return None;
         }
         // Every ranked mount was exhausted (a crowd above capacity): rank the
-        // mounts that may still have slots, so that none is left unused.
+        // others that may still have slots, so that none is left unused.
         let tried = order;
-        let mut rest = Vec::new();
-        let mut candidates = Vec::new();
-        for mount in mounts {
-            let server = &view.servers[mount.server];
-            if !tried.iter().any(|t| std::ptr::eq(*t, mount))
-                && self.usable(view, mount, now_ms).is_ok()
-                && !mount.slots.exhausted(server.observed_at_ms, now_ms)
-            {
-                candidates.push(candidate(view, mount));
-                rest.push(mount);
-            }
-        }
-        let order: Vec<&MountView> = rank_top(client, &candidates, &self.policy, rng, rest.len())
-            .into_iter()
-            .map(|i| rest[i])
-            .collect();
+        let skip = |mount: &MountView| {
+            tried.iter().any(|t| std::ptr::eq(*t, mount))
+                || mount
+                    .slots
+                    .exhausted(view.servers[mount.server].observed_at_ms, now_ms)
+        };
+        let order = self.ranked(view, stream, client, now_ms, rng, usize::MAX, &skip);
         let position = self.first_taken(view, &order, reserve, now_ms).await?;
         Some(answer(format, &order[position..]))
+    }
+
+    /// The first `k` mounts for `client`, from [`Selector::filter`].
+    #[allow(clippy::too_many_arguments)]
+    fn ranked<'v>(
+        &self,
+        view: &'v FleetView,
+        stream: &'v StreamView,
+        client: &Client,
+        now_ms: i64,
+        rng: &mut fastrand::Rng,
+        k: usize,
+        skip: &dyn Fn(&MountView) -> bool,
+    ) -> Vec<&'v MountView> {
+        let filtered = self.filter(view, stream, client, now_ms, skip);
+        let candidates: Vec<Candidate> = filtered.accepted.iter().map(|(_, c)| *c).collect();
+        rank_top(
+            client,
+            &candidates,
+            &self.policy,
+            rng,
+            k.min(candidates.len()),
+        )
+        .into_iter()
+        .map(|i| filtered.accepted[i].0)
+        .collect()
     }
 
     /// The position of the first mount of `order` that gives a slot (the

@@ -229,19 +229,38 @@ fn reachable(client: &Client, candidate: &Candidate) -> bool {
     }
 }
 
-fn tier(client: &Place, server: &Place) -> u8 {
+/// How close a server is to a player: the tier ranking sorts by first. It is
+/// public so that `Explain` says exactly what ranking used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Closeness {
+    /// Same network (ASN), in a compatible country (the same, or one unknown).
+    SameNetwork,
+    /// Same country.
+    SameCountry,
+    /// Same continent.
+    SameContinent,
+    /// Anywhere else: distance, capacity and weight decide.
+    Elsewhere,
+}
+
+/// The tier of `server` for a player at `client`.
+pub fn closeness(client: &Place, server: &Place) -> Closeness {
     let same = |a: Option<crate::Code>, b: Option<crate::Code>| a.is_some() && a == b;
     let same_country = same(client.country, server.country);
     let country_compatible = same_country || client.country.is_none() || server.country.is_none();
     if client.asn.is_some() && client.asn == server.asn && country_compatible {
-        0
+        Closeness::SameNetwork
     } else if same_country {
-        1
+        Closeness::SameCountry
     } else if same(client.continent, server.continent) {
-        2
+        Closeness::SameContinent
     } else {
-        3
+        Closeness::Elsewhere
     }
+}
+
+fn tier(client: &Place, server: &Place) -> u8 {
+    closeness(client, server) as u8
 }
 
 fn chord(a: Option<Coordinates>, b: Option<Coordinates>) -> f64 {

@@ -330,3 +330,24 @@ fn property_equal_candidates_share_by_capacity() {
         }
     }
 }
+
+#[test]
+fn the_same_network_needs_a_compatible_country() {
+    let vienna_a1 = place("AT", "EU", 48.21, 16.37, Some(8447));
+    let graz_a1 = place("AT", "EU", 47.07, 15.44, Some(8447));
+    let munich_a1 = place("DE", "EU", 48.14, 11.58, Some(8447));
+    let mut unknown_country = munich_a1;
+    unknown_country.country = None;
+    assert_eq!(closeness(&vienna_a1, &graz_a1), Closeness::SameNetwork);
+    // An ASN spanning countries is not "same network" across a border.
+    assert_eq!(closeness(&vienna_a1, &munich_a1), Closeness::SameContinent);
+    assert_eq!(
+        closeness(&vienna_a1, &unknown_country),
+        Closeness::SameNetwork
+    );
+    assert_eq!(
+        tier(&vienna_a1, &munich_a1),
+        Closeness::SameContinent as u8,
+        "ranking sorts by the same rule"
+    );
+}

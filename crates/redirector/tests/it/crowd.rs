@@ -124,3 +124,180 @@ async fn total_calls(redis: &RedisServer) -> u64 {
         })
         .sum()
 }
+
+/// Slots in the fleet of the crowd tests: three servers of 80, 100 and 120.
+const CROWD_LIMITS: [u32; 3] = [80, 100, 120];
+/// Players arriving together.
+const WAVE: usize = 150;
+
+/// Three Icecast servers with room for 300 listeners in all.
+async fn crowd_servers() -> Vec<IcecastServer> {
+    let specs = CROWD_LIMITS.map(|limit| {
+        IcecastSpec::new([MountSpec::ogg("/s.ogg").max_listeners(limit)])
+            // Room for the listeners, the source and the poller's requests:
+            // only the mount's limit may refuse a player.
+            .client_limit(limit + 50)
+    });
+    IcecastServer::start_many(specs).await
+}
+
+/// What became of a crowd.
+#[derive(Debug, Default)]
+struct CrowdOutcome {
+    /// Players playing on each server (by port).
+    playing: HashMap<u16, usize>,
+    /// Players the balancer sent to a server that refused them: overbooked.
+    refused_by_icecast: Vec<String>,
+    /// Players the balancer told to come back later.
+    told_to_retry: usize,
+}
+
+/// Sends waves of `WAVE` players at the redirectors (alternating), each wave
+/// once the one before has its answers; `between` runs after each wave. The
+/// players follow the 302 and stay connected; they are returned so they keep
+/// their slots until the test ends.
+async fn crowd<F, Fut>(urls: &[String], waves: usize, mut between: F) -> (CrowdOutcome, Vec<Player>)
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut outcome = CrowdOutcome::default();
+    let mut players = Vec::new();
+    let started = Instant::now();
+    for wave in 0..waves {
+        let tasks: Vec<_> = (0..WAVE)
+            .map(|i| {
+                let url = urls[(wave * WAVE + i) % urls.len()].clone();
+                tokio::spawn(async move { Player::connect(&url).await })
+            })
+            .collect();
+        for task in tasks {
+            let player = task.await.unwrap().unwrap();
+            match (player.status(), player.port()) {
+                (503, _) => outcome.told_to_retry += 1,
+                (200, Some(port)) => {
+                    *outcome.playing.entry(port).or_default() += 1;
+                    players.push(player);
+                }
+                (status, _) => outcome
+                    .refused_by_icecast
+                    .push(format!("{status} from {}", player.final_url())),
+            }
+        }
+        between(wave).await;
+    }
+    println!(
+        "{} players in {waves} waves of {WAVE} within {:?}",
+        waves * WAVE,
+        started.elapsed()
+    );
+    (outcome, players)
+}
+
+/// Asserts that no player was sent to a full server, that at least 98% of
+/// the slots are playing, and that Icecast's own counts agree.
+async fn assert_filled_and_never_overbooked(
+    label: &str,
+    servers: &[IcecastServer],
+    outcome: &CrowdOutcome,
+    players: &[Player],
+) {
+    let free: u32 = CROWD_LIMITS.iter().sum();
+    let playing: usize = outcome.playing.values().sum();
+    println!(
+        "{label}: {playing} playing of {free} slots ({:.1}% filled), by server {:?}; \
+         {} told to retry later; {} refused by Icecast (overbooked)",
+        playing as f64 * 100.0 / f64::from(free),
+        outcome.playing,
+        outcome.told_to_retry,
+        outcome.refused_by_icecast.len(),
+    );
+    assert!(
+        outcome.refused_by_icecast.is_empty(),
+        "{label}: players sent to full servers: {:?}",
+        &outcome.refused_by_icecast[..outcome.refused_by_icecast.len().min(5)]
+    );
+    for (server, limit) in servers.iter().zip(CROWD_LIMITS) {
+        let on_it = outcome.playing.get(&server.port()).copied().unwrap_or(0);
+        assert!(
+            on_it as u32 <= limit,
+            "{label}: {on_it} players on a server of {limit}"
+        );
+    }
+    assert!(
+        playing as f64 >= 0.98 * f64::from(free),
+        "{label}: only {playing} of {free} slots filled"
+    );
+    // Every player heard audio, and Icecast counts them all.
+    let silent = futures_util::future::join_all(
+        players
+            .iter()
+            .map(|p| p.wait_for_bytes(1024, Duration::from_secs(20))),
+    )
+    .await
+    .into_iter()
+    .filter(|heard| !heard)
+    .count();
+    assert_eq!(
+        silent, 0,
+        "{label}: {silent} redirected players heard no audio"
+    );
+    let mut counted = 0;
+    for (server, limit) in servers.iter().zip(CROWD_LIMITS) {
+        let listeners = server.listeners("/s.ogg").await.unwrap();
+        assert!(
+            listeners <= limit,
+            "{label}: Icecast counts {listeners} of {limit}"
+        );
+        counted += listeners;
+    }
+    assert_eq!(counted as usize, playing, "{label}: Icecast's counts agree");
+}
+
+fn crowd_fleet(servers: &[IcecastServer]) -> String {
+    let names = ["one", "two", "three"];
+    let entries: Vec<(&str, &IcecastServer, &str)> = names
+        .iter()
+        .zip(servers)
+        .map(|(n, s)| (*n, s, ""))
+        .collect();
+    one_stream_fleet(&entries, "admin")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_1_5x_capacity_over_two_replicas_fills_every_slot_and_overbooks_none() {
+    let (redis, servers) = tokio::join!(RedisServer::start(), crowd_servers());
+    let (_poller, replicas) = balancer(&redis, &crowd_fleet(&servers), 2, &[]).await;
+    let urls = [replicas[0].url("/s"), replicas[1].url("/s")];
+    let (outcome, players) = crowd(&urls, 3, |_| async {}).await;
+    assert_filled_and_never_overbooked("2 replicas", &servers, &outcome, &players).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_with_redis_frozen_in_the_middle_overbooks_none() {
+    let (redis, servers) = tokio::join!(RedisServer::start(), crowd_servers());
+    let (_poller, replicas) = balancer(&redis, &crowd_fleet(&servers), 2, &[]).await;
+    let urls = [replicas[0].url("/s"), replicas[1].url("/s")];
+    // Redis is frozen (SIGSTOP) after the first wave, for the second, and
+    // thawed before the third and fourth.
+    let redis = &redis;
+    let (outcome, players) = crowd(&urls, 4, |wave| async move {
+        match wave {
+            0 => redis.pause(),
+            1 => redis.resume(),
+            _ => {}
+        }
+    })
+    .await;
+    assert_filled_and_never_overbooked("2 replicas, Redis frozen", &servers, &outcome, &players)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_1_5x_capacity_on_a_standalone_redirector_fills_every_slot() {
+    let servers = crowd_servers().await;
+    let redirector = Service::standalone(&crowd_fleet(&servers), &[]).await;
+    wait_health(&redirector, true).await;
+    let (outcome, players) = crowd(&[redirector.url("/s")], 3, |_| async {}).await;
+    assert_filled_and_never_overbooked("standalone", &servers, &outcome, &players).await;
+}

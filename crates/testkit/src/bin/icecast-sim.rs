@@ -13,10 +13,14 @@
 //! `--limit N` sets every mount's `max_listeners` (default 100); `--geoip PATH`
 //! also writes a City database placing all of 127.0.0.0/8 in Vienna, and gives
 //! the servers locations across Europe, so a redirector has real ranking work.
+//! `--players on` makes the servers behave like Icecast towards players: a GET
+//! of a mount is a listener (200, kept open and counted in the stats) until
+//! it hangs up, or a 403 when the mount is at its limit; counts then start at
+//! 0 and do not drift. The saturation benchmark uses it.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -28,6 +32,7 @@ struct Options {
     fleet: String,
     limit: u32,
     geoip: Option<String>,
+    players: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -38,6 +43,7 @@ fn options() -> Result<Options, String> {
         fleet: "fleet.toml".into(),
         limit: 100,
         geoip: None,
+        players: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -51,6 +57,7 @@ fn options() -> Result<Options, String> {
             "--fleet" => options.fleet = value,
             "--limit" => options.limit = value.parse().map_err(|e| format!("--limit: {e}"))?,
             "--geoip" => options.geoip = Some(value),
+            "--players" => options.players = value == "on",
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -106,10 +113,16 @@ async fn main() -> std::process::ExitCode {
                 "  {{ server = \"sim-{server}\", mount = \"/m{mount}.ogg\" }},"
             );
         }
+        let players = options
+            .players
+            .then(|| Arc::new((0..options.mounts).map(|_| AtomicU32::new(0)).collect()));
         tokio::spawn(serve(
             listener,
-            options.mounts,
-            options.limit,
+            Mounts {
+                count: options.mounts,
+                limit: options.limit,
+                players,
+            },
             server,
             Arc::clone(&requests),
         ));
@@ -154,15 +167,18 @@ const PLACES: [(&str, f64, f64); 8] = [
     ("NL", 52.37, 4.90),
 ];
 
-async fn serve(
-    listener: TcpListener,
-    mounts: usize,
+/// The mounts of one simulated server.
+#[derive(Clone)]
+struct Mounts {
+    count: usize,
     limit: u32,
-    server: usize,
-    requests: Arc<AtomicU64>,
-) {
+    /// With `--players on`: listeners connected to each mount.
+    players: Option<Arc<Vec<AtomicU32>>>,
+}
+
+async fn serve(listener: TcpListener, mounts: Mounts, server: usize, requests: Arc<AtomicU64>) {
     while let Ok((mut socket, _)) = listener.accept().await {
-        let requests = Arc::clone(&requests);
+        let (requests, mounts) = (Arc::clone(&requests), mounts.clone());
         tokio::spawn(async move {
             let mut buffer = vec![0u8; 4096];
             let mut filled = 0;
@@ -176,8 +192,12 @@ async fn serve(
                 filled += n;
                 // Answer each complete request head; bodies are never sent to us.
                 while let Some(end) = find_head_end(&buffer[..filled]) {
+                    if let Some(mount) = listener_mount(&buffer[..end], &mounts) {
+                        listen(socket, &mounts, mount).await;
+                        return;
+                    }
                     let count = requests.fetch_add(1, Ordering::Relaxed);
-                    let body = stats(mounts, limit, server, count);
+                    let body = stats(&mounts, server, count);
                     let head = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
                         body.len()
@@ -198,6 +218,43 @@ async fn serve(
     }
 }
 
+/// With `--players on`, the mount a `GET /mN.ogg` asks for.
+fn listener_mount(head: &[u8], mounts: &Mounts) -> Option<usize> {
+    mounts.players.as_ref()?;
+    let line = head.split(|&b| b == b'\r').next()?;
+    let path = std::str::from_utf8(line).ok()?.strip_prefix("GET /m")?;
+    let number = path.split(".ogg").next()?;
+    number.parse().ok().filter(|&m| m < mounts.count)
+}
+
+/// A listener on `mount`: 200 and counted until it hangs up, or 403 when full.
+async fn listen(mut socket: tokio::net::TcpStream, mounts: &Mounts, mount: usize) {
+    let Some(players) = &mounts.players else {
+        return;
+    };
+    let counter = &players[mount];
+    let admitted = counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < mounts.limit).then_some(n + 1)
+        })
+        .is_ok();
+    if !admitted {
+        let _ = socket
+            .write_all(b"HTTP/1.0 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            .await;
+        return;
+    }
+    if socket
+        .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: application/ogg\r\n\r\n")
+        .await
+        .is_ok()
+    {
+        let mut sink = [0u8; 256];
+        while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+    }
+    counter.fetch_sub(1, Ordering::SeqCst);
+}
+
 fn find_head_end(bytes: &[u8]) -> Option<usize> {
     bytes
         .windows(4)
@@ -206,14 +263,18 @@ fn find_head_end(bytes: &[u8]) -> Option<usize> {
 }
 
 /// An /admin/stats document shaped like Icecast 2.4's, with drifting counts.
-fn stats(mounts: usize, limit: u32, server: usize, count: u64) -> String {
+fn stats(mounts: &Mounts, server: usize, count: u64) -> String {
     let mut body = String::from(
         "<?xml version=\"1.0\"?>\n<icestats><admin>sim@localhost</admin><host>127.0.0.1</host><server_id>Icecast 2.4.4</server_id>",
     );
     let mut total = 0;
     let mut sources = String::new();
-    for mount in 0..mounts {
-        let listeners = (count as usize + server + mount * 7) % 90;
+    let limit = mounts.limit;
+    for mount in 0..mounts.count {
+        let listeners = match &mounts.players {
+            Some(players) => players[mount].load(Ordering::SeqCst) as usize,
+            None => (count as usize + server + mount * 7) % 90,
+        };
         total += listeners;
         let _ = write!(
             sources,
@@ -225,7 +286,8 @@ fn stats(mounts: usize, limit: u32, server: usize, count: u64) -> String {
     }
     let _ = write!(
         body,
-        "<listeners>{total}</listeners><sources>{mounts}</sources>{sources}</icestats>"
+        "<listeners>{total}</listeners><sources>{}</sources>{sources}</icestats>",
+        mounts.count
     );
     body
 }
