@@ -45,6 +45,8 @@ pub struct Observed {
     pub observed_at_ms: i64,
     /// Free slots the poll saw.
     pub free_slots: u32,
+    /// The mount's listener limit at that poll (`None`: unlimited).
+    pub limit: Option<u32>,
 }
 
 /// Whether leases come from Redis or from the in-process ledger.
@@ -90,8 +92,8 @@ struct PoolState {
     demand: Demand,
     /// Requests waiting for the refill in flight.
     waiting: u32,
-    /// Recent polls of the mount (observed_at, free), oldest first.
-    polls: VecDeque<(i64, u32)>,
+    /// Recent polls of the mount (observed_at, free, limit), oldest first.
+    polls: VecDeque<(i64, u32, Option<u32>)>,
 }
 
 struct Lease {
@@ -139,23 +141,33 @@ impl Demand {
 }
 
 impl PoolState {
-    /// Remembers a poll, and forgets those older than `max_age_ms`.
-    fn note_poll(&mut self, observed_at_ms: i64, free: u32, now_ms: i64, max_age_ms: i64) {
-        if self.polls.back().is_none_or(|&(t, _)| t < observed_at_ms) {
-            self.polls.push_back((observed_at_ms, free));
+    /// Remembers a poll, and forgets those older than `max_age_ms`. An older
+    /// poll bounds grants only while the mount's limit is the same: after an
+    /// operator lowers it, the old free slots are not there any more.
+    fn note_poll(&mut self, poll: &Observed, now_ms: i64, max_age_ms: i64) {
+        if self
+            .polls
+            .back()
+            .is_none_or(|&(t, _, _)| t < poll.observed_at_ms)
+        {
+            self.polls
+                .push_back((poll.observed_at_ms, poll.free_slots, poll.limit));
         }
+        self.polls.retain(|&(_, _, limit)| limit == poll.limit);
         while self.polls.len() > POLLS_KEPT
             || self
                 .polls
                 .front()
-                .is_some_and(|&(t, _)| now_ms - t > max_age_ms)
+                .is_some_and(|&(t, _, _)| now_ms - t > max_age_ms)
         {
             self.polls.pop_front();
         }
     }
 
     fn drop_expired(&mut self, now_ms: i64) {
-        self.leases.retain(|l| l.expires_ms >= now_ms && l.left > 0);
+        // Strictly before the expiry: `now_ms` is a whole millisecond that may
+        // lag the real time by up to one.
+        self.leases.retain(|l| l.expires_ms > now_ms && l.left > 0);
     }
 
     fn held(&self) -> u32 {
@@ -290,11 +302,8 @@ impl Reservations {
         granted
     }
 
-    async fn take_slot(&self, pool: &Arc<SlotPool>, mount: &Observed, started_ms: i64) -> bool {
-        let started = tokio::time::Instant::now();
+    async fn take_slot(&self, pool: &Arc<SlotPool>, mount: &Observed, mut now_ms: i64) -> bool {
         for attempt in 0..2 {
-            // After a wait for a refill, leases are judged at the handout's time.
-            let now_ms = started_ms + millis(started.elapsed());
             let (refill, wait) = {
                 let mut state = pool.lock();
                 if state.hand_out(now_ms) {
@@ -331,8 +340,12 @@ impl Reservations {
                 .as_ref()
                 .is_none_or(|r| !Arc::ptr_eq(&r.done, &refill.done));
             if !finished {
+                let waited_from = tokio::time::Instant::now();
                 let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(0));
                 let _ = tokio::time::timeout(wait, notified).await;
+                // Leases are judged at the moment of the handout, after the wait.
+                // Rounded up, so a lease is never judged younger than it is.
+                now_ms += millis(waited_from.elapsed() + Duration::from_micros(999));
             }
             let mut state = pool.lock();
             state.waiting = state.waiting.saturating_sub(1);
@@ -385,12 +398,7 @@ impl Reservations {
             .max(state.waiting + 1)
             .clamp(MIN_BATCH, MAX_BATCH);
         let grace_ms = millis(self.timings.grace);
-        state.note_poll(
-            mount.observed_at_ms,
-            mount.free_slots,
-            now_ms,
-            millis(self.timings.max_age),
-        );
+        state.note_poll(mount, now_ms, millis(self.timings.max_age));
         let request = ReserveRequest {
             server: mount.server.clone(),
             mount: mount.mount.clone(),
@@ -398,7 +406,7 @@ impl Reservations {
             polls: state
                 .polls
                 .iter()
-                .map(|&(t, free)| PollSeen {
+                .map(|&(t, free, _)| PollSeen {
                     window_start_ms: t - grace_ms,
                     free_slots: free,
                 })
@@ -460,4 +468,195 @@ fn open_breaker(
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use balancer_store::SlotLedger;
+
+    use super::*;
+
+    /// A ledger that answers after `delay`, counts calls, and can be down.
+    struct Ledger {
+        ledger: Mutex<SlotLedger>,
+        calls: AtomicUsize,
+        delay: Duration,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl Ledger {
+        fn new(delay: Duration) -> Arc<Ledger> {
+            Arc::new(Ledger {
+                ledger: Mutex::new(SlotLedger::new()),
+                calls: AtomicUsize::new(0),
+                delay,
+                down: false.into(),
+            })
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    /// The store a replica holds: a handle on the shared test ledger.
+    struct Handle(Arc<Ledger>);
+
+    impl SlotStore for Handle {
+        fn reserve(
+            &self,
+            request: ReserveRequest,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Grant, StoreError>> + Send>>
+        {
+            let ledger = self.0.clone();
+            Box::pin(async move {
+                ledger.calls.fetch_add(1, Ordering::SeqCst);
+                if ledger.down.load(Ordering::SeqCst) {
+                    return Err(StoreError::Timeout(Duration::ZERO));
+                }
+                tokio::time::sleep(ledger.delay).await;
+                let grant = ledger
+                    .ledger
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .reserve(&request);
+                Ok(grant)
+            })
+        }
+    }
+
+    const TIMINGS: Timings = Timings {
+        grace: Duration::from_secs(1),
+        lease: Duration::from_secs(2),
+        ttl: Duration::from_secs(30),
+        max_age: Duration::from_secs(10),
+    };
+    const T0: i64 = 1_800_000_000_000;
+
+    fn observed(at: i64, free: u32) -> Observed {
+        Observed {
+            server: "s".into(),
+            mount: "/m".into(),
+            observed_at_ms: at,
+            free_slots: free,
+            limit: Some(100),
+        }
+    }
+
+    fn shared(ledger: &Arc<Ledger>) -> Arc<Reservations> {
+        Arc::new(Reservations::new(
+            Arc::new(Handle(ledger.clone())),
+            Mode::Shared,
+            TIMINGS,
+        ))
+    }
+
+    #[tokio::test]
+    async fn alone_never_exceeds_what_the_poll_saw() {
+        let r = Reservations::alone(TIMINGS);
+        let pool = r.pool("s", "/m");
+        let mut granted = 0;
+        for i in 0..20 {
+            granted += u32::from(r.take(&pool, &observed(T0, 7), T0 + 100 + i).await);
+        }
+        assert_eq!(granted, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_requests_share_one_refill_and_grants_add_up() {
+        let ledger = Ledger::new(Duration::from_millis(5));
+        let r = shared(&ledger);
+        let pool = r.pool("s", "/m");
+        let poll = observed(T0, 1000);
+        let takers: Vec<_> = (0..50)
+            .map(|_| {
+                let (r, pool, poll) = (r.clone(), pool.clone(), poll.clone());
+                tokio::spawn(async move { r.take(&pool, &poll, T0 + 100).await })
+            })
+            .collect();
+        let mut granted = 0;
+        for taker in takers {
+            granted += u32::from(taker.await.unwrap_or(false));
+        }
+        // The first refill asks for a batch of 4 and is shared by everyone
+        // waiting; those it cannot serve start the next one: a few calls, not 50.
+        assert!(ledger.calls() <= 4, "{} calls", ledger.calls());
+        let leased = ledger
+            .ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reserved("s", "/m", 0);
+        let held = pool.held(T0 + 200);
+        assert_eq!(
+            leased,
+            granted + held,
+            "every leased slot is handed out or held: none overwritten"
+        );
+        assert!(granted >= 4, "{granted}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exhausted_poll_is_not_asked_again_until_a_newer_one() {
+        let ledger = Ledger::new(Duration::ZERO);
+        let r = shared(&ledger);
+        let pool = r.pool("s", "/m");
+        let mut granted = 0;
+        for i in 0..100 {
+            granted += u32::from(r.take(&pool, &observed(T0, 3), T0 + 100 + i).await);
+        }
+        assert_eq!(granted, 3);
+        let calls = ledger.calls();
+        assert!(calls <= 3, "{calls} calls for 3 slots");
+        for i in 0..100 {
+            assert!(!r.take(&pool, &observed(T0, 3), T0 + 300 + i).await);
+        }
+        assert_eq!(ledger.calls(), calls, "refused without asking Redis");
+        // A newer poll (its window after the leases expired) is asked again.
+        assert!(r.take(&pool, &observed(T0 + 4000, 3), T0 + 4100).await);
+        assert_eq!(ledger.calls(), calls + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_that_arrives_after_the_wait_still_lands_in_the_pool() {
+        let ledger = Ledger::new(RESERVE_TIMEOUT * 3);
+        let r = shared(&ledger);
+        let pool = r.pool("s", "/m");
+        assert!(
+            !r.take(&pool, &observed(T0, 100), T0).await,
+            "Redis answers after the request stopped waiting"
+        );
+        tokio::time::sleep(RESERVE_TIMEOUT * 3).await;
+        assert_eq!(pool.held(T0 + 100), MIN_BATCH, "the late grant is kept");
+        assert!(r.take(&pool, &observed(T0, 100), T0 + 100).await);
+        assert_eq!(ledger.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_are_handed_out_until_they_expire_also_with_redis_down() {
+        let ledger = Ledger::new(Duration::ZERO);
+        let r = shared(&ledger);
+        let pool = r.pool("s", "/m");
+        assert!(r.take(&pool, &observed(T0, 100), T0).await);
+        ledger.down.store(true, Ordering::SeqCst);
+        // Redis is gone: the leased batch is still handed out, and no more.
+        let mut granted = 1;
+        for i in 0..10 {
+            granted += u32::from(r.take(&pool, &observed(T0, 100), T0 + 10 + i).await);
+        }
+        assert_eq!(granted, MIN_BATCH);
+        assert!(r.redis_trouble(T0 + 20));
+        ledger.down.store(false, Ordering::SeqCst);
+        // Back, and a new batch; it expires with its lease.
+        let later = T0 + 1000;
+        assert!(r.take(&pool, &observed(T0, 100), later).await);
+        ledger.down.store(true, Ordering::SeqCst);
+        let expiry = later + millis(TIMINGS.lease);
+        assert!(r.take(&pool, &observed(T0, 100), expiry - 1).await);
+        assert!(
+            !r.take(&pool, &observed(T0, 100), expiry).await,
+            "never after the lease's end"
+        );
+    }
 }

@@ -258,6 +258,7 @@ impl MountView {
             mount: self.mount.clone(),
             observed_at_ms: server.observed_at_ms,
             free_slots: self.free_slots,
+            limit: self.limit,
         }
     }
 }

@@ -334,6 +334,7 @@ async fn simulate(seed: u64) -> Stats {
                 _ => Some(rng.u64(0..=GRACE.as_millis() as u64)),
             };
             let stay = rng.u64(500..30_000);
+            let limit = mount.lock().unwrap().limit;
             let mount = mount.clone();
             players.push(tokio::spawn(async move {
                 let now = now_ms(start);
@@ -344,6 +345,7 @@ async fn simulate(seed: u64) -> Stats {
                     mount: "/m".into(),
                     observed_at_ms: observed_at,
                     free_slots: free,
+                    limit: Some(limit),
                 };
                 let granted = usable && reservations.take(&pool, &observed, now).await;
                 {
