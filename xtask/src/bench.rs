@@ -413,6 +413,7 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
     let dir = std::env::temp_dir().join(format!("xtask-bench-redirector-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
     let release = workspace_root().join("target/release");
+    let services = service_bin_dir();
     let (_redis, redis_port, redis_pid) = start_redis()?;
     let (fleet, geoip) = (dir.join("fleet.toml"), dir.join("city.mmdb"));
     let _sim = Guard(
@@ -441,7 +442,7 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
     )?;
     let redis_url = format!("redis://127.0.0.1:{redis_port}/");
     let _poller = Guard(
-        pinned(1, &release.join("icecast-poller").to_string_lossy())
+        pinned(1, &services.join("icecast-poller").to_string_lossy())
             .arg("--config")
             .arg(&fleet)
             .args(["--redis", &redis_url, "--admin", "127.0.0.1:0"])
@@ -452,7 +453,7 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
     );
     let redirector_port = free_port()?;
     let redirector = Guard(
-        pinned(0, &release.join("icecast-redirector").to_string_lossy())
+        pinned(0, &services.join("icecast-redirector").to_string_lossy())
             .args([
                 "--redis",
                 &redis_url,
@@ -678,13 +679,17 @@ struct Saturation {
     p50_ms: f64,
     p99_ms: f64,
     redis_cpu_per_redirect_us: f64,
+    /// Script calls (EVALSHA) per redirect, from Redis's own count.
+    scripts_per_redirect: f64,
+    /// Time Redis spent in scripts per redirect, from its own count.
+    script_us_per_redirect: f64,
 }
 
 /// Saturation: a flash crowd of 1.5x the free slots through two replicas.
-const SAT_SERVERS: u64 = 100;
-const SAT_LIMIT: u64 = 40;
+const SAT_SERVERS: u64 = 20;
+const SAT_LIMIT: u64 = 300;
 const SAT_PLAYERS: u64 = SAT_SERVERS * SAT_LIMIT * 3 / 2;
-const SAT_CONCURRENCY: u64 = 400;
+const SAT_CONCURRENCY: u64 = 500;
 
 /// Three fresh runs of the crowd; each starts every process anew, so no run
 /// inherits another's listeners or reservations.
@@ -700,7 +705,7 @@ pub(crate) fn saturation_case() -> anyhow::Result<String> {
     let mut rows = String::new();
     for (i, r) in runs.iter().enumerate() {
         rows.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1}% | **{}** | {} | {} | {:.1} s | {:.2} ms | {:.2} ms | {:.2} µs |\n",
+            "| {} | {} | {} | {} | {:.1}% | **{}** | {} | {} | {:.1} s | {:.2} ms | {:.2} ms | {:.2} µs | {:.3} | {:.2} µs |\n",
             i + 1,
             r.free,
             r.players,
@@ -713,6 +718,8 @@ pub(crate) fn saturation_case() -> anyhow::Result<String> {
             r.p50_ms,
             r.p99_ms,
             r.redis_cpu_per_redirect_us,
+            r.scripts_per_redirect,
+            r.script_us_per_redirect,
         ));
     }
     Ok(format!(
@@ -725,16 +732,19 @@ pub(crate) fn saturation_case() -> anyhow::Result<String> {
          flight at a time, alternating between the replicas; each player GETs the stream on a new\n\
          connection, follows the 302 to the mount and stays connected. \"Sent to full\" counts\n\
          players a server refused: overbooking. Redis CPU is redis-server's user+system time over\n\
-         the crowd (the poller's publications included) per redirect. Three runs, each with\n\
-         fresh processes.\n\n\
-         | run | free slots | players | admitted | fill | sent to full | told to retry | errors | crowd took | redirect p50 | redirect p99 | Redis CPU per redirect |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n{rows}\n\
-         Median fill {fill:.1}%, median Redis CPU per redirect {redis:.2} µs.\n",
+         the crowd (the poller's publications included) per redirect, read from /proc in\n\
+         10 ms ticks; script calls and script time come from Redis's own `INFO commandstats`.\n\
+         Three runs, each with fresh processes.\n\n\
+         | run | free slots | players | admitted | fill | sent to full | told to retry | errors | crowd took | redirect p50 | redirect p99 | Redis CPU per redirect | script calls per redirect | script time per redirect |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n{rows}\n\
+         Median fill {fill:.1}%, median Redis CPU per redirect {redis:.2} µs, median script calls per\n\
+         redirect {calls:.3}.\n",
         machine = machine(),
         date = today(),
         free = SAT_SERVERS * SAT_LIMIT,
         fill = median(|r| r.admitted as f64 * 100.0 / r.free as f64),
         redis = median(|r| r.redis_cpu_per_redirect_us),
+        calls = median(|r| r.scripts_per_redirect),
     ))
 }
 
@@ -809,6 +819,7 @@ fn saturation_run() -> anyhow::Result<Saturation> {
     // Let the poller publish once more with every server up and the redirectors settled.
     std::thread::sleep(Duration::from_secs(2));
     let redis_before = cpu_time(redis_pid)?;
+    let scripts_before = script_stats(redis_port)?;
     let mut crowd = pinned(1, &release.join("icecast-crowd").to_string_lossy());
     for &port in &ports {
         crowd.args(["--url", &format!("http://127.0.0.1:{port}/sim0")]);
@@ -823,6 +834,7 @@ fn saturation_run() -> anyhow::Result<Saturation> {
         .output()
         .context("run icecast-crowd")?;
     let redis_after = cpu_time(redis_pid)?;
+    let scripts_after = script_stats(redis_port)?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
         bail!(
@@ -838,6 +850,7 @@ fn saturation_run() -> anyhow::Result<Saturation> {
     };
     let admitted = value("admitted")? as u64;
     let sent_to_full = value("sent_to_full")? as u64;
+    let redirects = (admitted + sent_to_full).max(1) as f64;
     let _ = fs::remove_dir_all(&dir);
     Ok(Saturation {
         free: SAT_SERVERS * SAT_LIMIT,
@@ -850,8 +863,35 @@ fn saturation_run() -> anyhow::Result<Saturation> {
         p50_ms: value("p50_ms")?,
         p99_ms: value("p99_ms")?,
         redis_cpu_per_redirect_us: (redis_after.saturating_sub(redis_before)).as_secs_f64() * 1e6
-            / (admitted + sent_to_full).max(1) as f64,
+            / redirects,
+        scripts_per_redirect: (scripts_after.0 - scripts_before.0) as f64 / redirects,
+        script_us_per_redirect: (scripts_after.1 - scripts_before.1) as f64 / redirects,
     })
+}
+
+/// Script calls and the microseconds Redis spent in them, from `INFO commandstats`.
+fn script_stats(port: u16) -> anyhow::Result<(u64, u64)> {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"INFO commandstats\r\n")?;
+    let mut reader = BufReader::new(stream);
+    let mut header = String::new();
+    reader.read_line(&mut header)?;
+    let length: usize = header
+        .trim()
+        .strip_prefix('$')
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("INFO answered {header:?}"))?;
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    let body = String::from_utf8_lossy(&body);
+    let (mut calls, mut usec) = (0, 0);
+    for line in body.lines().filter(|l| l.starts_with("cmdstat_evalsha:")) {
+        calls += field(line, "calls=").unwrap_or(0);
+        usec += field(line, "usec=").unwrap_or(0);
+    }
+    Ok((calls, usec))
 }
 
 /// The HTTP status a HEAD of `path` gets, if any.

@@ -51,8 +51,8 @@ pub struct ReserveRequest {
     /// How many the replica would like.
     pub want: u32,
     /// The live replicas, for the fair-share cap: no replica takes more than
-    /// half of what is left divided by the replicas, so that the last slots
-    /// are spread over the replicas that still have players.
+    /// what is left divided by the replicas (rounded up), so that the last
+    /// slots are spread over the replicas that still have players.
     pub replicas: u32,
     /// How long the lease lasts: its slots may be handed out until `now_ms + lease`.
     pub lease: Duration,
@@ -148,7 +148,7 @@ end
 if left <= 0 then
   return {0, 0}
 end
-local share = math.max(1, math.floor(left / (2 * replicas)))
+local share = math.ceil(left / replicas)
 local grant = math.min(want, left, share)
 if grant <= 0 then
   return {0, left}
@@ -225,7 +225,8 @@ impl SlotLedger {
         let Some((left, poll)) = best.filter(|(left, _)| *left > 0) else {
             return (Grant::default(), None);
         };
-        let share = (left / (2 * i64::from(r.replicas.max(1)))).max(1);
+        let replicas = i64::from(r.replicas.max(1));
+        let share = (left + replicas - 1) / replicas;
         let grant = i64::from(r.want).min(left).min(share);
         if grant <= 0 {
             let remaining = to_u32(left);
@@ -339,12 +340,18 @@ mod tests {
             }
         );
         let g = ledger.reserve(&request(10_100, 9_000, 10, 100));
-        assert_eq!(g.granted, 3, "half of what is left, for one replica");
-        assert_eq!(ledger.reserve(&request(10_200, 9_000, 10, 100)).granted, 1);
+        assert_eq!(
+            g,
+            Grant {
+                granted: 6,
+                remaining: 0
+            },
+            "one replica may take all that is left"
+        );
         let total: u32 = (0..10)
             .map(|i| ledger.reserve(&request(10_300 + i, 9_000, 10, 100)).granted)
             .sum();
-        assert_eq!(total, 2, "10 free in all");
+        assert_eq!(total, 0, "10 free in all");
         assert_eq!(
             ledger.reserve(&request(10_500, 9_000, 10, 1)),
             Grant::default()
@@ -355,12 +362,11 @@ mod tests {
     fn leases_count_until_a_window_starts_after_their_expiry() {
         let mut ledger = SlotLedger::new();
         // Leased at 10.0 s for 1 s: expires at 11.0 s.
-        assert_eq!(ledger.reserve(&request(10_000, 9_000, 2, 2)).granted, 1);
-        assert_eq!(ledger.reserve(&request(10_000, 9_000, 2, 2)).granted, 1);
+        assert_eq!(ledger.reserve(&request(10_000, 9_000, 2, 2)).granted, 2);
         // A poll whose window starts at 10.9 s still counts them.
         assert_eq!(ledger.reserve(&request(12_000, 10_900, 2, 2)).granted, 0);
         // One whose window starts at 12 s does not.
-        assert_eq!(ledger.reserve(&request(15_000, 12_000, 2, 2)).granted, 1);
+        assert_eq!(ledger.reserve(&request(15_000, 12_000, 2, 2)).granted, 2);
     }
 
     #[test]
@@ -392,8 +398,7 @@ mod tests {
             free_slots: 10,
         };
         let mut r = request(11_000, 9_000, 10, 5);
-        r.want = 5;
-        r.replicas = 0;
+        r.replicas = 2;
         assert_eq!(ledger.reserve(&r).granted, 5);
         // The poll at 11.5 s sees them connected: 5 free, and its window still
         // counts their leases. Alone it would leave nothing.
@@ -402,13 +407,18 @@ mod tests {
             free_slots: 5,
         };
         let mut alone = request(11_600, 0, 0, 5);
+        alone.replicas = 2;
         alone.polls = vec![after];
         assert_eq!(ledger.clone().reserve(&alone), Grant::default());
         // With the poll before the crowd, the 5 left are found.
         let mut both = alone.clone();
         both.polls = vec![before, after];
         let (grant, bound) = ledger.reserve_against(&both);
-        assert_eq!((grant.granted, grant.remaining), (2, 3), "half of 5");
+        assert_eq!(
+            (grant.granted, grant.remaining),
+            (3, 2),
+            "5 / 2, rounded up"
+        );
         assert_eq!(bound, Some(before));
     }
 
@@ -417,7 +427,7 @@ mod tests {
         let mut ledger = SlotLedger::new();
         let mut r = request(10_000, 9_000, 100, 1000);
         r.replicas = 4;
-        assert_eq!(ledger.reserve(&r).granted, 12, "100 / (2 x 4)");
-        assert_eq!(ledger.reserve(&r).granted, 11, "88 / 8");
+        assert_eq!(ledger.reserve(&r).granted, 25, "100 / 4");
+        assert_eq!(ledger.reserve(&r).granted, 19, "75 / 4, rounded up");
     }
 }
