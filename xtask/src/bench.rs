@@ -441,36 +441,11 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
         "icecast-sim to write the fleet",
     )?;
     let redis_url = format!("redis://127.0.0.1:{redis_port}/");
-    let _poller = Guard(
-        pinned(1, &services.join("icecast-poller").to_string_lossy())
-            .arg("--config")
-            .arg(&fleet)
-            .args(["--redis", &redis_url, "--admin", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start icecast-poller")?,
-    );
+    let _poller = start_poller(&services, &fleet, &redis_url)?;
     let redirector_port = free_port()?;
-    let redirector = Guard(
-        pinned(0, &services.join("icecast-redirector").to_string_lossy())
-            .args([
-                "--redis",
-                &redis_url,
-                "--listen",
-                &format!("127.0.0.1:{redirector_port}"),
-                "--admin",
-                "127.0.0.1:0",
-            ])
-            .arg("--geoip-city")
-            .arg(&geoip)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start icecast-redirector")?,
-    );
+    let redirector = start_redirector(&services, redirector_port, &redis_url, Some(&geoip))?;
     wait_for(
-        || status_of(redirector_port, "/sim0") == Some(302),
+        || status_of(redirector_port, "GET", "/sim0") == Some(302),
         "the redirector to answer 302",
     )?;
 
@@ -497,7 +472,7 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
             .context("start nginx")?,
     );
     wait_for(
-        || status_of(nginx_port, "/sim0") == Some(302),
+        || status_of(nginx_port, "GET", "/sim0") == Some(302),
         "nginx to answer 302",
     )?;
     let nginx_pids = children_and_self(nginx.0.id());
@@ -626,14 +601,14 @@ fn parse_latency_or_number(value: &str) -> Option<f64> {
     value.parse().ok()
 }
 
-/// The HTTP status a GET of `path` gets, if any.
-fn status_of(port: u16, path: &str) -> Option<u16> {
+/// The HTTP status a `method` (GET, HEAD) of `path` gets, if any.
+fn status_of(port: u16, method: &str, path: &str) -> Option<u16> {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
         )
         .ok()?;
     let mut head = [0u8; 12];
@@ -667,8 +642,56 @@ fn service_bin_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/release"))
 }
 
+/// The poller under test on CPU 1, publishing `fleet` to Redis.
+fn start_poller(
+    bin_dir: &std::path::Path,
+    fleet: &std::path::Path,
+    redis_url: &str,
+) -> anyhow::Result<Guard> {
+    Ok(Guard(
+        pinned(1, &bin_dir.join("icecast-poller").to_string_lossy())
+            .arg("--config")
+            .arg(fleet)
+            .args(["--redis", redis_url, "--admin", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start icecast-poller")?,
+    ))
+}
+
+/// A redirector under test on CPU 0, following Redis, listening on `port`.
+fn start_redirector(
+    bin_dir: &std::path::Path,
+    port: u16,
+    redis_url: &str,
+    geoip_city: Option<&std::path::Path>,
+) -> anyhow::Result<Guard> {
+    let mut command = pinned(0, &bin_dir.join("icecast-redirector").to_string_lossy());
+    command.args([
+        "--redis",
+        redis_url,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    if let Some(path) = geoip_city {
+        command.arg("--geoip-city").arg(path);
+    }
+    Ok(Guard(
+        command
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start icecast-redirector")?,
+    ))
+}
+
 /// One flash crowd against two replicas.
 struct Saturation {
+    /// Probes (GET, never follow the 302) that got a redirect.
+    probes_redirected: u64,
     free: u64,
     players: u64,
     admitted: u64,
@@ -695,8 +718,9 @@ const SAT_CONCURRENCY: u64 = 500;
 /// inherits another's listeners or reservations.
 pub(crate) fn saturation_case() -> anyhow::Result<String> {
     let runs = (0..3)
-        .map(|_| saturation_run())
+        .map(|_| saturation_run(0))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let probed = saturation_run(10)?;
     let median = |f: fn(&Saturation) -> f64| {
         let mut values: Vec<f64> = runs.iter().map(f).collect();
         values.sort_by(f64::total_cmp);
@@ -722,6 +746,17 @@ pub(crate) fn saturation_case() -> anyhow::Result<String> {
             r.script_us_per_redirect,
         ));
     }
+    let probe_cost = format!(
+        "**Redirects that never connect.** A fourth run makes 1 player in 10 a probe (a link\n\
+         preview, a monitoring check): it GETs the stream and never follows the 302. Probes got\n\
+         {} redirects, and their slots stay counted until their leases age out (lease + connect\n\
+         grace, 8 s by default), so {} real players were admitted: {:.1}% of the free slots,\n\
+         with {} sent to a full mount. HEAD takes no slot.\n",
+        probed.probes_redirected,
+        probed.admitted,
+        probed.admitted as f64 * 100.0 / probed.free as f64,
+        probed.sent_to_full,
+    );
     Ok(format!(
         "## Saturation: a flash crowd of 1.5x capacity through 2 replicas\n\n\
          Command: `cargo xtask bench saturation`. Machine: {machine}. Run: {date}.\n\n\
@@ -738,7 +773,7 @@ pub(crate) fn saturation_case() -> anyhow::Result<String> {
          | run | free slots | players | admitted | fill | sent to full | told to retry | errors | crowd took | redirect p50 | redirect p99 | Redis CPU per redirect | script calls per redirect | script time per redirect |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n{rows}\n\
          Median fill {fill:.1}%, median Redis CPU per redirect {redis:.2} µs, median script calls per\n\
-         redirect {calls:.3}.\n",
+         redirect {calls:.3}.\n\n{probe_cost}",
         machine = machine(),
         date = today(),
         free = SAT_SERVERS * SAT_LIMIT,
@@ -748,7 +783,7 @@ pub(crate) fn saturation_case() -> anyhow::Result<String> {
     ))
 }
 
-fn saturation_run() -> anyhow::Result<Saturation> {
+fn saturation_run(probes: u64) -> anyhow::Result<Saturation> {
     let dir = std::env::temp_dir().join(format!("xtask-bench-saturation-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
     let release = workspace_root().join("target/release");
@@ -778,41 +813,18 @@ fn saturation_run() -> anyhow::Result<Saturation> {
     );
     wait_for(|| fleet.exists(), "icecast-sim to write the fleet")?;
     let redis_url = format!("redis://127.0.0.1:{redis_port}/");
-    let _poller = Guard(
-        pinned(1, &services.join("icecast-poller").to_string_lossy())
-            .arg("--config")
-            .arg(&fleet)
-            .args(["--redis", &redis_url, "--admin", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start icecast-poller")?,
-    );
+    let _poller = start_poller(&services, &fleet, &redis_url)?;
     let mut replicas = Vec::new();
     let mut ports = Vec::new();
     for _ in 0..2 {
         let port = free_port()?;
-        replicas.push(Guard(
-            pinned(0, &services.join("icecast-redirector").to_string_lossy())
-                .args([
-                    "--redis",
-                    &redis_url,
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--admin",
-                    "127.0.0.1:0",
-                ])
-                .env("RUST_LOG", "warn")
-                .stderr(Stdio::null())
-                .spawn()
-                .context("start icecast-redirector")?,
-        ));
+        replicas.push(start_redirector(&services, port, &redis_url, None)?);
         ports.push(port);
     }
     // HEAD takes no slot, so the probes leave the capacity whole.
     for &port in &ports {
         wait_for(
-            || head_status(port, "/sim0") == Some(302),
+            || status_of(port, "HEAD", "/sim0") == Some(302),
             "the redirectors to answer 302",
         )?;
     }
@@ -830,6 +842,8 @@ fn saturation_run() -> anyhow::Result<Saturation> {
             &SAT_PLAYERS.to_string(),
             "--concurrency",
             &SAT_CONCURRENCY.to_string(),
+            "--probes",
+            &probes.to_string(),
         ])
         .output()
         .context("run icecast-crowd")?;
@@ -850,9 +864,10 @@ fn saturation_run() -> anyhow::Result<Saturation> {
     };
     let admitted = value("admitted")? as u64;
     let sent_to_full = value("sent_to_full")? as u64;
-    let redirects = (admitted + sent_to_full).max(1) as f64;
+    let redirects = (admitted + sent_to_full + value("probes_redirected")? as u64).max(1) as f64;
     let _ = fs::remove_dir_all(&dir);
     Ok(Saturation {
+        probes_redirected: value("probes_redirected")? as u64,
         free: SAT_SERVERS * SAT_LIMIT,
         players: value("players")? as u64,
         admitted,
@@ -892,19 +907,4 @@ fn script_stats(port: u16) -> anyhow::Result<(u64, u64)> {
         usec += field(line, "usec=").unwrap_or(0);
     }
     Ok((calls, usec))
-}
-
-/// The HTTP status a HEAD of `path` gets, if any.
-fn head_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    stream
-        .write_all(
-            format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }

@@ -12,8 +12,12 @@
 //!     --players 6000 --concurrency 400
 //! ```
 //!
+//! `--probes P` makes P in every 100 players probes (a link preview, a
+//! monitoring check): they GET the stream and never follow the 302.
+//!
 //! Prints one line of `key=value` pairs: players, admitted, sent_to_full,
-//! told_to_retry, errors, and redirect latency (p50_ms, p99_ms, max_ms).
+//! told_to_retry, errors, probes_redirected, and redirect latency (p50_ms,
+//! p99_ms, max_ms).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +33,7 @@ struct Options {
     urls: Vec<(String, String)>,
     players: usize,
     concurrency: usize,
+    probes: usize,
 }
 
 fn options() -> Result<Options, String> {
@@ -36,6 +41,7 @@ fn options() -> Result<Options, String> {
         urls: Vec::new(),
         players: 1000,
         concurrency: 100,
+        probes: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -48,6 +54,7 @@ fn options() -> Result<Options, String> {
             "--concurrency" => {
                 options.concurrency = value.parse().map_err(|e| format!("--concurrency: {e}"))?
             }
+            "--probes" => options.probes = value.parse().map_err(|e| format!("--probes: {e}"))?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -74,6 +81,8 @@ enum Outcome {
     Admitted(TcpStream, Duration),
     SentToFull(Duration),
     ToldToRetry(Duration),
+    /// A probe that got a 302 (and took a slot it will not use).
+    ProbeRedirected(Duration),
     Error,
 }
 
@@ -109,13 +118,14 @@ async fn get(authority: &str, path: &str) -> Option<(u16, Option<String>, TcpStr
     Some((status, location, stream))
 }
 
-async fn player(authority: &str, path: &str) -> Outcome {
+async fn player(authority: &str, path: &str, probe: bool) -> Outcome {
     let started = Instant::now();
     let Some((status, location, _)) = get(authority, path).await else {
         return Outcome::Error;
     };
     let latency = started.elapsed();
     match (status, location) {
+        (302, Some(_)) if probe => Outcome::ProbeRedirected(latency),
         (302, Some(location)) => {
             let Ok((authority, path)) = split_url(&location) else {
                 return Outcome::Error;
@@ -145,7 +155,7 @@ async fn main() -> std::process::ExitCode {
     let gate = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let held = Arc::new(Mutex::new(Vec::new()));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(options.players)));
-    let counts = Arc::new(Mutex::new([0usize; 4]));
+    let counts = Arc::new(Mutex::new([0usize; 5]));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(options.players);
     for i in 0..options.players {
@@ -154,8 +164,9 @@ async fn main() -> std::process::ExitCode {
         };
         let (authority, path) = options.urls[i % options.urls.len()].clone();
         let (held, latencies, counts) = (held.clone(), latencies.clone(), counts.clone());
+        let probe = i % 100 < options.probes;
         tasks.push(tokio::spawn(async move {
-            let outcome = player(&authority, &path).await;
+            let outcome = player(&authority, &path, probe).await;
             drop(permit);
             let (slot, latency) = match outcome {
                 Outcome::Admitted(stream, latency) => {
@@ -165,6 +176,7 @@ async fn main() -> std::process::ExitCode {
                 Outcome::SentToFull(latency) => (1, Some(latency)),
                 Outcome::ToldToRetry(latency) => (2, Some(latency)),
                 Outcome::Error => (3, None),
+                Outcome::ProbeRedirected(latency) => (4, Some(latency)),
             };
             counts.lock().await[slot] += 1;
             if let Some(latency) = latency {
@@ -185,12 +197,13 @@ async fn main() -> std::process::ExitCode {
     };
     let counts = *counts.lock().await;
     println!(
-        "players={} admitted={} sent_to_full={} told_to_retry={} errors={} seconds={:.2} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        "players={} admitted={} sent_to_full={} told_to_retry={} errors={} probes_redirected={} seconds={:.2} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
         options.players,
         counts[0],
         counts[1],
         counts[2],
         counts[3],
+        counts[4],
         elapsed.as_secs_f64(),
         at(50),
         at(99),
