@@ -73,6 +73,12 @@ pub struct Args {
     #[arg(long, env = "ICB_CONNECT_GRACE", value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     pub connect_grace: Duration,
 
+    /// Threads answering players, each with its own socket on the player port
+    /// (`SO_REUSEPORT`), so a connection stays on one thread. Default: the
+    /// cores this process may run on.
+    #[arg(long, env = "ICB_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+
     /// How long a replica may hand out the slots it leased from Redis without
     /// asking again. Longer rides out longer Redis outages; shorter frees
     /// handed-out slots for reuse sooner (a lease counts until a poll
@@ -134,6 +140,8 @@ pub struct Settings {
     pub connect_grace: Duration,
     /// How long leased slots may be handed out.
     pub slot_lease: Duration,
+    /// Threads answering players.
+    pub threads: usize,
     /// Time to keep answering after health turns NOT_SERVING on SIGTERM.
     pub drain_delay: Duration,
     /// Time allowed for a request head, and for an idle keep-alive connection.
@@ -188,6 +196,9 @@ impl Args {
             self.common.admin_insecure,
         )
         .map_err(|e| e.to_string())?;
+        if self.threads.is_some_and(|n| n == 0 || n > 256) {
+            return Err("--threads must be between 1 and 256".into());
+        }
         if self.slot_lease < Duration::from_millis(100) || self.slot_lease > Duration::from_secs(60)
         {
             return Err("--slot-lease must be between 100ms and 60s".into());
@@ -200,6 +211,10 @@ impl Args {
             max_data_age: self.max_data_age,
             connect_grace: self.connect_grace,
             slot_lease: self.slot_lease,
+            threads: match self.threads {
+                Some(n) => n,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
             drain_delay: self.drain_delay,
             header_timeout: self.header_timeout,
             admin_token: self.common.admin_token.clone(),

@@ -6,6 +6,7 @@ use balancer_service::{EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE, init_loggin
 use clap::Parser;
 use icecast_redirector::cli::{Args, Settings, Source};
 use icecast_redirector::client_ip::TrustedProxies;
+use icecast_redirector::server;
 use icecast_redirector::service::{self, Options};
 use tokio::net::TcpListener;
 
@@ -24,7 +25,13 @@ fn main() -> ExitCode {
         println!("{summary}");
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The control plane (admin, snapshots, heartbeats, the standalone poller)
+    // is light; players get threads of their own (`--threads`).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => return fail(EXIT_UNAVAILABLE, &format!("cannot start the runtime: {e}")),
     };
@@ -33,8 +40,8 @@ fn main() -> ExitCode {
         let Some(listen) = settings.listen else {
             return fail(EXIT_CONFIG, "--listen ADDR is required");
         };
-        let listener = match TcpListener::bind(listen).await {
-            Ok(listener) => listener,
+        let listeners = match server::bind_player_sockets(listen, settings.threads) {
+            Ok(listeners) => listeners,
             Err(e) => {
                 return fail(
                     EXIT_UNAVAILABLE,
@@ -52,7 +59,8 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(
-            listen = %service::describe(listener.local_addr().ok()),
+            listen = %service::describe(listeners.first().and_then(|l| l.local_addr().ok())),
+            threads = listeners.len(),
             admin = %service::describe(admin.local_addr().ok()),
             "listening"
         );
@@ -73,7 +81,7 @@ fn main() -> ExitCode {
             header_timeout: settings.header_timeout,
             admin_token: settings.admin_token.clone(),
         };
-        match service::run(options, listener, admin, signals).await {
+        match service::run(options, listeners, admin, signals).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => fail(EXIT_SOFTWARE, &message),
         }

@@ -19,6 +19,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThreadLabel {
+    thread: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -38,9 +43,19 @@ pub struct RedirectorMetrics {
     reservations: Family<ResultLabel, Counter>,
     /// Redis calls that failed or timed out on the request path.
     pub redis_errors: Counter,
+    connections: Family<ThreadLabel, Counter>,
 }
 
 impl RedirectorMetrics {
+    /// The counter of player connections accepted by player thread `index`,
+    /// taken once per thread, so counting a connection is one atomic addition.
+    pub fn player_connections(&self, index: usize) -> Counter {
+        let thread = u32::try_from(index).unwrap_or(u32::MAX);
+        self.connections
+            .get_or_create(&ThreadLabel { thread })
+            .clone()
+    }
+
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = RedirectorMetrics {
@@ -51,8 +66,14 @@ impl RedirectorMetrics {
             snapshot_version: Gauge::default(),
             reservations: Family::default(),
             redis_errors: Counter::default(),
+            connections: Family::default(),
         };
         let r = registry;
+        r.register(
+            "icb_player_connections",
+            "Player connections accepted, by player thread",
+            metrics.connections.clone(),
+        );
         r.register(
             "icb_requests",
             "Player requests by stream (\"-\" when unknown) and outcome",

@@ -23,7 +23,7 @@ use crate::http::{App, now_ms};
 use crate::metrics::RedirectorMetrics;
 use crate::reserve::{Mode, Reservations, Timings};
 use crate::select::Selector;
-use crate::server::serve;
+use crate::server::{ThreadOptions, serve_on_threads};
 
 /// Everything shutdown may take, end to end.
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
@@ -70,9 +70,11 @@ pub struct Options {
 }
 
 /// Runs until SIGTERM (or the signal channel closes), then shuts down within 10 s.
+/// Players are served on one thread per socket in `listeners` (see
+/// [`crate::server`]); everything else runs on the caller's runtime.
 pub async fn run(
     options: Options,
-    listener: TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     admin: TcpListener,
     mut signals: mpsc::Receiver<Signal>,
 ) -> Result<(), String> {
@@ -201,17 +203,24 @@ pub async fn run(
         metrics.clone(),
     ));
 
-    let (stop_http, http_stopped) = oneshot::channel::<()>();
+    let (stop_http, http_stopped) = watch::channel(false);
     let grace = SHUTDOWN_BUDGET.saturating_sub(options.drain_delay + Duration::from_secs(1));
-    let http = tokio::spawn(serve(
-        listener,
-        app,
-        async {
-            let _ = http_stopped.await;
+    let threads = serve_on_threads(
+        listeners,
+        &app,
+        &http_stopped,
+        &ThreadOptions {
+            grace,
+            header_timeout: options.header_timeout,
         },
-        grace,
-        options.header_timeout,
-    ));
+    )
+    .map_err(|e| format!("cannot start the player threads: {e}"))?;
+    // Finished when every player thread has drained its connections.
+    let http = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+    });
 
     while let Some(signal) = signals.recv().await {
         match signal {
@@ -239,7 +248,7 @@ pub async fn run(
     balancer_service::notify_stopping();
     health.set(false).await;
     tokio::time::sleep(options.drain_delay).await;
-    let _ = stop_http.send(());
+    let _ = stop_http.send(true);
     let _ = tokio::time::timeout(grace + Duration::from_millis(200), http).await;
     let _ = stop_tx.send(true);
     let _ = stop_admin.send(());

@@ -274,7 +274,7 @@ async fn metrics_text(admin: SocketAddr) -> String {
 }
 
 /// Scrapes `/metrics` on an admin address; every sample line must parse.
-async fn scrape(admin: SocketAddr) -> Vec<(String, f64)> {
+pub(crate) async fn scrape(admin: SocketAddr) -> Vec<(String, f64)> {
     let text = metrics_text(admin).await;
     assert!(
         text.trim_end().ends_with("# EOF"),
@@ -294,7 +294,7 @@ async fn scrape(admin: SocketAddr) -> Vec<(String, f64)> {
         .collect()
 }
 
-fn sample(samples: &[(String, f64)], name: &str, labels: &[&str]) -> f64 {
+pub(crate) fn sample(samples: &[(String, f64)], name: &str, labels: &[&str]) -> f64 {
     samples
         .iter()
         .find(|(n, _)| n.starts_with(name) && labels.iter().all(|l| n.contains(l)))

@@ -201,3 +201,63 @@ async fn drained_and_source_less_mounts_get_no_players() {
         assert_eq!(location(&response), only);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_player_threads_both_answer_and_sigterm_drains_both() {
+    use crate::control::{sample, scrape};
+    let (redis, icecast) = tokio::join!(RedisServer::start(), IcecastServer::start(spec()));
+    let fleet = one_stream_fleet(&[("one", &icecast, "")], "admin");
+    let (_poller, mut replicas) = balancer(
+        &redis,
+        &fleet,
+        1,
+        &["--threads", "2", "--drain-delay", "1s"],
+    )
+    .await;
+    let mut redirector = replicas.remove(0);
+    let per_thread = |samples: &[(String, f64)]| {
+        [0, 1].map(|t| {
+            sample(
+                samples,
+                "icb_player_connections_total",
+                &[&format!("thread=\"{t}\"")],
+            )
+        })
+    };
+    // A new connection per request, as players arrive: the kernel spreads
+    // them over both threads' sockets.
+    let burst = |n: usize| {
+        let url = redirector.url("/s");
+        async move {
+            let mut answered = 0;
+            for _ in 0..n {
+                let client = client();
+                let response = client.head(&url).send().await.unwrap();
+                answered += usize::from(response.status() == 302);
+            }
+            answered
+        }
+    };
+    assert_eq!(burst(200).await, 200);
+    let before = per_thread(&scrape(redirector.admin).await);
+    println!("connections per player thread: {before:?}");
+    assert!(
+        before.iter().all(|&n| n > 0.0),
+        "both threads must take connections: {before:?}"
+    );
+    redirector.process.signal(libc::SIGTERM);
+    wait_health(&redirector, false).await;
+    // Draining: both threads still answer until the drain delay ends.
+    assert_eq!(burst(100).await, 100, "answered while draining");
+    let during = per_thread(&scrape(redirector.admin).await);
+    assert!(
+        during.iter().zip(before).all(|(d, b)| *d > b),
+        "both threads answered during the drain: {before:?} then {during:?}"
+    );
+    let status = redirector
+        .process
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits within 10 s");
+    assert!(status.success(), "{status}");
+}
