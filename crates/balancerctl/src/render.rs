@@ -45,6 +45,7 @@ fn mount_state(state: i32) -> &'static str {
     match MountState::try_from(state).unwrap_or(MountState::Unspecified) {
         MountState::Live => "live",
         MountState::NoSource => "no source",
+        MountState::Stalled => "source stalled",
         MountState::Unspecified => "unknown",
     }
 }

@@ -45,6 +45,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const DEFAULT_RISE: u32 = 2;
 /// Default number of failed polls before an up server counts as down (HAProxy's `fall`).
 pub const DEFAULT_FALL: u32 = 3;
+/// Default time a source may send no bytes before its mount counts as not
+/// live. Icecast 2.4 updates `total_bytes_read` about every 5 s, so less than
+/// two updates would mistake a live source for a stalled one.
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(15);
+/// The shortest accepted `stall_after`.
+pub const MIN_STALL_AFTER: Duration = Duration::from_secs(11);
 /// Default operator weight of a server.
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// Largest accepted operator weight.
@@ -72,6 +78,9 @@ pub struct PollerSettings {
     pub rise: u32,
     /// Failed polls needed before an up server is down.
     pub fall: u32,
+    /// A mount whose source's `total_bytes_read` (from `/admin/stats`) has not
+    /// grown for this long is not live, although Icecast still lists it.
+    pub stall_after: Duration,
 }
 
 /// One Icecast server (`[[server]]`).

@@ -22,6 +22,7 @@ pub(crate) struct RawPoller {
     pub(crate) timeout: Option<Spanned<String>>,
     pub(crate) rise: Option<Spanned<u32>>,
     pub(crate) fall: Option<Spanned<u32>>,
+    pub(crate) stall_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -52,6 +52,7 @@ fn valid_file_resolves_everything() {
     assert_eq!(fleet.poller.interval, Duration::from_secs(5));
     assert_eq!(fleet.poller.timeout, Duration::from_secs(2));
     assert_eq!((fleet.poller.rise, fleet.poller.fall), (2, 3));
+    assert_eq!(fleet.poller.stall_after, Duration::from_secs(15));
     let a = fleet.server("a").expect("a");
     assert_eq!(a.url.as_str(), "http://10.0.0.1:8000/");
     assert_eq!(a.public_url.as_str(), "https://a.example/radio");
@@ -130,6 +131,12 @@ fn mistakes_name_line_and_field() {
             "tiemout = \"2s\"",
             "poller.tiemout",
             "unknown field",
+        ),
+        (
+            "timeout = \"2s\"",
+            "stall_after = \"5s\"\ntimeout = \"2s\"",
+            "poller.stall_after",
+            "Icecast updates total_bytes_read about every 5 s",
         ),
         (
             "name = \"b\"",

@@ -10,8 +10,8 @@ use crate::error::{ConfigError, Source};
 use crate::raw::{RawFleet, RawLimit, RawMount, RawPoller, RawServer, RawStatus, RawStream};
 use crate::{
     AdminCredentials, Code, CountryRule, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE,
-    DEFAULT_TIMEOUT, DEFAULT_WEIGHT, Fleet, ListenerLimit, MAX_WEIGHT, MountRef, PollerSettings,
-    Secret, Server, StatusSource, Stream,
+    DEFAULT_STALL_AFTER, DEFAULT_TIMEOUT, DEFAULT_WEIGHT, Fleet, ListenerLimit, MAX_WEIGHT,
+    MIN_STALL_AFTER, MountRef, PollerSettings, Secret, Server, StatusSource, Stream,
 };
 
 /// File extensions the redirector answers with a playlist; a stream name must not end in one.
@@ -74,11 +74,31 @@ fn poller(source: &Source<'_>, raw: RawPoller) -> Result<PollerSettings, ConfigE
         Some(v) => Ok(v.into_inner()),
         None => Ok(default),
     };
+    let stall_after = match &raw.stall_after {
+        Some(v) => duration(source, v, "poller.stall_after")?,
+        None => DEFAULT_STALL_AFTER,
+    };
+    if let Some(v) = raw
+        .stall_after
+        .as_ref()
+        .filter(|_| stall_after < MIN_STALL_AFTER)
+    {
+        return Err(source.error(
+            v.span(),
+            "poller.stall_after",
+            format!(
+                "{} is too short: Icecast updates total_bytes_read about every 5 s; use at least {}",
+                v.get_ref(),
+                humantime::format_duration(MIN_STALL_AFTER)
+            ),
+        ));
+    }
     Ok(PollerSettings {
         interval,
         timeout,
         rise: count(raw.rise, "poller.rise", DEFAULT_RISE)?,
         fall: count(raw.fall, "poller.fall", DEFAULT_FALL)?,
+        stall_after,
     })
 }
 

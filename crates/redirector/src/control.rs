@@ -203,6 +203,10 @@ impl Control for RedirectorControl {
                     Exclusion::Unusable(Unusable::NoSource) => {
                         (api::ExclusionReason::NoSource, String::new())
                     }
+                    Exclusion::Unusable(Unusable::Stalled) => (
+                        api::ExclusionReason::NoSource,
+                        "the source is connected but has sent nothing (stalled)".to_owned(),
+                    ),
                     Exclusion::Unusable(Unusable::Full) => {
                         (api::ExclusionReason::Full, String::new())
                     }

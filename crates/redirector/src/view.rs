@@ -21,6 +21,8 @@ pub enum Unusable {
     Stale,
     /// No source is connected.
     NoSource,
+    /// A source is connected but sends nothing.
+    Stalled,
     /// No free slot.
     Full,
 }
@@ -218,6 +220,8 @@ impl MountView {
             Some(Unusable::Down)
         } else if server.drained {
             Some(Unusable::Drained)
+        } else if self.state == MountState::Stalled {
+            Some(Unusable::Stalled)
         } else if self.state != MountState::Live {
             Some(Unusable::NoSource)
         } else if self.free_slots == 0 {

@@ -97,6 +97,8 @@ pub struct IcecastSpec {
     /// `<limits><clients>`: the server-wide client limit (listeners, sources and
     /// admin requests together, as Icecast counts them).
     pub client_limit: u32,
+    /// `<source-timeout>`: seconds Icecast keeps a source that sends nothing.
+    pub source_timeout: u32,
 }
 
 impl IcecastSpec {
@@ -105,7 +107,14 @@ impl IcecastSpec {
         IcecastSpec {
             mounts: mounts.into_iter().collect(),
             client_limit: 100,
+            source_timeout: 10,
         }
+    }
+
+    /// Sets how long Icecast keeps a source that sends nothing (default 10 s).
+    pub fn source_timeout(mut self, seconds: u32) -> Self {
+        self.source_timeout = seconds;
+        self
     }
 
     /// Sets the server-wide client limit.
@@ -227,6 +236,14 @@ impl IcecastServer {
             panic!("icecast2 did not restart on port {}: {failure}", self.port);
         }
         self.start_sources().await;
+    }
+
+    /// Sends `signal` to the source process of `mount` (SIGSTOP: a source
+    /// that stays connected and sends nothing; SIGCONT: it goes on).
+    pub fn signal_source(&self, mount: &str, signal: i32) {
+        for (_, source) in self.sources.iter().filter(|(m, _)| m == mount) {
+            source.signal(signal);
+        }
     }
 
     /// Disconnects the source of `mount` and waits until Icecast drops the mount.
@@ -450,7 +467,7 @@ impl IcecastServer {
     <queue-size>524288</queue-size>
     <client-timeout>30</client-timeout>
     <header-timeout>15</header-timeout>
-    <source-timeout>10</source-timeout>
+    <source-timeout>{source_timeout}</source-timeout>
     <burst-on-connect>1</burst-on-connect>
     <burst-size>16384</burst-size>
   </limits>
@@ -481,6 +498,7 @@ impl IcecastServer {
 </icecast>
 "#,
             clients = self.spec.client_limit,
+            source_timeout = self.spec.source_timeout,
             port = self.port,
         )
     }

@@ -27,6 +27,9 @@ pub struct ServerHealth {
     pub last_error: String,
     /// How long the last poll took, in ms.
     pub last_poll_ms: u32,
+    /// Per mount: the source's `total_bytes_read` and the poll time it was
+    /// first seen at that value; a source whose count stops is stalled.
+    progress: HashMap<String, (u64, i64)>,
 }
 
 /// Server state as the poller tracks it.
@@ -57,7 +60,10 @@ impl ServerHealth {
             self.good_in_a_row = 0;
         }
         match result {
-            PollResult::Report(report) => self.last_report = Some((report.clone(), now_ms)),
+            PollResult::Report(report) => {
+                self.note_progress(report, now_ms);
+                self.last_report = Some((report.clone(), now_ms));
+            }
             PollResult::Full => {}
             PollResult::Failed(e) => self.last_error = e.to_string(),
         }
@@ -80,6 +86,37 @@ impl ServerHealth {
                 }
             }
         };
+    }
+
+    /// Remembers when each source's byte count last moved. A source that
+    /// disconnects is forgotten; one that reconnects starts from its new count.
+    fn note_progress(&mut self, report: &StatusReport, now_ms: i64) {
+        self.progress
+            .retain(|mount, _| report.mounts.iter().any(|m| &m.mount == mount));
+        for mount in &report.mounts {
+            let Some(bytes) = mount.bytes_read else {
+                continue;
+            };
+            match self.progress.get_mut(&mount.mount) {
+                Some((seen, _)) if *seen == bytes => {}
+                Some(entry) => *entry = (bytes, now_ms),
+                None => {
+                    self.progress.insert(mount.mount.clone(), (bytes, now_ms));
+                }
+            }
+        }
+    }
+
+    /// Whether the source of `mount` has sent nothing for longer than
+    /// `stall_after` up to the last poll.
+    pub fn stalled(&self, mount: &str, stall_after: std::time::Duration) -> bool {
+        let (Some((_, polled_at)), Some((_, since))) =
+            (&self.last_report, self.progress.get(mount))
+        else {
+            return false;
+        };
+        let limit = i64::try_from(stall_after.as_millis()).unwrap_or(i64::MAX);
+        polled_at - since > limit
     }
 
     fn wire_state(&self) -> ServerState {
@@ -123,7 +160,14 @@ pub fn build_snapshot(
                 .iter()
                 .filter_map(|m| {
                     let server = fleet.server(&m.server)?;
-                    Some(wire_mount(m, server, health_of(&server.name)))
+                    let health = health_of(&server.name);
+                    let mut mount = wire_mount(m, server, health);
+                    if mount.state() == MountState::Live
+                        && health.stalled(&m.mount, fleet.poller.stall_after)
+                    {
+                        mount.state = MountState::Stalled.into();
+                    }
+                    Some(mount)
                 })
                 .collect(),
             fallback: stream.fallback.clone().unwrap_or_default(),

@@ -19,6 +19,7 @@ fn report(mounts: &[(&str, u32, ReportedLimit)]) -> StatusReport {
                 listeners: Some(*l),
                 limit: *limit,
                 free_slots: None,
+                bytes_read: None,
             })
             .collect(),
         listeners: Some(mounts.iter().map(|(_, l, _)| l).sum()),
@@ -86,6 +87,7 @@ fn limits_come_from_icecast_then_config_then_the_server_cap() {
         listeners,
         limit,
         free_slots: free,
+        bytes_read: None,
     };
     use ReportedLimit::{Count, Unknown, Unlimited};
     let cases = [
@@ -337,4 +339,43 @@ fn servers_never_polled_are_in_the_snapshot_as_unknown() {
             .flat_map(|s| &s.mounts)
             .all(|m| m.free_slots == 0)
     );
+}
+
+#[test]
+fn a_source_whose_bytes_stop_is_stalled_and_recovers_when_they_move() {
+    let with_bytes = |bytes: u64| {
+        let mut r = report(&[("/a.ogg", 0, ReportedLimit::Count(10))]);
+        r.mounts[0].bytes_read = Some(bytes);
+        PollResult::Report(r)
+    };
+    let stall_after = std::time::Duration::from_secs(15);
+    let mut h = ServerHealth::default();
+    // Icecast updates the count every 5 s: steps, not a stall.
+    for (at, bytes) in [
+        (0, 0),
+        (2_000, 0),
+        (5_000, 6_800),
+        (9_000, 6_800),
+        (10_000, 12_400),
+    ] {
+        h.record(&with_bytes(bytes), at, 1, 2, 3);
+        assert!(!h.stalled("/a.ogg", stall_after), "at {at} ms");
+    }
+    // Then nothing for more than 15 s.
+    h.record(&with_bytes(12_400), 25_000, 1, 2, 3);
+    assert!(
+        !h.stalled("/a.ogg", stall_after),
+        "exactly 15 s is not more"
+    );
+    h.record(&with_bytes(12_400), 25_001, 1, 2, 3);
+    assert!(h.stalled("/a.ogg", stall_after));
+    // Moving again, or a reconnected source, is live at once.
+    h.record(&with_bytes(20_000), 27_000, 1, 2, 3);
+    assert!(!h.stalled("/a.ogg", stall_after));
+    // A server that does not report bytes (status-json, load.xsl) never stalls.
+    let mut quiet = ServerHealth::default();
+    let plain = PollResult::Report(report(&[("/a.ogg", 0, ReportedLimit::Count(10))]));
+    quiet.record(&plain, 0, 1, 2, 3);
+    quiet.record(&plain, 60_000, 1, 2, 3);
+    assert!(!quiet.stalled("/a.ogg", stall_after));
 }

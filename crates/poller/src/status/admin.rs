@@ -54,6 +54,9 @@ pub fn parse_admin_stats(body: &str) -> Result<StatusReport, ParseError> {
             listeners: Some(listeners),
             limit,
             free_slots: None,
+            bytes_read: source
+                .child_text("total_bytes_read")
+                .and_then(|t| t.trim().parse().ok()),
         });
     }
     // Icecast's global <listeners> lags behind the per-mount counts (seen with

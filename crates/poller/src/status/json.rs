@@ -55,6 +55,7 @@ pub fn parse_status_json(body: &str) -> Result<StatusReport, ParseError> {
             listeners: Some(listeners),
             limit: ReportedLimit::Unknown,
             free_slots: None,
+            bytes_read: None,
         });
     }
     report.listeners = Some(report.mounts.iter().filter_map(|m| m.listeners).sum());

@@ -43,6 +43,9 @@ pub struct MountReport {
     pub limit: ReportedLimit,
     /// Free slots as load.xsl computed them; `None` for the other sources.
     pub free_slots: Option<ReportedLimit>,
+    /// Bytes the source has sent since it connected (`total_bytes_read`, in
+    /// `/admin/stats` only; Icecast updates it about every 5 s).
+    pub bytes_read: Option<u64>,
 }
 
 /// A number Icecast may print as a number, as `unlimited`, or not at all.

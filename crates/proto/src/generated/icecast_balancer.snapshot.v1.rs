@@ -156,6 +156,9 @@ pub enum MountState {
     Live = 1,
     /// The server answers but no source feeds this mount.
     NoSource = 2,
+    /// A source is connected but has sent nothing for the fleet's `stall_after`
+    /// (its `total_bytes_read` stopped): players would hear silence.
+    Stalled = 3,
 }
 impl MountState {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -167,6 +170,7 @@ impl MountState {
             Self::Unspecified => "MOUNT_STATE_UNSPECIFIED",
             Self::Live => "MOUNT_STATE_LIVE",
             Self::NoSource => "MOUNT_STATE_NO_SOURCE",
+            Self::Stalled => "MOUNT_STATE_STALLED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -175,6 +179,7 @@ impl MountState {
             "MOUNT_STATE_UNSPECIFIED" => Some(Self::Unspecified),
             "MOUNT_STATE_LIVE" => Some(Self::Live),
             "MOUNT_STATE_NO_SOURCE" => Some(Self::NoSource),
+            "MOUNT_STATE_STALLED" => Some(Self::Stalled),
             _ => None,
         }
     }

@@ -291,3 +291,107 @@ async fn the_active_poller_killed_a_standby_takes_over_and_redirects_never_stop(
          redirects followed its snapshot {followed:?} after a source stopped; no request failed"
     );
 }
+
+/// The mount `server`/`/s.ogg` in the latest snapshot, and its state.
+async fn mount_state(
+    store: &RedisStore,
+    server: &str,
+) -> Option<balancer_proto::snapshot::v1::MountState> {
+    let snapshot = store.latest_snapshot().await.ok()??;
+    snapshot
+        .streams
+        .iter()
+        .flat_map(|s| &s.mounts)
+        .find(|m| m.server == server)
+        .map(|m| m.state())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_source_gets_no_players_until_it_sends_again() {
+    use balancer_proto::snapshot::v1::MountState;
+    // Icecast would drop a silent source after `source-timeout`; make that
+    // long, so only the poller's stall detection can notice.
+    let quiet = || spec().source_timeout(120);
+    let (redis, servers) = tokio::join!(
+        RedisServer::start(),
+        IcecastServer::start_many([quiet(), quiet()])
+    );
+    let fleet = one_stream_fleet(
+        &[("one", &servers[0], ""), ("two", &servers[1], "")],
+        "admin",
+    )
+    .replacen("fall = 3\n", "fall = 3\nstall_after = \"11s\"\n", 1);
+    let (_poller, replicas) = balancer(&redis, &fleet, 1, &[]).await;
+    let store = RedisStore::new(&redis.url(), Keys::default(), Duration::from_secs(1)).unwrap();
+    let (one, two) = (
+        servers[0].mount_url("/s.ogg"),
+        servers[1].mount_url("/s.ogg"),
+    );
+    let client = client();
+    // Probes (HEAD) take no slot; 40 of them see both servers while both play.
+    let seen = |target: String| {
+        let (client, url) = (client.clone(), replicas[0].url("/s"));
+        async move {
+            let mut hits = 0;
+            for _ in 0..40 {
+                let response = client.head(&url).send().await.ok()?;
+                hits += usize::from(location(&response) == target);
+            }
+            Some(hits)
+        }
+    };
+    wait_until("redirects to both servers", PATIENCE, || {
+        let seen = seen(two.clone());
+        async move { seen.await.filter(|&hits| hits > 0) }
+    })
+    .await;
+
+    servers[1].signal_source("/s.ogg", libc::SIGSTOP);
+    let stopped = Instant::now();
+    wait_until(
+        "the stalled mount to get no players",
+        Duration::from_secs(40),
+        || {
+            let seen = seen(two.clone());
+            async move { seen.await.filter(|&hits| hits == 0) }
+        },
+    )
+    .await;
+    let detected = stopped.elapsed();
+    assert_eq!(mount_state(&store, "two").await, Some(MountState::Stalled));
+    assert_eq!(mount_state(&store, "one").await, Some(MountState::Live));
+    assert_eq!(
+        seen(one.clone()).await,
+        Some(40),
+        "all players go to the live source"
+    );
+
+    servers[1].signal_source("/s.ogg", libc::SIGCONT);
+    let resumed = Instant::now();
+    wait_until(
+        "the source to count as live again",
+        Duration::from_secs(30),
+        || {
+            let store = &store;
+            async move { (mount_state(store, "two").await? == MountState::Live).then_some(()) }
+        },
+    )
+    .await;
+    let back = resumed.elapsed();
+    wait_until("players on the resumed source", PATIENCE, || {
+        let seen = seen(two.clone());
+        async move { seen.await.filter(|&hits| hits > 0) }
+    })
+    .await;
+    println!(
+        "source stalled (SIGSTOP): no players after {detected:?} (stall_after 11 s; Icecast \
+         counts bytes every 5 s); live again {back:?} after SIGCONT"
+    );
+    assert!(
+        detected > Duration::from_secs(5),
+        "not before the count could have moved"
+    );
+    // stall_after, plus up to one 5 s count of the bytes buffered before the
+    // stop, plus slack for a busy machine.
+    assert!(detected < Duration::from_secs(11 + 5 + 6), "{detected:?}");
+}
