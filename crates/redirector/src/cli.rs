@@ -73,6 +73,12 @@ pub struct Args {
     #[arg(long, env = "ICB_CONNECT_GRACE", value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     pub connect_grace: Duration,
 
+    /// Seconds a player is asked to wait before retrying when nothing is free
+    /// (the 503's `Retry-After`), drawn at random from MIN-MAX for each
+    /// answer, so a crowd that was refused does not come back as one crowd.
+    #[arg(long, env = "ICB_RETRY_AFTER", value_name = "MIN-MAX", default_value = "5-15", value_parser = parse_retry_after)]
+    pub retry_after: RetryAfter,
+
     /// Threads answering players, each with its own socket on the player port
     /// (`SO_REUSEPORT`), so a connection stays on one thread. Default: the
     /// cores this process may run on.
@@ -142,6 +148,8 @@ pub struct Settings {
     pub slot_lease: Duration,
     /// Threads answering players.
     pub threads: usize,
+    /// The range `Retry-After` is drawn from.
+    pub retry_after: RetryAfter,
     /// Time to keep answering after health turns NOT_SERVING on SIGTERM.
     pub drain_delay: Duration,
     /// Time allowed for a request head, and for an idle keep-alive connection.
@@ -211,6 +219,7 @@ impl Args {
             max_data_age: self.max_data_age,
             connect_grace: self.connect_grace,
             slot_lease: self.slot_lease,
+            retry_after: self.retry_after,
             threads: match self.threads {
                 Some(n) => n,
                 None => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -321,4 +330,41 @@ mod tests {
             .contains("--geoip-city /nonexistent.mmdb: no such file")
         );
     }
+}
+
+/// The range of seconds a 503's `Retry-After` is drawn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter {
+    /// Fewest seconds.
+    pub min: u32,
+    /// Most seconds.
+    pub max: u32,
+}
+
+impl RetryAfter {
+    /// One draw from the range.
+    pub fn draw(&self) -> u32 {
+        fastrand::u32(self.min..=self.max)
+    }
+}
+
+/// `N` or `MIN-MAX`, in seconds, 1 to 3600.
+fn parse_retry_after(text: &str) -> Result<RetryAfter, String> {
+    let number = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=3600).contains(n))
+            .ok_or_else(|| format!("{s:?} is not a number of seconds from 1 to 3600"))
+    };
+    let (min, max) = match text.split_once('-') {
+        Some((min, max)) => (number(min)?, number(max)?),
+        None => (number(text)?, number(text)?),
+    };
+    if min > max {
+        return Err(format!(
+            "{min}-{max}: the first number must not exceed the second"
+        ));
+    }
+    Ok(RetryAfter { min, max })
 }

@@ -17,9 +17,6 @@ use crate::playlist;
 use crate::route::route;
 use crate::select::{Decision, Selector};
 
-/// Seconds a player is asked to wait before retrying when nothing is free.
-const RETRY_AFTER_SECONDS: &str = "10";
-
 /// Everything a request needs, shared by all connections.
 pub struct App {
     /// Selection and reservations.
@@ -32,6 +29,8 @@ pub struct App {
     pub prefix: String,
     /// Request counters and latency.
     pub metrics: RedirectorMetrics,
+    /// The range a 503's `Retry-After` is drawn from.
+    pub retry_after: crate::cli::RetryAfter,
 }
 
 /// Answers `request` from `peer`. Never fails: every problem is a status code.
@@ -74,6 +73,7 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
     };
     let Some(view) = app.views.load() else {
         return unavailable(
+            app,
             "The balancer has no data about the servers yet. Please try again later.\n",
         );
     };
@@ -127,9 +127,10 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
             StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
             "This stream is not available in your country.\n",
         ),
-        Decision::Full => {
-            unavailable("No relay available at the moment. Please try again later.\n")
-        }
+        Decision::Full => unavailable(
+            app,
+            "No relay available at the moment. Please try again later.\n",
+        ),
     }
 }
 
@@ -162,11 +163,12 @@ fn redirect(url: &str, query: Option<&str>) -> Response<Full<Bytes>> {
     response
 }
 
-fn unavailable(body: &'static str) -> Response<Full<Bytes>> {
+/// 503, with a `Retry-After` drawn from the configured range.
+fn unavailable(app: &App, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = text(StatusCode::SERVICE_UNAVAILABLE, body);
     response.headers_mut().insert(
         header::RETRY_AFTER,
-        HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        HeaderValue::from(app.retry_after.draw()),
     );
     response
 }

@@ -77,6 +77,7 @@ fn main() -> ExitCode {
             max_data_age: settings.max_data_age,
             connect_grace: settings.connect_grace,
             slot_lease: settings.slot_lease,
+            retry_after: settings.retry_after,
             drain_delay: settings.drain_delay,
             header_timeout: settings.header_timeout,
             admin_token: settings.admin_token.clone(),

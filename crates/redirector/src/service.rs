@@ -61,6 +61,8 @@ pub struct Options {
     pub connect_grace: Duration,
     /// How long slots leased from Redis may be handed out.
     pub slot_lease: Duration,
+    /// The range a 503's `Retry-After` is drawn from.
+    pub retry_after: crate::cli::RetryAfter,
     /// Time to keep answering after health turns NOT_SERVING.
     pub drain_delay: Duration,
     /// Time allowed for a request head.
@@ -175,6 +177,7 @@ pub async fn run(
         trusted: options.trusted,
         prefix: options.prefix,
         metrics: metrics.clone(),
+        retry_after: options.retry_after,
     });
 
     let (health_tx, health_rx) = oneshot::channel();

@@ -76,3 +76,27 @@ fn missing_mode_exits_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(text(&out.stderr).contains("--redis URL"));
 }
+
+#[test]
+fn flags_out_of_range_are_refused_with_the_flag_named() {
+    for (flag, value, says) in [
+        ("--retry-after", "20-5", "must not exceed"),
+        ("--retry-after", "0", "from 1 to 3600"),
+        ("--retry-after", "soon", "from 1 to 3600"),
+        ("--threads", "0", "--threads must be between 1 and 256"),
+        ("--slot-lease", "10ms", "--slot-lease must be between"),
+    ] {
+        let out = redirector(&[
+            "--check-config",
+            "--fleet",
+            EXAMPLE,
+            "--listen",
+            "127.0.0.1:8000",
+            flag,
+            value,
+        ]);
+        let stderr = text(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+    }
+}

@@ -261,3 +261,28 @@ async fn two_player_threads_both_answer_and_sigterm_drains_both() {
         .expect("exits within 10 s");
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn a_503_asks_players_to_come_back_after_a_random_wait_in_the_range() {
+    // No poller has published yet: every request gets 503.
+    let redis = RedisServer::start().await;
+    let redirector = Service::following(&redis, &["--retry-after", "3-7"]).await;
+    let client = client();
+    let mut waits = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let response = client.get(redirector.url("/s")).send().await.unwrap();
+        assert_eq!(response.status(), 503);
+        let wait: u32 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((3..=7).contains(&wait), "Retry-After {wait}");
+        waits.insert(wait);
+    }
+    println!("Retry-After values seen: {waits:?}");
+    assert!(
+        waits.len() >= 3,
+        "a crowd must not come back at once: {waits:?}"
+    );
+}
