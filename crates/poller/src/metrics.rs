@@ -46,6 +46,7 @@ pub struct PollerMetrics {
     server_drained: Family<ServerLabel, Gauge>,
     server_listeners: Family<ServerLabel, Gauge>,
     mount_live: Family<MountLabels, Gauge>,
+    mount_stalled: Family<MountLabels, Gauge>,
     mount_listeners: Family<MountLabels, Gauge>,
     mount_limit: Family<MountLabels, Gauge>,
     mount_free: Family<MountLabels, Gauge>,
@@ -71,6 +72,7 @@ impl PollerMetrics {
             server_drained: Family::default(),
             server_listeners: Family::default(),
             mount_live: Family::default(),
+            mount_stalled: Family::default(),
             mount_listeners: Family::default(),
             mount_limit: Family::default(),
             mount_free: Family::default(),
@@ -114,6 +116,11 @@ impl PollerMetrics {
             "icb_mount_live",
             "1 if a source feeds the mount",
             metrics.mount_live.clone(),
+        );
+        r.register(
+            "icb_mount_stalled",
+            "1 if a source is connected but its byte count has stopped (stall_after)",
+            metrics.mount_stalled.clone(),
         );
         r.register(
             "icb_mount_listeners",
@@ -210,6 +217,9 @@ impl PollerMetrics {
                 self.mount_live
                     .get_or_create(&labels)
                     .set(flag(mount.state() == MountState::Live));
+                self.mount_stalled
+                    .get_or_create(&labels)
+                    .set(flag(mount.state() == MountState::Stalled));
                 self.mount_listeners
                     .get_or_create(&labels)
                     .set(i64::from(mount.listeners));
