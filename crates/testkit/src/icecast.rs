@@ -157,12 +157,19 @@ impl IcecastServer {
         let mut last_failure = String::new();
         for _ in 0..PORT_ATTEMPTS {
             server.port = free_port();
-            match server.launch().await {
-                Ok(()) => {
-                    server.start_sources().await;
-                    return server;
+            // A server whose sources cannot reach it (seen rarely on a busy
+            // machine: started, then nothing listening) is started again on
+            // another port, like a port that was taken.
+            let started = match server.launch().await {
+                Ok(()) => server.try_start_sources().await,
+                Err(failure) => Err(failure),
+            };
+            match started {
+                Ok(()) => return server,
+                Err(failure) => {
+                    server.kill();
+                    last_failure = failure;
                 }
-                Err(failure) => last_failure = failure,
             }
         }
         panic!("icecast2 did not start after {PORT_ATTEMPTS} attempts: {last_failure}");
@@ -342,9 +349,18 @@ impl IcecastServer {
                 .get(format!("{}/status-json.xsl", self.base_url()))
                 .send()
                 .await
-                .is_ok();
-            if answered {
-                return Ok(());
+                .ok();
+            if let Some(response) = answered {
+                // Only our icecast2, still running, counts: not whatever
+                // else may answer on a port that was free a moment ago.
+                let ours = response
+                    .text()
+                    .await
+                    .is_ok_and(|body| body.contains("icestats"));
+                let running = self.process.as_mut().is_some_and(|p| p.exited().is_none());
+                if ours && running {
+                    return Ok(());
+                }
             }
             if Instant::now() > deadline {
                 let failure = format!(
@@ -359,6 +375,12 @@ impl IcecastServer {
     }
 
     async fn start_sources(&mut self) {
+        if let Err(failure) = self.try_start_sources().await {
+            panic!("{failure}");
+        }
+    }
+
+    async fn try_start_sources(&mut self) -> Result<(), String> {
         let live: Vec<MountSpec> = self
             .spec
             .mounts
@@ -370,16 +392,23 @@ impl IcecastServer {
             let source = self.spawn_source(mount);
             self.sources.push((mount.path.clone(), source));
         }
-        self.wait_live(&live).await;
+        self.try_wait_live(&live).await
     }
 
     /// Waits until every mount in `mounts` is listed, restarting sources that gave up.
     async fn wait_live(&mut self, mounts: &[MountSpec]) {
+        if let Err(failure) = self.try_wait_live(mounts).await {
+            panic!("{failure}");
+        }
+    }
+
+    /// Like [`IcecastServer::wait_live`], with the failure as a value.
+    async fn try_wait_live(&mut self, mounts: &[MountSpec]) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let listed = self.live_mounts().await;
             if mounts.iter().all(|m| listed.contains(&m.path)) {
-                return;
+                return Ok(());
             }
             for spec in mounts {
                 let exited = self
@@ -395,11 +424,11 @@ impl IcecastServer {
             }
             if Instant::now() > deadline {
                 let logs: String = self.sources.iter().map(|(_, s)| s.log_tail()).collect();
-                panic!(
+                return Err(format!(
                     "mounts not live within {START_TIMEOUT:?}: want {:?}, listed {listed:?}\nsources: {logs}\nicecast: {}",
                     mounts.iter().map(|m| &m.path).collect::<Vec<_>>(),
                     self.error_log_tail()
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
