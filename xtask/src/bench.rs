@@ -167,23 +167,15 @@ fn poller_case(servers: usize, mounts: usize, window: Duration) -> anyhow::Resul
     // Redis must own its port before the simulator binds 1,000 ephemeral ones.
     let (_redis, port, redis_pid) = start_redis()?;
     let fleet = dir.join("fleet.toml");
-    let _sim = Guard(
-        pinned(1, &release.join("icecast-sim").to_string_lossy())
-            .args([
-                "--servers",
-                &servers.to_string(),
-                "--mounts",
-                &mounts.to_string(),
-                "--interval",
-                "1s",
-                "--fleet",
-            ])
-            .arg(&fleet)
-            .stdout(Stdio::null())
-            .spawn()
-            .context("start icecast-sim")?,
-    );
-    wait_for(|| fleet.exists(), "icecast-sim to write the fleet")?;
+    let _sim = start_sim(
+        &fleet,
+        &[
+            "--servers",
+            &servers.to_string(),
+            "--mounts",
+            &mounts.to_string(),
+        ],
+    )?;
     let log = dir.join("poller.log");
     let poller = Guard(
         pinned(0, &release.join("icecast-poller").to_string_lossy())
@@ -412,34 +404,24 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
     )?;
     let dir = std::env::temp_dir().join(format!("xtask-bench-redirector-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
-    let release = workspace_root().join("target/release");
     let services = service_bin_dir();
     let (_redis, redis_port, redis_pid) = start_redis()?;
     let (fleet, geoip) = (dir.join("fleet.toml"), dir.join("city.mmdb"));
-    let _sim = Guard(
-        pinned(1, &release.join("icecast-sim").to_string_lossy())
-            .args([
-                "--servers",
-                "100",
-                "--mounts",
-                "5",
-                "--limit",
-                "1000000",
-                "--interval",
-                "1s",
-                "--fleet",
-            ])
-            .arg(&fleet)
-            .arg("--geoip")
-            .arg(&geoip)
-            .stdout(Stdio::null())
-            .spawn()
-            .context("start icecast-sim")?,
-    );
-    wait_for(
-        || fleet.exists() && geoip.exists(),
-        "icecast-sim to write the fleet",
+    let geoip_arg = geoip.to_string_lossy();
+    let _sim = start_sim(
+        &fleet,
+        &[
+            "--servers",
+            "100",
+            "--mounts",
+            "5",
+            "--limit",
+            "1000000",
+            "--geoip",
+            &geoip_arg,
+        ],
     )?;
+    wait_for(|| geoip.exists(), "icecast-sim to write the GeoIP database")?;
     let redis_url = format!("redis://127.0.0.1:{redis_port}/");
     let _poller = start_poller(&services, &fleet, &redis_url)?;
     let redirector_port = free_port()?;
@@ -495,6 +477,14 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
         results.push((mode, "nginx return 302", theirs));
     }
     let _ = fs::remove_dir_all(&dir);
+    // Every answer must be a redirect: a 503 costs less than a 302, so a run
+    // with any other answer compares nothing and is not recorded.
+    for (mode, server, runs) in &results {
+        let other: u64 = runs.iter().map(|r| r.non_3xx).sum();
+        if other > 0 {
+            bail!("{server} ({mode}) gave {other} answers other than 3xx: the run is invalid");
+        }
+    }
 
     let median = |runs: &[Run], f: fn(&Run) -> f64| {
         let mut values: Vec<f64> = runs.iter().map(f).collect();
@@ -640,6 +630,24 @@ fn service_bin_dir() -> std::path::PathBuf {
     std::env::var_os("ICB_BENCH_BIN_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target/release"))
+}
+
+/// `icecast-sim` on CPU 1 with `args`, polled every second, once it has
+/// written its fleet to `fleet` (removed first, so an old file cannot count).
+fn start_sim(fleet: &std::path::Path, args: &[&str]) -> anyhow::Result<Guard> {
+    let _ = fs::remove_file(fleet);
+    let program = workspace_root().join("target/release/icecast-sim");
+    let sim = Guard(
+        pinned(1, &program.to_string_lossy())
+            .args(args)
+            .args(["--interval", "1s", "--fleet"])
+            .arg(fleet)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start icecast-sim")?,
+    );
+    wait_for(|| fleet.exists(), "icecast-sim to write the fleet")?;
+    Ok(sim)
 }
 
 /// The poller under test on CPU 1, publishing `fleet` to Redis.
@@ -790,28 +798,19 @@ fn saturation_run(probes: u64) -> anyhow::Result<Saturation> {
     let services = service_bin_dir();
     let (_redis, redis_port, redis_pid) = start_redis()?;
     let fleet = dir.join("fleet.toml");
-    let _ = fs::remove_file(&fleet);
-    let _sim = Guard(
-        pinned(1, &release.join("icecast-sim").to_string_lossy())
-            .args([
-                "--servers",
-                &SAT_SERVERS.to_string(),
-                "--mounts",
-                "1",
-                "--limit",
-                &SAT_LIMIT.to_string(),
-                "--interval",
-                "1s",
-                "--players",
-                "on",
-                "--fleet",
-            ])
-            .arg(&fleet)
-            .stdout(Stdio::null())
-            .spawn()
-            .context("start icecast-sim")?,
-    );
-    wait_for(|| fleet.exists(), "icecast-sim to write the fleet")?;
+    let _sim = start_sim(
+        &fleet,
+        &[
+            "--servers",
+            &SAT_SERVERS.to_string(),
+            "--mounts",
+            "1",
+            "--limit",
+            &SAT_LIMIT.to_string(),
+            "--players",
+            "on",
+        ],
+    )?;
     let redis_url = format!("redis://127.0.0.1:{redis_port}/");
     let _poller = start_poller(&services, &fleet, &redis_url)?;
     let mut replicas = Vec::new();

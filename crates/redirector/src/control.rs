@@ -179,7 +179,8 @@ impl Control for RedirectorControl {
         let excluded = filtered
             .excluded
             .iter()
-            .map(|&(mount, why)| {
+            .map(|&(index, why)| {
+                let mount = &stream.mounts[index];
                 let server = &view.servers[mount.server];
                 let (reason, detail) = match why {
                     Exclusion::DeniedCountry => (
@@ -225,7 +226,7 @@ impl Control for RedirectorControl {
         let candidates = order
             .into_iter()
             .map(|i| {
-                let mount = filtered.accepted[i].0;
+                let mount = &stream.mounts[filtered.accepted[i].0];
                 let server = &view.servers[mount.server];
                 api::Candidate {
                     server: server.name.to_string(),

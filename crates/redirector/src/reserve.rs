@@ -34,13 +34,14 @@ const MIN_BATCH: u32 = 4;
 /// The largest batch asked for.
 const MAX_BATCH: u32 = 4096;
 
-/// What a mount's last poll said, for taking a slot.
-#[derive(Debug, Clone)]
-pub struct Observed {
+/// What a mount's last poll said, for taking a slot. Borrowed from the view,
+/// so a request copies nothing; a refill clones the names it sends.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
     /// The server's name.
-    pub server: Arc<str>,
+    pub server: &'a Arc<str>,
     /// The mount.
-    pub mount: Arc<str>,
+    pub mount: &'a Arc<str>,
     /// When the server was polled (ms since the epoch).
     pub observed_at_ms: i64,
     /// Free slots the poll saw.
@@ -65,10 +66,15 @@ pub struct Timings {
     pub grace: Duration,
     /// How long a lease may be used.
     pub lease: Duration,
-    /// How long the ledger keeps entries.
-    pub ttl: Duration,
     /// Polls older than this are not granted against (`--max-data-age`).
     pub max_age: Duration,
+}
+
+impl Timings {
+    /// How long the ledger keeps a lease: until no usable poll can count it.
+    pub fn ttl(&self) -> Duration {
+        balancer_store::reservation_ttl(self.lease, self.grace, self.max_age)
+    }
 }
 
 /// How many recent polls of a mount a pool remembers for the ledger.
@@ -144,7 +150,7 @@ impl PoolState {
     /// Remembers a poll, and forgets those older than `max_age_ms`. An older
     /// poll bounds grants only while the mount's limit is the same: after an
     /// operator lowers it, the old free slots are not there any more.
-    fn note_poll(&mut self, poll: &Observed, now_ms: i64, max_age_ms: i64) {
+    fn note_poll(&mut self, poll: &Observed<'_>, now_ms: i64, max_age_ms: i64) {
         if self
             .polls
             .back()
@@ -211,7 +217,7 @@ impl SlotPool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Slots leased and not yet handed out (for Explain and metrics).
+    /// Slots leased and not yet handed out.
     pub fn held(&self, now_ms: i64) -> u32 {
         let mut state = self.lock();
         state.drop_expired(now_ms);
@@ -294,7 +300,7 @@ impl Reservations {
     }
 
     /// Takes one slot of `mount` for a redirect; false if none can be had now.
-    pub async fn take(&self, pool: &Arc<SlotPool>, mount: &Observed, now_ms: i64) -> bool {
+    pub async fn take(&self, pool: &Arc<SlotPool>, mount: &Observed<'_>, now_ms: i64) -> bool {
         let granted = self.take_slot(pool, mount, now_ms).await;
         if let Some(metrics) = &self.metrics {
             metrics.reservation(granted);
@@ -302,7 +308,7 @@ impl Reservations {
         granted
     }
 
-    async fn take_slot(&self, pool: &Arc<SlotPool>, mount: &Observed, mut now_ms: i64) -> bool {
+    async fn take_slot(&self, pool: &Arc<SlotPool>, mount: &Observed<'_>, mut now_ms: i64) -> bool {
         for attempt in 0..2 {
             let (refill, wait) = {
                 let mut state = pool.lock();
@@ -360,7 +366,7 @@ impl Reservations {
         &self,
         pool: &Arc<SlotPool>,
         state: &mut PoolState,
-        mount: &Observed,
+        mount: &Observed<'_>,
         now_ms: i64,
     ) {
         if state.refill.is_some() || state.exhausted_for == Some(mount.observed_at_ms) {
@@ -385,7 +391,7 @@ impl Reservations {
         &self,
         pool: &Arc<SlotPool>,
         state: &mut PoolState,
-        mount: &Observed,
+        mount: &Observed<'_>,
         now_ms: i64,
     ) -> Option<Refill> {
         if self.redis_trouble(now_ms) {
@@ -414,7 +420,7 @@ impl Reservations {
             want,
             replicas: self.replicas.load(Ordering::Relaxed),
             lease: self.timings.lease,
-            ttl: self.timings.ttl,
+            ttl: self.timings.ttl(),
         };
         let refill = Refill {
             started_ms: now_ms,
@@ -530,15 +536,16 @@ mod tests {
     const TIMINGS: Timings = Timings {
         grace: Duration::from_secs(1),
         lease: Duration::from_secs(2),
-        ttl: Duration::from_secs(30),
         max_age: Duration::from_secs(10),
     };
     const T0: i64 = 1_800_000_000_000;
+    static SERVER: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("s"));
+    static MOUNT: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("/m"));
 
-    fn observed(at: i64, free: u32) -> Observed {
+    fn observed(at: i64, free: u32) -> Observed<'static> {
         Observed {
-            server: "s".into(),
-            mount: "/m".into(),
+            server: &SERVER,
+            mount: &MOUNT,
             observed_at_ms: at,
             free_slots: free,
             limit: Some(100),
@@ -572,7 +579,7 @@ mod tests {
         let poll = observed(T0, 1000);
         let takers: Vec<_> = (0..50)
             .map(|_| {
-                let (r, pool, poll) = (r.clone(), pool.clone(), poll.clone());
+                let (r, pool) = (r.clone(), pool.clone());
                 tokio::spawn(async move { r.take(&pool, &poll, T0 + 100).await })
             })
             .collect();

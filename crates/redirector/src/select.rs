@@ -42,14 +42,14 @@ pub enum Exclusion {
 }
 
 /// One pass over a stream's mounts for one player: the candidates ranking may
-/// choose from, and the others with the reason each was left out. Requests
-/// (whenever they cannot use the candidates prepared per snapshot) and
-/// `Explain` both come from it.
-pub struct Filtered<'v> {
+/// choose from, and the others with the reason each was left out, by index
+/// into the stream's mounts. Requests (whenever they cannot use the
+/// candidates prepared per snapshot) and `Explain` both come from it.
+pub struct Filtered {
     /// Mounts that may take the player, and what ranking needs of each.
-    pub accepted: Vec<(&'v MountView, Candidate)>,
+    pub accepted: Vec<(usize, Candidate)>,
     /// Mounts left out, and why.
-    pub excluded: Vec<(&'v MountView, Exclusion)>,
+    pub excluded: Vec<(usize, Exclusion)>,
 }
 
 /// The selection logic, shared by all connections.
@@ -72,20 +72,23 @@ impl Selector {
 
     /// Sorts the mounts of `stream` for `client` into candidates and exclusions.
     /// `skip` leaves out mounts already tried.
-    pub fn filter<'v>(
+    pub fn filter(
         &self,
-        view: &'v FleetView,
-        stream: &'v StreamView,
+        view: &FleetView,
+        stream: &StreamView,
         client: &Client,
         now_ms: i64,
-        skip: &dyn Fn(&MountView) -> bool,
-    ) -> Filtered<'v> {
+        skip: &dyn Fn(usize) -> bool,
+    ) -> Filtered {
         let licensed = stream.rule.permits(client.place.country);
         let mut filtered = Filtered {
             accepted: Vec::with_capacity(stream.mounts.len()),
             excluded: Vec::new(),
         };
-        for mount in stream.mounts.iter().filter(|m| !skip(m)) {
+        for (index, mount) in stream.mounts.iter().enumerate() {
+            if skip(index) {
+                continue;
+            }
             let server = &view.servers[mount.server];
             let reachable = if client.ipv6 {
                 server.ipv6
@@ -102,8 +105,8 @@ impl Selector {
                     .map(Exclusion::Unusable)
             };
             match why {
-                Some(why) => filtered.excluded.push((mount, why)),
-                None => filtered.accepted.push((mount, candidate(view, mount))),
+                Some(why) => filtered.excluded.push((index, why)),
+                None => filtered.accepted.push((index, candidate(view, mount))),
             }
         }
         filtered
@@ -182,17 +185,18 @@ impl Selector {
         now_ms: i64,
     ) -> Option<Decision> {
         let fresh = now_ms - stream.oldest_observation_ms <= self.max_age_ms;
-        let order: Vec<&MountView> = if fresh {
+        // Indices into the stream's mounts, best first.
+        let order = if fresh {
             // The usual case: no data is stale, the prepared candidates are exact.
             rank_top(client, &stream.candidates, &self.policy, rng, SPARES)
-                .into_iter()
-                .map(|i| &stream.mounts[i])
-                .collect()
         } else {
             self.ranked(view, stream, client, now_ms, rng, SPARES, &|_| false)
         };
-        if let Some(position) = self.first_taken(view, &order, reserve, now_ms).await {
-            return Some(answer(format, &order[position..]));
+        if let Some(position) = self
+            .first_taken(view, stream, &order, reserve, now_ms)
+            .await
+        {
+            return Some(answer(format, stream, &order[position..]));
         }
         if !reserve || stream.mounts.len() <= order.len() {
             return None;
@@ -200,56 +204,63 @@ impl Selector {
         // Every ranked mount was exhausted (a crowd above capacity): rank the
         // others that may still have slots, so that none is left unused.
         let tried = order;
-        let skip = |mount: &MountView| {
-            tried.iter().any(|t| std::ptr::eq(*t, mount))
+        let skip = |index: usize| {
+            let mount = &stream.mounts[index];
+            tried.contains(&index)
                 || mount
                     .slots
                     .exhausted(view.servers[mount.server].observed_at_ms, now_ms)
         };
         let order = self.ranked(view, stream, client, now_ms, rng, usize::MAX, &skip);
-        let position = self.first_taken(view, &order, reserve, now_ms).await?;
-        Some(answer(format, &order[position..]))
+        let position = self
+            .first_taken(view, stream, &order, reserve, now_ms)
+            .await?;
+        Some(answer(format, stream, &order[position..]))
     }
 
-    /// The first `k` mounts for `client`, from [`Selector::filter`].
+    /// The first `k` mounts for `client` (indices into the stream's mounts),
+    /// from [`Selector::filter`].
     #[allow(clippy::too_many_arguments)]
-    fn ranked<'v>(
+    fn ranked(
         &self,
-        view: &'v FleetView,
-        stream: &'v StreamView,
+        view: &FleetView,
+        stream: &StreamView,
         client: &Client,
         now_ms: i64,
         rng: &mut fastrand::Rng,
         k: usize,
-        skip: &dyn Fn(&MountView) -> bool,
-    ) -> Vec<&'v MountView> {
+        skip: &dyn Fn(usize) -> bool,
+    ) -> Vec<usize> {
         let filtered = self.filter(view, stream, client, now_ms, skip);
         let candidates: Vec<Candidate> = filtered.accepted.iter().map(|(_, c)| *c).collect();
-        rank_top(
+        let mut order = rank_top(
             client,
             &candidates,
             &self.policy,
             rng,
             k.min(candidates.len()),
-        )
-        .into_iter()
-        .map(|i| filtered.accepted[i].0)
-        .collect()
+        );
+        for position in &mut order {
+            *position = filtered.accepted[*position].0;
+        }
+        order
     }
 
-    /// The position of the first mount of `order` that gives a slot (the
+    /// The position in `order` of the first mount that gives a slot (the
     /// first one, when no slot is taken).
     async fn first_taken(
         &self,
         view: &FleetView,
-        order: &[&MountView],
+        stream: &StreamView,
+        order: &[usize],
         reserve: bool,
         now_ms: i64,
     ) -> Option<usize> {
         if !reserve {
             return (!order.is_empty()).then_some(0);
         }
-        for (position, mount) in order.iter().enumerate() {
+        for (position, &index) in order.iter().enumerate() {
+            let mount = &stream.mounts[index];
             let observed = mount.observed(&view.servers[mount.server]);
             if self
                 .reservations
@@ -263,11 +274,12 @@ impl Selector {
     }
 }
 
-/// A redirect to the first mount, or a playlist of them all, best first.
-fn answer(format: Format, mounts: &[&MountView]) -> Decision {
+/// A redirect to the first mount of `order`, or a playlist of the first few, best first.
+fn answer(format: Format, stream: &StreamView, order: &[usize]) -> Decision {
+    let url = |&index: &usize| stream.mounts[index].url.clone();
     match format {
-        Format::Redirect => Decision::Redirect(mounts[0].url.clone()),
-        _ => Decision::Playlist(mounts.iter().take(SPARES).map(|m| m.url.clone()).collect()),
+        Format::Redirect => Decision::Redirect(url(&order[0])),
+        _ => Decision::Playlist(order.iter().take(SPARES).map(url).collect()),
     }
 }
 

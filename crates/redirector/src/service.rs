@@ -91,11 +91,6 @@ pub async fn run(
     let timings = Timings {
         grace: options.connect_grace,
         lease: options.slot_lease,
-        ttl: balancer_store::reservation_ttl(
-            options.slot_lease,
-            options.connect_grace,
-            options.max_data_age,
-        ),
         max_age: options.max_data_age,
     };
     let mut registry = prometheus_client::registry::Registry::default();

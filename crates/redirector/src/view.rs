@@ -256,10 +256,10 @@ impl MountView {
     }
 
     /// What reservation needs to know of the mount's last poll.
-    pub fn observed(&self, server: &ServerView) -> Observed {
+    pub fn observed<'a>(&'a self, server: &'a ServerView) -> Observed<'a> {
         Observed {
-            server: server.name.clone(),
-            mount: self.mount.clone(),
+            server: &server.name,
+            mount: &self.mount,
             observed_at_ms: server.observed_at_ms,
             free_slots: self.free_slots,
             limit: self.limit,

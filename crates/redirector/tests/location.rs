@@ -115,7 +115,6 @@ async fn location_only_ever_points_into_the_fleet() {
         let reservations = Arc::new(Reservations::alone(Timings {
             grace: Duration::from_secs(1),
             lease: Duration::from_secs(1),
-            ttl: Duration::from_secs(10),
             max_age: Duration::from_secs(10),
         }));
         let geo = Arc::new(GeoDb::disabled());

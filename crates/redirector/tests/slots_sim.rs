@@ -177,7 +177,6 @@ async fn simulate(seed: u64) -> Stats {
     let timings = Timings {
         grace: GRACE,
         lease: LEASE,
-        ttl: balancer_store::reservation_ttl(LEASE, GRACE, Duration::from_millis(4000)),
         max_age: Duration::from_millis(u64::try_from(MAX_AGE_MS).unwrap()),
     };
     let new_replica = move |store: &SimStore| {
@@ -340,9 +339,10 @@ async fn simulate(seed: u64) -> Stats {
                 let now = now_ms(start);
                 // The selector's staleness rule.
                 let usable = now - observed_at <= MAX_AGE_MS && free > 0;
+                let (server, mount_path): (Arc<str>, Arc<str>) = ("s".into(), "/m".into());
                 let observed = Observed {
-                    server: "s".into(),
-                    mount: "/m".into(),
+                    server: &server,
+                    mount: &mount_path,
                     observed_at_ms: observed_at,
                     free_slots: free,
                     limit: Some(limit),

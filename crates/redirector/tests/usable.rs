@@ -94,7 +94,6 @@ async fn players_only_go_to_mounts_that_can_take_them() {
         let reservations = Arc::new(Reservations::alone(Timings {
             grace: Duration::from_secs(1),
             lease: Duration::from_secs(1),
-            ttl: Duration::from_secs(10),
             max_age: Duration::from_secs(10),
         }));
         let geo = Arc::new(GeoDb::disabled());

@@ -160,14 +160,12 @@ pub fn build_snapshot(
                 .iter()
                 .filter_map(|m| {
                     let server = fleet.server(&m.server)?;
-                    let health = health_of(&server.name);
-                    let mut mount = wire_mount(m, server, health);
-                    if mount.state() == MountState::Live
-                        && health.stalled(&m.mount, fleet.poller.stall_after)
-                    {
-                        mount.state = MountState::Stalled.into();
-                    }
-                    Some(mount)
+                    Some(wire_mount(
+                        m,
+                        server,
+                        health_of(&server.name),
+                        fleet.poller.stall_after,
+                    ))
                 })
                 .collect(),
             fallback: stream.fallback.clone().unwrap_or_default(),
@@ -220,7 +218,12 @@ fn server_listeners(report: &StatusReport) -> u32 {
         .unwrap_or_else(|| report.mounts.iter().filter_map(|m| m.listeners).sum())
 }
 
-fn wire_mount(mount: &MountRef, server: &Server, health: &ServerHealth) -> wire::Mount {
+fn wire_mount(
+    mount: &MountRef,
+    server: &Server,
+    health: &ServerHealth,
+    stall_after: std::time::Duration,
+) -> wire::Mount {
     let mut out = wire::Mount {
         server: server.name.clone(),
         mount: mount.mount.clone(),
@@ -239,7 +242,12 @@ fn wire_mount(mount: &MountRef, server: &Server, health: &ServerHealth) -> wire:
         out.state = MountState::NoSource.into();
         return out;
     };
-    out.state = MountState::Live.into();
+    out.state = if health.stalled(&mount.mount, stall_after) {
+        MountState::Stalled
+    } else {
+        MountState::Live
+    }
+    .into();
     out.listeners = reported.listeners.unwrap_or(0);
     let capacity = mount_capacity(
         reported,

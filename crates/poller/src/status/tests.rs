@@ -275,3 +275,18 @@ fn counts_as_icecast_prints_them() {
     );
     assert_eq!(ReportedLimit::from_text("NaN"), ReportedLimit::Unknown);
 }
+
+#[test]
+fn a_byte_count_that_is_not_a_number_is_ignored_not_fatal() {
+    let odd = ADMIN_ONE.replace(
+        "<total_bytes_read>0</total_bytes_read>",
+        "<total_bytes_read>lots</total_bytes_read>",
+    );
+    assert_ne!(odd, ADMIN_ONE, "the fixture has the field");
+    let report = parse_admin_stats(&odd).unwrap();
+    // The mount is still reported; without a count it can never look stalled.
+    assert_eq!(
+        report.mounts,
+        [mount("/hq.ogg", Some(0), ReportedLimit::Count(5), None)]
+    );
+}

@@ -16,6 +16,16 @@ fn store(redis: &RedisServer) -> RedisStore {
     RedisStore::new(&redis.url(), Keys::default(), TIMEOUT).unwrap()
 }
 
+/// Takes the lease as poller "p" and publishes a first snapshot, as a poller
+/// does on a new deployment (which also marks the slot ledger complete).
+async fn first_publication(store: &RedisStore) {
+    assert!(store.hold_lease("p", Duration::from_secs(5)).await.unwrap());
+    store
+        .publish_snapshot("p", &mut snapshot(), Duration::from_secs(30), 0)
+        .await
+        .unwrap();
+}
+
 fn snapshot() -> Snapshot {
     Snapshot {
         servers: vec![Server {
@@ -123,11 +133,7 @@ async fn snapshots_are_versioned_fenced_and_expire() {
 async fn every_key_written_is_bounded() {
     let redis = RedisServer::start().await;
     let store = store(&redis);
-    assert!(store.hold_lease("p", Duration::from_secs(5)).await.unwrap());
-    store
-        .publish_snapshot("p", &mut snapshot(), Duration::from_secs(30), 0)
-        .await
-        .unwrap();
+    first_publication(&store).await;
     store.set_drained("a", true).await.unwrap();
     store.set_drained("gone", true).await.unwrap();
     store
@@ -193,10 +199,7 @@ async fn reservations_never_exceed_what_the_poll_saw() {
     let redis = RedisServer::start().await;
     let (a, b) = (store(&redis), store(&redis));
     // A new deployment: the poller's first publication says there is no history to lose.
-    assert!(a.hold_lease("p", Duration::from_secs(5)).await.unwrap());
-    a.publish_snapshot("p", &mut snapshot(), Duration::from_secs(30), 0)
-        .await
-        .unwrap();
+    first_publication(&a).await;
     let granted = |store: &RedisStore, r: ReserveRequest| {
         let store = store.clone();
         async move { store.reserve(&r).await.unwrap().granted }
@@ -249,11 +252,7 @@ async fn reservations_never_exceed_what_the_poll_saw() {
 async fn the_script_and_the_in_process_ledger_agree() {
     let redis = RedisServer::start().await;
     let store = store(&redis);
-    assert!(store.hold_lease("p", Duration::from_secs(5)).await.unwrap());
-    store
-        .publish_snapshot("p", &mut snapshot(), Duration::from_secs(30), 0)
-        .await
-        .unwrap();
+    first_publication(&store).await;
     let mut ledger = SlotLedger::lost();
     ledger.mark_history_since(0);
     let mut rng = fastrand::Rng::with_seed(12);

@@ -167,6 +167,10 @@ const PLACES: [(&str, f64, f64); 8] = [
     ("NL", 52.37, 4.90),
 ];
 
+/// When the simulator started.
+static STARTED: std::sync::LazyLock<std::time::Instant> =
+    std::sync::LazyLock::new(std::time::Instant::now);
+
 /// The mounts of one simulated server.
 #[derive(Clone)]
 struct Mounts {
@@ -264,6 +268,9 @@ fn find_head_end(bytes: &[u8]) -> Option<usize> {
 
 /// An /admin/stats document shaped like Icecast 2.4's, with drifting counts.
 fn stats(mounts: &Mounts, server: usize, count: u64) -> String {
+    // A live source: its byte count grows, in Icecast's 5 s steps (4 KB/s),
+    // so the poller never takes the simulated sources for stalled ones.
+    let bytes_read = STARTED.elapsed().as_secs() / 5 * 5 * 4000;
     let mut body = String::from(
         "<?xml version=\"1.0\"?>\n<icestats><admin>sim@localhost</admin><host>127.0.0.1</host><server_id>Icecast 2.4.4</server_id>",
     );
@@ -281,7 +288,7 @@ fn stats(mounts: &Mounts, server: usize, count: u64) -> String {
             "<source mount=\"/m{mount}.ogg\"><genre>various</genre><listener_peak>90</listener_peak><listeners>{listeners}</listeners>\
              <listenurl>http://127.0.0.1/m{mount}.ogg</listenurl><max_listeners>{limit}</max_listeners><public>0</public>\
              <server_name>Simulated</server_name><server_type>application/ogg</server_type><slow_listeners>0</slow_listeners>\
-             <source_ip>127.0.0.1</source_ip><total_bytes_read>0</total_bytes_read><total_bytes_sent>0</total_bytes_sent></source>"
+             <source_ip>127.0.0.1</source_ip><total_bytes_read>{bytes_read}</total_bytes_read><total_bytes_sent>0</total_bytes_sent></source>"
         );
     }
     let _ = write!(
