@@ -68,6 +68,9 @@ enum Cmd {
         stream: String,
         /// Client IP address.
         ip: String,
+        /// The scheme the player used: http, or https (arrived through a TLS terminator).
+        #[arg(long, default_value = "http", value_parser = ["http", "https"])]
+        scheme: String,
     },
     /// Print a shell completion script, e.g. `balancerctl completions bash > /etc/bash_completion.d/balancerctl`.
     Completions {
@@ -191,10 +194,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 r.reloaded.join("\n")
             }
         }
-        Cmd::Explain { stream, ip } => {
+        Cmd::Explain { stream, ip, scheme } => {
             let request = ExplainRequest {
                 stream,
                 client_ip: ip,
+                scheme,
             };
             let r = client.explain(request).await.map_err(failed("Explain"))?;
             render::explain(r.get_ref(), as_json)

@@ -166,6 +166,8 @@ fn exclusion(reason: i32) -> &'static str {
         api::ExclusionReason::Stale => "stale data",
         api::ExclusionReason::DeniedCountry => "country not licensed",
         api::ExclusionReason::AddressFamily => "wrong IP version",
+        api::ExclusionReason::Scheme => "no URL in the player's scheme",
+        api::ExclusionReason::Headroom => "only headroom left",
         api::ExclusionReason::Unspecified => "unknown",
     }
 }

@@ -51,6 +51,10 @@ pub const DEFAULT_FALL: u32 = 3;
 pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(15);
 /// The shortest accepted `stall_after`.
 pub const MIN_STALL_AFTER: Duration = Duration::from_secs(11);
+/// Default time between two canaries of the same server.
+pub const DEFAULT_CANARY_INTERVAL: Duration = Duration::from_secs(30);
+/// How many bytes of audio a canary must read for the public URL to count as playing.
+pub const CANARY_BYTES: usize = 4096;
 /// Default operator weight of a server.
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// Largest accepted operator weight.
@@ -68,7 +72,7 @@ pub struct Fleet {
 }
 
 /// The `[poller]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollerSettings {
     /// Time between two polls of a server; never zero.
     pub interval: Duration,
@@ -81,6 +85,21 @@ pub struct PollerSettings {
     /// A mount whose source's `total_bytes_read` (from `/admin/stats`) has not
     /// grown for this long is not live, although Icecast still lists it.
     pub stall_after: Duration,
+    /// How often each server's public URLs are opened as a player would
+    /// (spread over the interval); `None` when canaries are off.
+    pub canary_interval: Option<Duration>,
+    /// Extra certificate authorities the poller trusts for https, besides the
+    /// system's (a private CA in front of Icecast).
+    pub ca: Option<CaBundle>,
+}
+
+/// PEM certificates read from the fleet file's `ca_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    /// Where they were read from (relative paths are taken from the fleet file's folder).
+    pub path: std::path::PathBuf,
+    /// The file's content: one or more `BEGIN CERTIFICATE` blocks.
+    pub pem: Vec<u8>,
 }
 
 /// One Icecast server (`[[server]]`).
@@ -90,8 +109,20 @@ pub struct Server {
     pub name: String,
     /// Where the poller reads status (http or https, no trailing slash).
     pub url: Url,
-    /// Where players are sent (http or https, no trailing slash); defaults to `url`.
+    /// Where players are sent (no trailing slash): the first of `public_urls`,
+    /// for logs and for locating the server.
     pub public_url: Url,
+    /// Where players are sent, per scheme; at least one is set (`url` when
+    /// the file gives no `public_url`).
+    pub public_urls: PublicUrls,
+    /// Whether a player may be sent to the other scheme when the server has
+    /// no public URL in the player's own.
+    pub cross_scheme: bool,
+    /// Slots of each mount kept free until every server of the stream is at
+    /// its soft limit (limit minus headroom).
+    pub headroom: Headroom,
+    /// Whether the poller opens this server's public URLs as a player would.
+    pub canary: bool,
     /// Which status document the poller reads.
     pub status: StatusSource,
     /// Credentials for `/admin/stats`; always present when `status` is `Admin`.
@@ -104,6 +135,49 @@ pub struct Server {
     pub weight: u32,
     /// Optional cap on listeners across all mounts of this server.
     pub max_listeners: Option<u32>,
+}
+
+/// A server's public base URLs, at most one per scheme.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublicUrls {
+    /// For players that arrived over http.
+    pub http: Option<Url>,
+    /// For players that arrived over https.
+    pub https: Option<Url>,
+}
+
+impl PublicUrls {
+    /// The URLs that are set, http first.
+    pub fn iter(&self) -> impl Iterator<Item = &Url> {
+        self.http.iter().chain(self.https.iter())
+    }
+}
+
+/// Listener slots kept free in normal operation, so that the other servers
+/// can take the listeners of one that fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Headroom {
+    /// None: the default.
+    #[default]
+    None,
+    /// This many slots of each mount.
+    Slots(u32),
+    /// This share of each mount's limit, in percent (1 to 99), rounded up.
+    Percent(u32),
+}
+
+impl Headroom {
+    /// The slots kept free on a mount whose limit is `limit` (`None`: unlimited).
+    pub fn slots(self, limit: Option<u32>) -> u32 {
+        match (self, limit) {
+            (Headroom::None, _) | (Headroom::Percent(_), None) => 0,
+            (Headroom::Slots(n), None) => n,
+            (Headroom::Slots(n), Some(limit)) => n.min(limit),
+            (Headroom::Percent(p), Some(limit)) => {
+                u32::try_from((u64::from(limit) * u64::from(p)).div_ceil(100)).unwrap_or(limit)
+            }
+        }
+    }
 }
 
 /// How the poller learns a server's load.

@@ -23,6 +23,8 @@ pub(crate) struct RawPoller {
     pub(crate) rise: Option<Spanned<u32>>,
     pub(crate) fall: Option<Spanned<u32>>,
     pub(crate) stall_after: Option<Spanned<String>>,
+    pub(crate) canary_interval: Option<Spanned<String>>,
+    pub(crate) ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -30,7 +32,10 @@ pub(crate) struct RawPoller {
 pub(crate) struct RawServer {
     pub(crate) name: Spanned<String>,
     pub(crate) url: Spanned<String>,
-    pub(crate) public_url: Option<Spanned<String>>,
+    pub(crate) public_url: Option<Spanned<RawUrls>>,
+    pub(crate) cross_scheme: Option<bool>,
+    pub(crate) headroom: Option<Spanned<RawLimit>>,
+    pub(crate) canary: Option<bool>,
     pub(crate) status: Option<Spanned<RawStatus>>,
     pub(crate) admin_user: Option<String>,
     pub(crate) admin_password: Option<Spanned<String>>,
@@ -67,7 +72,15 @@ pub(crate) struct RawMount {
     pub(crate) max_listeners: Option<Spanned<RawLimit>>,
 }
 
-/// A listener limit as written: a positive number or the word `unlimited`.
+/// `public_url` as written: one URL, or one per scheme.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A listener limit (or headroom) as written: a number, or a word: `unlimited`, `10%`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum RawLimit {

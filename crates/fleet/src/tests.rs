@@ -83,6 +83,71 @@ fn valid_file_resolves_everything() {
 }
 
 #[test]
+fn public_urls_headroom_canary_and_tls() {
+    let text = VALID
+        .replace(
+            "url = \"http://10.0.0.2\"",
+            "url = \"https://10.0.0.2\"\npublic_url = [\"https://b.example\", \"http://b.example:8000\"]\ncross_scheme = false\nheadroom = \"10%\"\ncanary = false",
+        )
+        .replace("timeout = \"2s\"", "timeout = \"2s\"\ncanary_interval = \"off\"");
+    let fleet = check(&text).expect("valid");
+    assert_eq!(fleet.poller.canary_interval, None);
+    let b = fleet.server("b").expect("b");
+    assert_eq!(b.url.scheme(), "https", "https polling is accepted");
+    assert_eq!(
+        b.public_url.as_str(),
+        "https://b.example/",
+        "the first listed"
+    );
+    assert_eq!(
+        b.public_urls.http.as_ref().map(|u| u.as_str()),
+        Some("http://b.example:8000/")
+    );
+    assert_eq!(
+        b.public_urls.https.as_ref().map(|u| u.as_str()),
+        Some("https://b.example/")
+    );
+    assert!(!b.cross_scheme && !b.canary);
+    assert_eq!(b.headroom, crate::Headroom::Percent(10));
+    assert_eq!(b.headroom.slots(Some(95)), 10, "rounded up");
+    assert_eq!(b.headroom.slots(None), 0);
+    // The defaults: one public URL per server, crossing allowed, canaries every 30 s.
+    let fleet = check(VALID).expect("valid");
+    let a = fleet.server("a").expect("a");
+    assert_eq!(a.public_urls.http, None);
+    assert!(a.cross_scheme && a.canary);
+    assert_eq!(a.headroom, crate::Headroom::None);
+    assert_eq!(fleet.poller.canary_interval, Some(Duration::from_secs(30)));
+    assert_eq!(crate::Headroom::Slots(500).slots(Some(200)), 200);
+}
+
+#[test]
+fn ca_file_is_read_relative_to_the_fleet_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("junk.pem"), "not a certificate").expect("write");
+    let with = |file: &str| {
+        VALID.replace(
+            "timeout = \"2s\"",
+            &format!("timeout = \"2s\"\nca_file = \"{file}\""),
+        )
+    };
+    let fleet = parse(&with("ca.pem"), &dir.path().join("fleet.toml"), &env).expect("valid");
+    let ca = fleet.poller.ca.expect("ca");
+    assert_eq!(ca.path, dir.path().join("ca.pem"));
+    let error = parse(&with("junk.pem"), &dir.path().join("fleet.toml"), &env).expect_err("junk");
+    assert_eq!(error.field(), Some("poller.ca_file"));
+    assert!(
+        error.to_string().contains("holds no PEM certificate"),
+        "{error}"
+    );
+}
+
+#[test]
 fn secrets_never_print() {
     let fleet = check(VALID).expect("valid");
     let shown = format!("{fleet:?}");
@@ -151,10 +216,46 @@ fn mistakes_name_line_and_field() {
             "not a valid name",
         ),
         (
-            "url = \"http://10.0.0.2\"",
-            "url = \"https://10.0.0.2\"",
-            "server[1].url",
-            "not supported yet",
+            "status = \"json\"",
+            "public_url = [\"http://b\", \"http://c\"]\nstatus = \"json\"",
+            "server[1].public_url[1]",
+            "a second http URL",
+        ),
+        (
+            "status = \"json\"",
+            "public_url = [\"http://b\", \"gopher://c\"]\nstatus = \"json\"",
+            "server[1].public_url[1]",
+            "use http or https",
+        ),
+        (
+            "status = \"json\"",
+            "public_url = []\nstatus = \"json\"",
+            "server[1].public_url",
+            "the list is empty",
+        ),
+        (
+            "status = \"json\"",
+            "headroom = \"100%\"\nstatus = \"json\"",
+            "server[1].headroom",
+            "from 1% to 99%",
+        ),
+        (
+            "status = \"json\"",
+            "headroom = -3\nstatus = \"json\"",
+            "server[1].headroom",
+            "not a headroom",
+        ),
+        (
+            "timeout = \"2s\"",
+            "canary_interval = \"never\"\ntimeout = \"2s\"",
+            "poller.canary_interval",
+            "not a duration",
+        ),
+        (
+            "timeout = \"2s\"",
+            "ca_file = \"no-such-ca.pem\"\ntimeout = \"2s\"",
+            "poller.ca_file",
+            "cannot read",
         ),
         (
             "url = \"http://10.0.0.2\"",

@@ -7,11 +7,14 @@ use toml::Spanned;
 use url::Url;
 
 use crate::error::{ConfigError, Source};
-use crate::raw::{RawFleet, RawLimit, RawMount, RawPoller, RawServer, RawStatus, RawStream};
+use crate::raw::{
+    RawFleet, RawLimit, RawMount, RawPoller, RawServer, RawStatus, RawStream, RawUrls,
+};
 use crate::{
-    AdminCredentials, Code, CountryRule, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE,
-    DEFAULT_STALL_AFTER, DEFAULT_TIMEOUT, DEFAULT_WEIGHT, Fleet, ListenerLimit, MAX_WEIGHT,
-    MIN_STALL_AFTER, MountRef, PollerSettings, Secret, Server, StatusSource, Stream,
+    AdminCredentials, CaBundle, Code, CountryRule, DEFAULT_CANARY_INTERVAL, DEFAULT_FALL,
+    DEFAULT_INTERVAL, DEFAULT_RISE, DEFAULT_STALL_AFTER, DEFAULT_TIMEOUT, DEFAULT_WEIGHT, Fleet,
+    Headroom, ListenerLimit, MAX_WEIGHT, MIN_STALL_AFTER, MountRef, PollerSettings, PublicUrls,
+    Secret, Server, StatusSource, Stream,
 };
 
 /// File extensions the redirector answers with a playlist; a stream name must not end in one.
@@ -99,7 +102,43 @@ fn poller(source: &Source<'_>, raw: RawPoller) -> Result<PollerSettings, ConfigE
         rise: count(raw.rise, "poller.rise", DEFAULT_RISE)?,
         fall: count(raw.fall, "poller.fall", DEFAULT_FALL)?,
         stall_after,
+        canary_interval: match &raw.canary_interval {
+            Some(v) if v.get_ref() == "off" => None,
+            Some(v) => Some(duration(source, v, "poller.canary_interval")?),
+            None => Some(DEFAULT_CANARY_INTERVAL),
+        },
+        ca: match &raw.ca_file {
+            Some(v) => Some(ca_bundle(source, v)?),
+            None => None,
+        },
     })
+}
+
+/// Reads `ca_file`, relative to the fleet file's folder, and checks that it holds certificates.
+fn ca_bundle(source: &Source<'_>, value: &Spanned<String>) -> Result<CaBundle, ConfigError> {
+    let path = source
+        .file
+        .parent()
+        .unwrap_or(std::path::Path::new(""))
+        .join(value.get_ref());
+    let pem = std::fs::read(&path).map_err(|e| {
+        source.error(
+            value.span(),
+            "poller.ca_file",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(source.error(
+            value.span(),
+            "poller.ca_file",
+            format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(CaBundle { path, pem })
 }
 
 fn duration(
@@ -137,19 +176,13 @@ fn servers(
         let field = |name: &str| format!("server[{i}].{name}");
         let name = name(source, &raw.name, &field("name"), &mut seen, "server")?;
         let url = http_url(source, &raw.url, &field("url"))?;
-        if url.scheme() == "https" {
-            // The poller's HTTP client is built without TLS for now; refuse
-            // rather than show the server as down for ever.
-            return Err(source.error(
-                raw.url.span(),
-                field("url"),
-                "polling over https is not supported yet: poll Icecast over http on a private \
-                 network (public_url may be https)",
-            ));
-        }
-        let public_url = match &raw.public_url {
-            Some(v) => http_url(source, v, &field("public_url"))?,
-            None => url.clone(),
+        let (public_url, public_urls) = public_urls(source, raw.public_url.as_ref(), &url, i)?;
+        // With a URL for each scheme there is never a reason to cross; with
+        // one, players of the other scheme go there unless the file says no.
+        let cross_scheme = raw.cross_scheme.unwrap_or(true);
+        let headroom = match &raw.headroom {
+            Some(v) => headroom(source, v, &field("headroom"))?,
+            None => Headroom::None,
         };
         let status = match raw.status.as_ref().map(|s| *s.get_ref()) {
             None | Some(RawStatus::Admin) => StatusSource::Admin,
@@ -191,6 +224,10 @@ fn servers(
             name,
             url,
             public_url,
+            public_urls,
+            cross_scheme,
+            headroom,
+            canary: raw.canary.unwrap_or(true),
             status,
             admin,
             location: raw.location,
@@ -257,6 +294,85 @@ fn http_url(source: &Source<'_>, value: &Spanned<String>, field: &str) -> Result
     let path = url.path().trim_end_matches('/').to_owned();
     url.set_path(&path);
     Ok(url)
+}
+
+/// `public_url`: one URL, or a list with at most one per scheme; `url` when absent.
+fn public_urls(
+    source: &Source<'_>,
+    raw: Option<&Spanned<RawUrls>>,
+    url: &Url,
+    i: usize,
+) -> Result<(Url, PublicUrls), ConfigError> {
+    let field = format!("server[{i}].public_url");
+    let Some(raw) = raw else {
+        return Ok((url.clone(), PublicUrls::default().with(url.clone())));
+    };
+    let spanned = |text: &str| Spanned::new(raw.span(), text.to_owned());
+    let listed: Vec<Url> = match raw.get_ref() {
+        RawUrls::One(text) => vec![http_url(source, &spanned(text), &field)?],
+        RawUrls::Many(list) => list
+            .iter()
+            .enumerate()
+            .map(|(j, text)| http_url(source, &spanned(text), &format!("{field}[{j}]")))
+            .collect::<Result<_, _>>()?,
+    };
+    let mut urls = PublicUrls::default();
+    for (j, url) in listed.iter().enumerate() {
+        let slot = if url.scheme() == "https" {
+            &mut urls.https
+        } else {
+            &mut urls.http
+        };
+        if slot.is_some() {
+            return Err(source.error(
+                raw.span(),
+                format!("{field}[{j}]"),
+                format!("a second {} URL: list at most one per scheme", url.scheme()),
+            ));
+        }
+        *slot = Some(url.clone());
+    }
+    match listed.into_iter().next() {
+        Some(first) => Ok((first, urls)),
+        None => Err(source.error(raw.span(), field, "the list is empty")),
+    }
+}
+
+impl PublicUrls {
+    fn with(mut self, url: Url) -> Self {
+        if url.scheme() == "https" {
+            self.https = Some(url);
+        } else {
+            self.http = Some(url);
+        }
+        self
+    }
+}
+
+/// `headroom`: a number of slots, or a percentage of each mount's limit.
+fn headroom(
+    source: &Source<'_>,
+    value: &Spanned<RawLimit>,
+    field: &str,
+) -> Result<Headroom, ConfigError> {
+    let bad = || {
+        source.error(
+            value.span(),
+            field,
+            format!(
+                "{:?} is not a headroom: write a number of slots or a percentage from 1% to 99%",
+                value.get_ref()
+            ),
+        )
+    };
+    match value.get_ref() {
+        RawLimit::Number(0) => Ok(Headroom::None),
+        RawLimit::Number(n) => u32::try_from(*n).map(Headroom::Slots).map_err(|_| bad()),
+        RawLimit::Word(w) => match w.strip_suffix('%').map(|p| p.trim().parse::<u32>()) {
+            Some(Ok(p)) if (1..=99).contains(&p) => Ok(Headroom::Percent(p)),
+            _ => Err(bad()),
+        },
+    }
 }
 
 fn admin_credentials(

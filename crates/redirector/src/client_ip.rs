@@ -1,5 +1,7 @@
 //! The player's address: the socket peer, unless the peer is a trusted proxy,
 //! then the forwarding headers read from the right, skipping trusted hops.
+//! And the scheme the player used: http (the player port has no TLS), unless
+//! a trusted proxy says otherwise.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -8,6 +10,73 @@ use hyper::header::{FORWARDED, HeaderName};
 use ipnet::IpNet;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The scheme a player used to reach the balancer, which is the scheme its
+/// redirect should keep: Android's ExoPlayer and iOS's AVPlayer do not follow
+/// a redirect from one scheme to the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Plain http.
+    Http,
+    /// http over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// Both, http first.
+    pub const ALL: [Scheme; 2] = [Scheme::Http, Scheme::Https];
+
+    /// `http` or `https`, case-insensitively; anything else is `None`.
+    pub fn parse(text: &str) -> Option<Scheme> {
+        let text = text.trim().trim_matches('"');
+        if text.eq_ignore_ascii_case("https") {
+            Some(Scheme::Https)
+        } else if text.eq_ignore_ascii_case("http") {
+            Some(Scheme::Http)
+        } else {
+            None
+        }
+    }
+
+    /// Its position in per-scheme arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The other scheme.
+    pub fn other(self) -> Scheme {
+        match self {
+            Scheme::Http => Scheme::Https,
+            Scheme::Https => Scheme::Http,
+        }
+    }
+}
+
+/// The scheme the player used. The player port speaks plain http, so that is
+/// the answer unless the peer is a trusted proxy (a TLS terminator) that says
+/// `proto=https` in `Forwarded` or `X-Forwarded-Proto: https`. The first
+/// (outermost) value counts: it is the scheme the player itself connected
+/// with. A value we do not know is ignored.
+pub fn client_scheme(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> Scheme {
+    if !trusted.contains(canonical(peer)) {
+        return Scheme::Http;
+    }
+    let values = |name: &HeaderName| headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = if headers.contains_key(FORWARDED) {
+        values(&FORWARDED)
+            .flat_map(|v| v.split(','))
+            .find_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    key.trim().eq_ignore_ascii_case("proto").then_some(value)
+                })
+            })
+    } else {
+        values(&X_FORWARDED_PROTO).flat_map(|v| v.split(',')).next()
+    };
+    first.and_then(Scheme::parse).unwrap_or(Scheme::Http)
+}
 
 /// Proxies whose forwarding headers are believed (`--trusted-proxy`).
 #[derive(Debug, Clone, Default)]
@@ -207,5 +276,57 @@ mod tests {
             "10.0.0.1",
             "no trusted proxies: headers ignored"
         );
+    }
+
+    #[test]
+    fn scheme_table() {
+        let trusted = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Scheme);
+        let cases: &[Case<'_>] = &[
+            // No proxy: the player port is plain http, whatever a header says.
+            ("203.0.113.9", &[], Scheme::Http),
+            (
+                "203.0.113.9",
+                &[("x-forwarded-proto", "https")],
+                Scheme::Http,
+            ),
+            ("203.0.113.9", &[("forwarded", "proto=https")], Scheme::Http),
+            // A trusted TLS terminator.
+            ("10.0.0.1", &[("x-forwarded-proto", "https")], Scheme::Https),
+            ("10.0.0.1", &[("x-forwarded-proto", "HTTPS")], Scheme::Https),
+            ("10.0.0.1", &[("x-forwarded-proto", "http")], Scheme::Http),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-proto", "https, http")],
+                Scheme::Https,
+            ),
+            (
+                "10.0.0.1",
+                &[("forwarded", "for=1.1.1.1;proto=https")],
+                Scheme::Https,
+            ),
+            (
+                "10.0.0.1",
+                &[("forwarded", "for=1.1.1.1;Proto=\"https\"")],
+                Scheme::Https,
+            ),
+            // Forwarded wins over X-Forwarded-Proto, as for the address.
+            (
+                "10.0.0.1",
+                &[
+                    ("forwarded", "for=1.1.1.1;proto=http"),
+                    ("x-forwarded-proto", "https"),
+                ],
+                Scheme::Http,
+            ),
+            // Unknown values and no header: http.
+            ("10.0.0.1", &[("x-forwarded-proto", "wss")], Scheme::Http),
+            ("10.0.0.1", &[("forwarded", "for=1.1.1.1")], Scheme::Http),
+            ("10.0.0.1", &[], Scheme::Http),
+        ];
+        for (peer, hdrs, want) in cases {
+            let got = client_scheme(peer.parse().unwrap(), &headers(hdrs), &trusted);
+            assert_eq!(got, *want, "peer {peer} headers {hdrs:?}");
+        }
     }
 }

@@ -14,10 +14,11 @@ use balancer_store::MemoryStore;
 use icecast_poller::control::PollerControl;
 use tonic::{Request, Response, Status};
 
+use crate::client_ip::Scheme;
 use crate::follow::Views;
 use crate::http::now_ms;
 use crate::select::{Exclusion, Selector};
-use crate::view::Unusable;
+use crate::view::{Tier, Unusable};
 
 /// Serves the control API from a running redirector.
 pub struct RedirectorControl {
@@ -171,11 +172,24 @@ impl Control for RedirectorControl {
             place,
             ipv6: ip.is_ipv6(),
         };
+        let scheme = match request.scheme.as_str() {
+            "" => Scheme::Http,
+            text => Scheme::parse(text).ok_or_else(|| {
+                Status::invalid_argument(format!("{text:?} is not a scheme: use http or https"))
+            })?,
+        };
         let now = now_ms();
-        // The same pass and the same ranking as a request's.
-        let filtered = self
-            .selector
-            .filter(&view, stream, &client, now, &|_| false);
+        // The same pass and the same ranking as a request's: above the
+        // headroom, and in it when no mount has a slot above.
+        let all = &|_| false;
+        let mut filtered =
+            self.selector
+                .filter(&view, stream, &client, scheme, Tier::Soft, now, all);
+        if filtered.accepted.is_empty() && stream.has_headroom {
+            filtered =
+                self.selector
+                    .filter(&view, stream, &client, scheme, Tier::Headroom, now, all);
+        }
         let excluded = filtered
             .excluded
             .iter()
@@ -190,6 +204,23 @@ impl Control for RedirectorControl {
                     Exclusion::AddressFamily => (
                         api::ExclusionReason::AddressFamily,
                         "not reachable over the client's IP version".to_owned(),
+                    ),
+                    Exclusion::Scheme => (
+                        api::ExclusionReason::Scheme,
+                        format!(
+                            "no {} public URL, and cross_scheme is off",
+                            match scheme {
+                                Scheme::Http => "http",
+                                Scheme::Https => "https",
+                            }
+                        ),
+                    ),
+                    Exclusion::Unusable(Unusable::Headroom) => (
+                        api::ExclusionReason::Headroom,
+                        format!(
+                            "{} free, all kept as headroom while another mount is below its soft limit",
+                            mount.free_slots
+                        ),
                     ),
                     Exclusion::Unusable(Unusable::Down) => {
                         (api::ExclusionReason::Down, server.last_error.clone())
@@ -231,7 +262,7 @@ impl Control for RedirectorControl {
                 api::Candidate {
                     server: server.name.to_string(),
                     mount: mount.mount.to_string(),
-                    url: mount.url.clone(),
+                    url: mount.url(scheme, server).unwrap_or_default().to_owned(),
                     free_slots: mount.free_slots,
                     distance_km: place
                         .location

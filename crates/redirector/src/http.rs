@@ -10,7 +10,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::client_ip::{TrustedProxies, client_ip};
+use crate::client_ip::{TrustedProxies, client_ip, client_scheme};
 use crate::follow::Views;
 use crate::metrics::RedirectorMetrics;
 use crate::playlist;
@@ -78,6 +78,7 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
         );
     };
     let client = client_ip(peer.ip(), request.headers(), &app.trusted);
+    let scheme = client_scheme(peer.ip(), request.headers(), &app.trusted);
     let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
     // A HEAD request is a probe, not a player: it takes no slot.
     let reserve = request.method() != Method::HEAD;
@@ -89,6 +90,7 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
             &view,
             route.stream,
             client,
+            scheme,
             route.format,
             reserve,
             &mut rng,

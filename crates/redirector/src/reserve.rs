@@ -25,6 +25,8 @@ use std::time::Duration;
 use balancer_store::{Grant, PollSeen, ReserveRequest, SlotStore, StoreError};
 use tokio::sync::Notify;
 
+use crate::view::Tier;
+
 /// How long a request may wait for a refill, counted from the refill's start.
 pub const RESERVE_TIMEOUT: Duration = Duration::from_millis(30);
 /// How long Redis is left alone after a call failed.
@@ -240,7 +242,7 @@ pub struct Reservations {
     timings: Timings,
     breaker_until_ms: Arc<AtomicI64>,
     replicas: AtomicU32,
-    pools: Mutex<HashMap<(String, String), Arc<SlotPool>>>,
+    pools: Mutex<HashMap<(String, String, Tier), Arc<SlotPool>>>,
     metrics: Option<crate::metrics::RedirectorMetrics>,
 }
 
@@ -279,11 +281,14 @@ impl Reservations {
         self.mode
     }
 
-    /// The pool of a mount, created on first use and kept across snapshots.
-    pub fn pool(&self, server: &str, mount: &str) -> Arc<SlotPool> {
+    /// The pool of a mount's slots of `tier`, created on first use and kept
+    /// across snapshots. Both tiers of a mount lease from the same ledger
+    /// entry, each against its own bound (the soft tier's is lower), so
+    /// every lease counts against the mount's free slots whichever tier took it.
+    pub fn pool(&self, server: &str, mount: &str, tier: Tier) -> Arc<SlotPool> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools
-            .entry((server.to_owned(), mount.to_owned()))
+            .entry((server.to_owned(), mount.to_owned(), tier))
             .or_default()
             .clone()
     }
@@ -563,7 +568,7 @@ mod tests {
     #[tokio::test]
     async fn alone_never_exceeds_what_the_poll_saw() {
         let r = Reservations::alone(TIMINGS);
-        let pool = r.pool("s", "/m");
+        let pool = r.pool("s", "/m", Tier::Soft);
         let mut granted = 0;
         for i in 0..20 {
             granted += u32::from(r.take(&pool, &observed(T0, 7), T0 + 100 + i).await);
@@ -575,7 +580,7 @@ mod tests {
     async fn concurrent_requests_share_one_refill_and_grants_add_up() {
         let ledger = Ledger::new(Duration::from_millis(5));
         let r = shared(&ledger);
-        let pool = r.pool("s", "/m");
+        let pool = r.pool("s", "/m", Tier::Soft);
         let poll = observed(T0, 1000);
         let takers: Vec<_> = (0..50)
             .map(|_| {
@@ -608,7 +613,7 @@ mod tests {
     async fn an_exhausted_poll_is_not_asked_again_until_a_newer_one() {
         let ledger = Ledger::new(Duration::ZERO);
         let r = shared(&ledger);
-        let pool = r.pool("s", "/m");
+        let pool = r.pool("s", "/m", Tier::Soft);
         let mut granted = 0;
         for i in 0..100 {
             granted += u32::from(r.take(&pool, &observed(T0, 3), T0 + 100 + i).await);
@@ -629,7 +634,7 @@ mod tests {
     async fn a_grant_that_arrives_after_the_wait_still_lands_in_the_pool() {
         let ledger = Ledger::new(RESERVE_TIMEOUT * 3);
         let r = shared(&ledger);
-        let pool = r.pool("s", "/m");
+        let pool = r.pool("s", "/m", Tier::Soft);
         assert!(
             !r.take(&pool, &observed(T0, 100), T0).await,
             "Redis answers after the request stopped waiting"
@@ -644,7 +649,7 @@ mod tests {
     async fn leases_are_handed_out_until_they_expire_also_with_redis_down() {
         let ledger = Ledger::new(Duration::ZERO);
         let r = shared(&ledger);
-        let pool = r.pool("s", "/m");
+        let pool = r.pool("s", "/m", Tier::Soft);
         assert!(r.take(&pool, &observed(T0, 100), T0).await);
         ledger.down.store(true, Ordering::SeqCst);
         // Redis is gone: the leased batch is still handed out, and no more.

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use balancer_geo::{Candidate, Client, GeoDb, RankPolicy, rank_top};
 
+use crate::client_ip::Scheme;
 use crate::reserve::Reservations;
 use crate::route::Format;
-use crate::view::{FleetView, MountView, StreamView, Unusable, candidate_of};
+use crate::view::{FleetView, MountView, StreamView, Tier, Unusable, candidate_of};
 
 /// How many candidates a redirect ranks: the choice and spares in case a
 /// reservation fails. A playlist lists this many too.
@@ -39,6 +40,8 @@ pub enum Exclusion {
     DeniedCountry,
     /// The server is not reachable over the player's IP version.
     AddressFamily,
+    /// The server has no public URL in the player's scheme and may not cross.
+    Scheme,
 }
 
 /// One pass over a stream's mounts for one player: the candidates ranking may
@@ -65,18 +68,28 @@ pub struct Selector {
 }
 
 impl Selector {
-    /// Whether a mount can take a player now, and if not, why.
-    pub fn usable(&self, view: &FleetView, mount: &MountView, now_ms: i64) -> Result<(), Unusable> {
-        mount.usable(&view.servers[mount.server], now_ms, self.max_age_ms)
+    /// Whether a mount can take a player of `tier` now, and if not, why.
+    pub fn usable(
+        &self,
+        view: &FleetView,
+        mount: &MountView,
+        now_ms: i64,
+        tier: Tier,
+    ) -> Result<(), Unusable> {
+        mount.usable(&view.servers[mount.server], now_ms, self.max_age_ms, tier)
     }
 
-    /// Sorts the mounts of `stream` for `client` into candidates and exclusions.
-    /// `skip` leaves out mounts already tried.
+    /// Sorts the mounts of `stream` for `client` (who arrived over `scheme`)
+    /// into candidates and exclusions for `tier`. `skip` leaves out mounts
+    /// already tried.
+    #[allow(clippy::too_many_arguments)]
     pub fn filter(
         &self,
         view: &FleetView,
         stream: &StreamView,
         client: &Client,
+        scheme: Scheme,
+        tier: Tier,
         now_ms: i64,
         skip: &dyn Fn(usize) -> bool,
     ) -> Filtered {
@@ -99,27 +112,33 @@ impl Selector {
                 Some(Exclusion::DeniedCountry)
             } else if !reachable {
                 Some(Exclusion::AddressFamily)
+            } else if mount.url(scheme, server).is_none() {
+                Some(Exclusion::Scheme)
             } else {
-                self.usable(view, mount, now_ms)
+                self.usable(view, mount, now_ms, tier)
                     .err()
                     .map(Exclusion::Unusable)
             };
             match why {
                 Some(why) => filtered.excluded.push((index, why)),
-                None => filtered.accepted.push((index, candidate(view, mount))),
+                None => filtered
+                    .accepted
+                    .push((index, candidate_of(server, mount, tier))),
             }
         }
         filtered
     }
 
-    /// Decides the answer for `client` asking for `stream` as `format`. With
-    /// `reserve` false (a HEAD probe, not a player), no slot is taken.
+    /// Decides the answer for `client`, who arrived over `scheme`, asking
+    /// for `stream` as `format`. With `reserve` false (a HEAD probe, not a
+    /// player), no slot is taken.
     #[allow(clippy::too_many_arguments)]
     pub async fn decide(
         &self,
         view: &FleetView,
         stream: &str,
         client: IpAddr,
+        scheme: Scheme,
         format: Format,
         reserve: bool,
         rng: &mut fastrand::Rng,
@@ -132,9 +151,12 @@ impl Selector {
         if !first.rule.permits(place.country) {
             return Decision::Denied;
         }
-        let client = Client {
-            place,
-            ipv6: client.is_ipv6(),
+        let player = Player {
+            client: Client {
+                place,
+                ipv6: client.is_ipv6(),
+            },
+            scheme,
         };
         let mut name = stream;
         // Follow fallbacks at most once per stream: the config forbids cycles,
@@ -145,7 +167,7 @@ impl Selector {
             };
             if current.rule.permits(place.country)
                 && let Some(decision) = self
-                    .choose(view, current, &client, format, reserve, rng, now_ms)
+                    .choose(view, current, &player, format, reserve, rng, now_ms)
                     .await
             {
                 return decision;
@@ -164,7 +186,7 @@ impl Selector {
                         "{}{}: {:?}",
                         view.servers[m.server].name,
                         m.mount,
-                        self.usable(view, m, now_ms)
+                        self.usable(view, m, now_ms, Tier::Headroom)
                     )
                 })
                 .collect();
@@ -173,68 +195,141 @@ impl Selector {
         Decision::Full
     }
 
+    /// A mount for the player in `stream`: above the headroom first, then,
+    /// when no mount of the stream has a slot there, in the headroom.
     #[allow(clippy::too_many_arguments)]
     async fn choose(
         &self,
         view: &FleetView,
         stream: &StreamView,
-        client: &Client,
+        player: &Player,
         format: Format,
         reserve: bool,
         rng: &mut fastrand::Rng,
         now_ms: i64,
     ) -> Option<Decision> {
         let fresh = now_ms - stream.oldest_observation_ms <= self.max_age_ms;
+        let (client, scheme) = (&player.client, player.scheme);
         // Indices into the stream's mounts, best first.
         let order = if fresh {
             // The usual case: no data is stale, the prepared candidates are exact.
-            rank_top(client, &stream.candidates, &self.policy, rng, SPARES)
+            rank_top(
+                client,
+                &stream.candidates[scheme.index()],
+                &self.policy,
+                rng,
+                SPARES,
+            )
         } else {
-            self.ranked(view, stream, client, now_ms, rng, SPARES, &|_| false)
+            let all = &|_| false;
+            self.ranked(view, stream, player, Tier::Soft, now_ms, rng, SPARES, all)
         };
+        let at = Tier::Soft;
         if let Some(position) = self
-            .first_taken(view, stream, &order, reserve, now_ms)
+            .first_taken(view, stream, &order, reserve, at, now_ms)
             .await
         {
-            return Some(answer(format, stream, &order[position..]));
+            return Some(answer(format, view, stream, scheme, &order[position..]));
         }
-        if !reserve || stream.mounts.len() <= order.len() {
+        if !reserve {
             return None;
         }
-        // Every ranked mount was exhausted (a crowd above capacity): rank the
-        // others that may still have slots, so that none is left unused.
-        let tried = order;
+        if stream.mounts.len() > order.len() {
+            // Every ranked mount was exhausted (a crowd above capacity): rank
+            // the others that may still have slots, so that none is left unused.
+            if let Some(decision) = self
+                .choose_unexhausted(
+                    view,
+                    stream,
+                    player,
+                    format,
+                    Tier::Soft,
+                    &order,
+                    rng,
+                    now_ms,
+                )
+                .await
+            {
+                return Some(decision);
+            }
+        }
+        if stream.has_headroom {
+            return self
+                .choose_unexhausted(
+                    view,
+                    stream,
+                    player,
+                    format,
+                    Tier::Headroom,
+                    &[],
+                    rng,
+                    now_ms,
+                )
+                .await;
+        }
+        None
+    }
+
+    /// Ranks the mounts not in `tried` whose `tier` pool is not known to be
+    /// exhausted, and takes a slot from the first that gives one.
+    #[allow(clippy::too_many_arguments)]
+    async fn choose_unexhausted(
+        &self,
+        view: &FleetView,
+        stream: &StreamView,
+        player: &Player,
+        format: Format,
+        tier: Tier,
+        tried: &[usize],
+        rng: &mut fastrand::Rng,
+        now_ms: i64,
+    ) -> Option<Decision> {
         let skip = |index: usize| {
             let mount = &stream.mounts[index];
             tried.contains(&index)
                 || mount
-                    .slots
+                    .pool(tier)
                     .exhausted(view.servers[mount.server].observed_at_ms, now_ms)
         };
-        let order = self.ranked(view, stream, client, now_ms, rng, usize::MAX, &skip);
+        let order = self.ranked(view, stream, player, tier, now_ms, rng, usize::MAX, &skip);
         let position = self
-            .first_taken(view, stream, &order, reserve, now_ms)
+            .first_taken(view, stream, &order, true, tier, now_ms)
             .await?;
-        Some(answer(format, stream, &order[position..]))
+        Some(answer(
+            format,
+            view,
+            stream,
+            player.scheme,
+            &order[position..],
+        ))
     }
 
-    /// The first `k` mounts for `client` (indices into the stream's mounts),
-    /// from [`Selector::filter`].
+    /// The first `k` mounts for `player` in `tier` (indices into the
+    /// stream's mounts), from [`Selector::filter`].
     #[allow(clippy::too_many_arguments)]
     fn ranked(
         &self,
         view: &FleetView,
         stream: &StreamView,
-        client: &Client,
+        player: &Player,
+        tier: Tier,
         now_ms: i64,
         rng: &mut fastrand::Rng,
         k: usize,
         skip: &dyn Fn(usize) -> bool,
     ) -> Vec<usize> {
-        let filtered = self.filter(view, stream, client, now_ms, skip);
+        let filtered = self.filter(
+            view,
+            stream,
+            &player.client,
+            player.scheme,
+            tier,
+            now_ms,
+            skip,
+        );
         let candidates: Vec<Candidate> = filtered.accepted.iter().map(|(_, c)| *c).collect();
         let mut order = rank_top(
-            client,
+            &player.client,
             &candidates,
             &self.policy,
             rng,
@@ -246,14 +341,15 @@ impl Selector {
         order
     }
 
-    /// The position in `order` of the first mount that gives a slot (the
-    /// first one, when no slot is taken).
+    /// The position in `order` of the first mount that gives a slot of
+    /// `tier` (the first one, when no slot is taken).
     async fn first_taken(
         &self,
         view: &FleetView,
         stream: &StreamView,
         order: &[usize],
         reserve: bool,
+        tier: Tier,
         now_ms: i64,
     ) -> Option<usize> {
         if !reserve {
@@ -261,10 +357,10 @@ impl Selector {
         }
         for (position, &index) in order.iter().enumerate() {
             let mount = &stream.mounts[index];
-            let observed = mount.observed(&view.servers[mount.server]);
+            let observed = mount.observed(&view.servers[mount.server], tier);
             if self
                 .reservations
-                .take(&mount.slots, &observed, now_ms)
+                .take(mount.pool(tier), &observed, now_ms)
                 .await
             {
                 return Some(position);
@@ -274,17 +370,31 @@ impl Selector {
     }
 }
 
-/// A redirect to the first mount of `order`, or a playlist of the first few, best first.
-fn answer(format: Format, stream: &StreamView, order: &[usize]) -> Decision {
-    let url = |&index: &usize| stream.mounts[index].url.clone();
+/// A player as selection sees it: where it is, and the scheme it arrived over.
+struct Player {
+    client: Client,
+    scheme: Scheme,
+}
+
+/// A redirect to the first mount of `order`, or a playlist of the first few,
+/// best first, each at its URL for `scheme`.
+fn answer(
+    format: Format,
+    view: &FleetView,
+    stream: &StreamView,
+    scheme: Scheme,
+    order: &[usize],
+) -> Decision {
+    let url = |&index: &usize| {
+        let mount = &stream.mounts[index];
+        // Every ranked mount has a URL for the scheme: filtering saw to it.
+        mount
+            .url(scheme, &view.servers[mount.server])
+            .unwrap_or_default()
+            .to_owned()
+    };
     match format {
         Format::Redirect => Decision::Redirect(url(&order[0])),
         _ => Decision::Playlist(order.iter().take(SPARES).map(url).collect()),
     }
-}
-
-/// What ranking needs to know about a mount and its server. Requests and
-/// `Explain` both use it, so they rank alike.
-pub fn candidate(view: &FleetView, mount: &MountView) -> Candidate {
-    candidate_of(&view.servers[mount.server], mount)
 }

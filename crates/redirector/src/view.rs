@@ -8,7 +8,17 @@ use std::sync::Arc;
 use balancer_geo::{Candidate, Code, Coordinates, CountryRule, GeoDb, Place};
 use balancer_proto::snapshot::v1::{MountState, ServerState, Snapshot};
 
+use crate::client_ip::Scheme;
 use crate::reserve::{Observed, Reservations, SlotPool};
+
+/// Which slots of a mount a player may take: above the headroom, or all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// Normal operation: slots above the mount's headroom.
+    Soft,
+    /// Every mount of the stream is at its soft limit: the headroom too.
+    Headroom,
+}
 
 /// Why a mount cannot take a player now, for logs and `Explain`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +35,8 @@ pub enum Unusable {
     Stalled,
     /// No free slot.
     Full,
+    /// Only its headroom is free, and the player's tier may not use it.
+    Headroom,
 }
 
 /// One snapshot, ready for selection. Immutable; swapped whole when a newer one arrives.
@@ -59,6 +71,8 @@ pub struct ServerView {
     pub ipv6: bool,
     /// Why its last poll failed, if it did.
     pub last_error: String,
+    /// Players may be sent to the other scheme when it has no URL in theirs.
+    pub cross_scheme: bool,
 }
 
 /// A stream.
@@ -67,11 +81,15 @@ pub struct StreamView {
     pub name: Arc<str>,
     /// Its mounts, in config order.
     pub mounts: Vec<MountView>,
-    /// What ranking needs of each mount, index-aligned with `mounts` and
-    /// prepared once per snapshot. A mount that cannot take players for a
-    /// reason the snapshot fixes (server down or drained, no source, full) has
-    /// no free slots here, so ranking skips it.
-    pub candidates: Vec<Candidate>,
+    /// What ranking needs of each mount, per player scheme
+    /// ([`Scheme::index`]), index-aligned with `mounts` and prepared once per
+    /// snapshot, with the slots above the headroom. A mount that cannot take
+    /// players for a reason the snapshot fixes (server down or drained, no
+    /// source, full, no URL for the scheme) has no free slots here, so
+    /// ranking skips it.
+    pub candidates: [Vec<Candidate>; 2],
+    /// Whether any mount keeps headroom, so a second tier may be tried.
+    pub has_headroom: bool,
     /// The oldest observation among the servers of mounts with free slots in
     /// `candidates`: while it is recent enough, a request ranks `candidates`
     /// as they are, without checking each mount again.
@@ -92,12 +110,18 @@ pub struct MountView {
     pub state: MountState,
     /// Free slots the poll saw.
     pub free_slots: u32,
+    /// Of those, the slots kept free until the stream's other mounts are at
+    /// their soft limit.
+    pub headroom: u32,
     /// The mount's listener limit; `None` when unlimited.
     pub limit: Option<u32>,
-    /// Where players are sent: public URL and mount, without a query.
-    pub url: String,
-    /// This replica's reservations for the mount; shared across views.
+    /// Where players are sent, per scheme ([`Scheme::index`]): public URL
+    /// and mount, without a query; `None` where the server has no URL.
+    pub urls: [Option<String>; 2],
+    /// This replica's reservations for the mount above its headroom; shared across views.
     pub slots: Arc<SlotPool>,
+    /// This replica's reservations of the mount's headroom.
+    pub spare: Arc<SlotPool>,
 }
 
 impl FleetView {
@@ -121,7 +145,12 @@ impl FleetView {
                     weight: s.weight.max(1),
                     ipv4: !matches!(address, Some(IpAddr::V6(_))),
                     ipv6: !matches!(address, Some(IpAddr::V4(_))),
-                    last_error: s.last_error.clone(),
+                    last_error: if s.canary_error.is_empty() || !s.last_error.is_empty() {
+                        s.last_error.clone()
+                    } else {
+                        format!("canary failed: {}", s.canary_error)
+                    },
+                    cross_scheme: s.cross_scheme || legacy_urls(s),
                 }
             })
             .collect();
@@ -130,10 +159,10 @@ impl FleetView {
             .enumerate()
             .map(|(i, s)| (&*s.name, i))
             .collect();
-        let public_urls: HashMap<&str, &str> = snapshot
+        let public_urls: HashMap<&str, [Option<&str>; 2]> = snapshot
             .servers
             .iter()
-            .map(|s| (s.name.as_str(), s.public_url.as_str()))
+            .map(|s| (s.name.as_str(), base_urls(s)))
             .collect();
         let streams = snapshot
             .streams
@@ -144,15 +173,20 @@ impl FleetView {
                     .iter()
                     .filter_map(|m| {
                         let server = *index.get(m.server.as_str())?;
-                        let base = public_urls.get(m.server.as_str())?;
+                        let bases = public_urls.get(m.server.as_str())?;
+                        let url = |base: Option<&str>| {
+                            base.map(|b| format!("{}{}", b.trim_end_matches('/'), m.mount))
+                        };
                         Some(MountView {
                             server,
                             mount: Arc::from(m.mount.as_str()),
                             state: m.state(),
                             free_slots: m.free_slots,
+                            headroom: m.headroom.min(m.free_slots),
                             limit: m.max_listeners,
-                            url: format!("{}{}", base.trim_end_matches('/'), m.mount),
-                            slots: reservations.pool(&m.server, &m.mount),
+                            urls: [url(bases[0]), url(bases[1])],
+                            slots: reservations.pool(&m.server, &m.mount, Tier::Soft),
+                            spare: reservations.pool(&m.server, &m.mount, Tier::Headroom),
                         })
                     })
                     .collect();
@@ -165,17 +199,20 @@ impl FleetView {
                 } else {
                     CountryRule::Anyone
                 };
-                let candidates: Vec<Candidate> = mounts
-                    .iter()
-                    .map(|m| {
-                        let server = &servers[m.server];
-                        let mut candidate = candidate_of(server, m);
-                        if !m.takes_players_in(server) {
-                            candidate.free_slots = 0;
-                        }
-                        candidate
-                    })
-                    .collect();
+                let candidates = Scheme::ALL.map(|scheme| {
+                    mounts
+                        .iter()
+                        .map(|m| {
+                            let server = &servers[m.server];
+                            let mut candidate = candidate_of(server, m, Tier::Soft);
+                            if !m.takes_players_in(server) || m.url(scheme, server).is_none() {
+                                candidate.free_slots = 0;
+                            }
+                            candidate
+                        })
+                        .collect()
+                });
+                let has_headroom = mounts.iter().any(|m| m.headroom > 0);
                 let oldest_observation_ms = mounts
                     .iter()
                     .filter(|m| m.takes_players_in(&servers[m.server]))
@@ -186,6 +223,7 @@ impl FleetView {
                     name: Arc::from(stream.name.as_str()),
                     mounts,
                     candidates,
+                    has_headroom,
                     oldest_observation_ms,
                     fallback: Some(stream.fallback.clone()).filter(|f| !f.is_empty()),
                     rule,
@@ -236,14 +274,15 @@ impl MountView {
         self.ruled_out_in(server).is_none()
     }
 
-    /// The one rule for "can this mount take a player now": what the snapshot
-    /// fixes, plus the age of its server's data at `now_ms`. Requests and
-    /// `Explain` both use it.
+    /// The one rule for "can this mount take a player of `tier` now": what
+    /// the snapshot fixes, plus the age of its server's data at `now_ms`.
+    /// Requests and `Explain` both use it.
     pub fn usable(
         &self,
         server: &ServerView,
         now_ms: i64,
         max_age_ms: i64,
+        tier: Tier,
     ) -> Result<(), Unusable> {
         let stale = now_ms - server.observed_at_ms > max_age_ms;
         // Reasons in order of weight: a down or drained server before stale data.
@@ -251,32 +290,90 @@ impl MountView {
             Some(reason @ (Unusable::Down | Unusable::Drained)) => Err(reason),
             _ if stale => Err(Unusable::Stale),
             Some(reason) => Err(reason),
+            None if self.free_in(tier) == 0 => Err(Unusable::Headroom),
             None => Ok(()),
         }
     }
 
-    /// What reservation needs to know of the mount's last poll.
-    pub fn observed<'a>(&'a self, server: &'a ServerView) -> Observed<'a> {
+    /// The free slots a player of `tier` may take: those above the headroom,
+    /// or all of them.
+    pub fn free_in(&self, tier: Tier) -> u32 {
+        match tier {
+            Tier::Soft => self.free_slots - self.headroom,
+            Tier::Headroom => self.free_slots,
+        }
+    }
+
+    /// The pool that hands out the slots of `tier`.
+    pub fn pool(&self, tier: Tier) -> &Arc<SlotPool> {
+        match tier {
+            Tier::Soft => &self.slots,
+            Tier::Headroom => &self.spare,
+        }
+    }
+
+    /// Where a player that arrived over `scheme` is sent: the server's URL in
+    /// that scheme, else in the other where the server allows crossing.
+    pub fn url(&self, scheme: Scheme, server: &ServerView) -> Option<&str> {
+        let own = self.urls[scheme.index()].as_deref();
+        let other = || {
+            self.urls[scheme.other().index()]
+                .as_deref()
+                .filter(|_| server.cross_scheme)
+        };
+        own.or_else(other)
+    }
+
+    /// What reservation needs to know of the mount's last poll, for `tier`.
+    pub fn observed<'a>(&'a self, server: &'a ServerView, tier: Tier) -> Observed<'a> {
         Observed {
             server: &server.name,
             mount: &self.mount,
             observed_at_ms: server.observed_at_ms,
-            free_slots: self.free_slots,
+            free_slots: self.free_in(tier),
             limit: self.limit,
         }
     }
 }
 
-/// What ranking needs to know about a mount and its server.
-pub fn candidate_of(server: &ServerView, mount: &MountView) -> Candidate {
+/// What ranking needs to know about a mount and its server, for `tier`.
+pub fn candidate_of(server: &ServerView, mount: &MountView, tier: Tier) -> Candidate {
     Candidate {
         place: server.place,
-        free_slots: mount.free_slots,
-        limit: mount.limit,
+        free_slots: mount.free_in(tier),
+        limit: mount.limit.map(|l| match tier {
+            Tier::Soft => l.saturating_sub(mount.headroom),
+            Tier::Headroom => l,
+        }),
         weight: server.weight,
         ipv4: server.ipv4,
         ipv6: server.ipv6,
     }
+}
+
+/// A snapshot from a poller that predates per-scheme URLs: its one public
+/// URL serves every player, as it always did.
+fn legacy_urls(server: &balancer_proto::snapshot::v1::Server) -> bool {
+    server.public_url_http.is_empty() && server.public_url_https.is_empty()
+}
+
+/// The server's public base URLs per scheme ([`Scheme::index`]).
+fn base_urls(server: &balancer_proto::snapshot::v1::Server) -> [Option<&str>; 2] {
+    fn some(url: &str) -> Option<&str> {
+        Some(url).filter(|u| !u.is_empty())
+    }
+    if legacy_urls(server) {
+        let legacy = some(&server.public_url);
+        return if server.public_url.starts_with("https:") {
+            [None, legacy]
+        } else {
+            [legacy, None]
+        };
+    }
+    [
+        some(&server.public_url_http),
+        some(&server.public_url_https),
+    ]
 }
 
 /// The IP address in a URL's host, if the host is a literal address.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use balancer_geo::{GeoDb, RankPolicy};
 use balancer_proto::snapshot::v1::{Mount, MountState, Server, ServerState, Snapshot, Stream};
+use icecast_redirector::client_ip::Scheme;
 use icecast_redirector::http::with_query;
 use icecast_redirector::reserve::{Reservations, Timings};
 use icecast_redirector::route::{Format, route};
@@ -64,18 +65,35 @@ fn random_text(rng: &mut fastrand::Rng) -> String {
 
 fn random_snapshot(rng: &mut fastrand::Rng, now_ms: i64) -> Snapshot {
     let servers: Vec<Server> = (0..rng.usize(1..5))
-        .map(|i| Server {
-            name: format!("srv{i}"),
-            public_url: [
+        .map(|i| {
+            let http = [
                 format!("http://10.0.0.{i}:8000"),
-                format!("https://s{i}.radio.example/base"),
                 format!("http://[2001:db8::{i}]:8000"),
-            ][rng.usize(..3)]
-            .clone(),
-            state: ServerState::Up.into(),
-            weight: rng.u32(1..1000),
-            observed_at_ms: now_ms,
-            ..Default::default()
+            ][rng.usize(..2)]
+            .clone();
+            let https = format!("https://s{i}.radio.example/base");
+            // Old pollers publish one URL; new ones one per scheme, or either.
+            let (public_url, public_url_http, public_url_https) = match rng.u8(..4) {
+                0 => (
+                    [http, https][rng.usize(..2)].clone(),
+                    String::new(),
+                    String::new(),
+                ),
+                1 => (http.clone(), http, String::new()),
+                2 => (https.clone(), String::new(), https),
+                _ => (http.clone(), http, https),
+            };
+            Server {
+                name: format!("srv{i}"),
+                public_url,
+                public_url_http,
+                public_url_https,
+                cross_scheme: rng.bool(),
+                state: ServerState::Up.into(),
+                weight: rng.u32(1..1000),
+                observed_at_ms: now_ms,
+                ..Default::default()
+            }
         })
         .collect();
     let streams = (0..rng.usize(1..4))
@@ -90,6 +108,7 @@ fn random_snapshot(rng: &mut fastrand::Rng, now_ms: i64) -> Snapshot {
                     listeners: 0,
                     max_listeners: Some(1000),
                     free_slots: rng.u32(0..1000),
+                    headroom: rng.u32(0..100),
                 })
                 .collect(),
             fallback: if s > 0 { "s0".into() } else { String::new() },
@@ -125,17 +144,32 @@ async fn location_only_ever_points_into_the_fleet() {
             policy: RankPolicy::default(),
             max_age_ms: 15_000,
         };
-        let allowed: Vec<String> = snapshot
+        // Each allowed URL, with whether it is the server's only scheme and it may cross.
+        let allowed: Vec<(String, bool)> = snapshot
             .streams
             .iter()
             .flat_map(|s| &s.mounts)
-            .map(|m| {
+            .flat_map(|m| {
                 let server = snapshot
                     .servers
                     .iter()
                     .find(|s| s.name == m.server)
                     .unwrap();
-                format!("{}{}", server.public_url, m.mount)
+                let legacy =
+                    server.public_url_http.is_empty() && server.public_url_https.is_empty();
+                let only = legacy
+                    || server.public_url_http.is_empty()
+                    || server.public_url_https.is_empty();
+                let crosses = only && (legacy || server.cross_scheme);
+                [
+                    &server.public_url,
+                    &server.public_url_http,
+                    &server.public_url_https,
+                ]
+                .into_iter()
+                .filter(|base| !base.is_empty())
+                .map(|base| (format!("{base}{}", m.mount), crosses))
+                .collect::<Vec<_>>()
             })
             .collect();
         let mut paths: Vec<String> = EVIL.iter().map(|p| (*p).to_owned()).collect();
@@ -149,11 +183,13 @@ async fn location_only_ever_points_into_the_fleet() {
             let client = format!("127.0.{}.{}", rng.u8(..), rng.u8(..))
                 .parse()
                 .unwrap();
+            let scheme = [Scheme::Http, Scheme::Https][rng.usize(..2)];
             let decision = selector
                 .decide(
                     &view,
                     route.stream,
                     client,
+                    scheme,
                     Format::Redirect,
                     true,
                     &mut rng,
@@ -163,9 +199,16 @@ async fn location_only_ever_points_into_the_fleet() {
             if let Decision::Redirect(url) = decision {
                 redirects += 1;
                 let location = with_query(&url, query.as_deref());
+                let Some(&(_, crosses)) = allowed.iter().find(|(u, _)| *u == url) else {
+                    panic!("round {round}: {path:?} redirected to {url}, not a fleet mount");
+                };
+                let same = url.starts_with(match scheme {
+                    Scheme::Http => "http:",
+                    Scheme::Https => "https:",
+                });
                 assert!(
-                    allowed.contains(&url),
-                    "round {round}: {path:?} redirected to {url}, not a fleet mount"
+                    same || crosses,
+                    "round {round}: a {scheme:?} player sent to {url}, across schemes without leave"
                 );
                 let rest = &location[url.len()..];
                 assert!(
@@ -182,7 +225,9 @@ async fn location_only_ever_points_into_the_fleet() {
                     snapshot
                         .servers
                         .iter()
-                        .any(|s| url::Url::parse(&s.public_url).unwrap().host() == parsed.host())
+                        .flat_map(|s| [&s.public_url, &s.public_url_http, &s.public_url_https])
+                        .filter(|base| !base.is_empty())
+                        .any(|base| url::Url::parse(base).unwrap().host() == parsed.host())
                 );
             }
         }

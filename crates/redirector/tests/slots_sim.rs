@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use balancer_store::{Grant, ReserveRequest, SlotLedger, SlotStore, StoreError};
 use icecast_redirector::reserve::{Mode, Observed, Reservations, SlotPool, Timings};
+use icecast_redirector::view::Tier;
 use tokio::time::{Instant, sleep};
 
 const GRACE: Duration = Duration::from_millis(1000);
@@ -185,7 +186,7 @@ async fn simulate(seed: u64) -> Stats {
             Mode::Shared,
             timings,
         ));
-        let pool = reservations.pool("s", "/m");
+        let pool = reservations.pool("s", "/m", Tier::Soft);
         Replica {
             reservations,
             pool,

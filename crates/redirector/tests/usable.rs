@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use balancer_geo::{GeoDb, RankPolicy};
 use balancer_proto::snapshot::v1::{Mount, MountState, Server, ServerState, Snapshot, Stream};
+use icecast_redirector::client_ip::Scheme;
 use icecast_redirector::reserve::{Reservations, Timings};
 use icecast_redirector::route::Format;
 use icecast_redirector::select::{Decision, Selector};
@@ -60,6 +61,7 @@ fn random_fleet(rng: &mut fastrand::Rng) -> (Snapshot, Vec<String>) {
             listeners: 0,
             max_listeners: Some(50),
             free_slots,
+            headroom: 0,
         });
         if up && !drained && !stale && live && free_slots > 0 {
             usable.push(format!("{public_url}/s.ogg"));
@@ -111,6 +113,7 @@ async fn players_only_go_to_mounts_that_can_take_them() {
                     &view,
                     "s",
                     client,
+                    Scheme::Http,
                     Format::Redirect,
                     false,
                     &mut rng,

@@ -59,6 +59,7 @@ mod tests {
                     listeners: 3,
                     max_listeners: None,
                     free_slots: u32::MAX,
+                    headroom: 0,
                 }],
                 fallback: String::new(),
                 ..Default::default()

@@ -209,7 +209,17 @@ fn wire_server(server: &Server, health: &ServerHealth, drained: bool) -> wire::S
         max_listeners: server.max_listeners,
         last_error: health.last_error.clone(),
         country: server.country.map(|c| c.to_string()).unwrap_or_default(),
+        public_url_http: base_url(server.public_urls.http.as_ref()),
+        public_url_https: base_url(server.public_urls.https.as_ref()),
+        cross_scheme: server.cross_scheme,
+        canary_error: String::new(),
     }
+}
+
+/// A public base URL as the snapshot carries it: no trailing slash, empty when absent.
+fn base_url(url: Option<&balancer_fleet::Url>) -> String {
+    url.map(|u| u.as_str().trim_end_matches('/').to_owned())
+        .unwrap_or_default()
 }
 
 fn server_listeners(report: &StatusReport) -> u32 {
@@ -231,6 +241,7 @@ fn wire_mount(
         listeners: 0,
         max_listeners: None,
         free_slots: 0,
+        headroom: 0,
     };
     let Some((report, _)) = &health.last_report else {
         return out;
@@ -264,6 +275,14 @@ fn wire_mount(
     } else {
         capacity.free.min(server_free)
     };
+    // Headroom is a share of the limit that binds: the server's when its
+    // cap leaves fewer slots than the mount's own limit.
+    let binding = if server_free < capacity.free {
+        server.max_listeners
+    } else {
+        capacity.limit
+    };
+    out.headroom = server.headroom.slots(binding).min(out.free_slots);
     out
 }
 

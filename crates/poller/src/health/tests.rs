@@ -379,3 +379,67 @@ fn a_source_whose_bytes_stop_is_stalled_and_recovers_when_they_move() {
     quiet.record(&plain, 60_000, 1, 2, 3);
     assert!(!quiet.stalled("/a.ogg", stall_after));
 }
+
+#[test]
+fn snapshot_carries_public_urls_per_scheme_and_headroom_of_the_binding_limit() {
+    let text = r#"
+[[server]]
+name = "a"
+url = "http://127.0.0.1:1"
+public_url = ["https://a.example", "http://a.example:8000"]
+cross_scheme = false
+status = "json"
+headroom = "10%"
+max_listeners = 100
+[[server]]
+name = "b"
+url = "http://127.0.0.1:2"
+status = "json"
+headroom = 30
+[[stream]]
+name = "s"
+mounts = [{ server = "a", mount = "/s.ogg", max_listeners = 500 }, { server = "b", mount = "/s.ogg", max_listeners = 50 }]
+"#;
+    let fleet = balancer_fleet::parse(text, Path::new("f.toml"), &|_| None).unwrap();
+    let mut health = HashMap::new();
+    for name in ["a", "b"] {
+        let mut h = ServerHealth::default();
+        h.record(
+            &PollResult::Report(report(&[("/s.ogg", 40, ReportedLimit::Unknown)])),
+            1000,
+            5,
+            2,
+            3,
+        );
+        health.insert(name.to_owned(), h);
+    }
+    let snapshot = build_snapshot(&fleet, &health, &BTreeSet::new(), 2000, "me");
+    let a = &snapshot.servers[0];
+    assert_eq!(
+        (
+            a.public_url.as_str(),
+            a.public_url_http.as_str(),
+            a.public_url_https.as_str()
+        ),
+        (
+            "https://a.example",
+            "http://a.example:8000",
+            "https://a.example"
+        )
+    );
+    assert!(!a.cross_scheme);
+    let b = &snapshot.servers[1];
+    assert_eq!(
+        (b.public_url_http.as_str(), b.public_url_https.as_str()),
+        ("http://127.0.0.1:2", "")
+    );
+    assert!(
+        b.cross_scheme,
+        "one public URL: crossing allowed unless the file says no"
+    );
+    let mounts = &snapshot.streams[0].mounts;
+    // a: the server cap (100, 60 free) binds, not the mount's 500: 10% of 100.
+    assert_eq!((mounts[0].free_slots, mounts[0].headroom), (60, 10));
+    // b: 30 slots asked, but only 10 are free: all of them are headroom.
+    assert_eq!((mounts[1].free_slots, mounts[1].headroom), (10, 10));
+}

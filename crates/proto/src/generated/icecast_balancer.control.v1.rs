@@ -127,6 +127,9 @@ pub struct ExplainRequest {
     /// The client address, IPv4 or IPv6.
     #[prost(string, tag = "2")]
     pub client_ip: ::prost::alloc::string::String,
+    /// The scheme the player used ("http" or "https"); empty means http.
+    #[prost(string, tag = "3")]
+    pub scheme: ::prost::alloc::string::String,
 }
 /// How the redirector would answer that client.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -252,6 +255,10 @@ pub enum ExclusionReason {
     DeniedCountry = 6,
     /// The server cannot be reached over the client's address family.
     AddressFamily = 7,
+    /// The server has no public URL in the player's scheme and may not cross.
+    Scheme = 8,
+    /// Only the headroom is free, and another mount is below its soft limit.
+    Headroom = 9,
 }
 impl ExclusionReason {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -268,6 +275,8 @@ impl ExclusionReason {
             Self::Stale => "EXCLUSION_REASON_STALE",
             Self::DeniedCountry => "EXCLUSION_REASON_DENIED_COUNTRY",
             Self::AddressFamily => "EXCLUSION_REASON_ADDRESS_FAMILY",
+            Self::Scheme => "EXCLUSION_REASON_SCHEME",
+            Self::Headroom => "EXCLUSION_REASON_HEADROOM",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -281,6 +290,8 @@ impl ExclusionReason {
             "EXCLUSION_REASON_STALE" => Some(Self::Stale),
             "EXCLUSION_REASON_DENIED_COUNTRY" => Some(Self::DeniedCountry),
             "EXCLUSION_REASON_ADDRESS_FAMILY" => Some(Self::AddressFamily),
+            "EXCLUSION_REASON_SCHEME" => Some(Self::Scheme),
+            "EXCLUSION_REASON_HEADROOM" => Some(Self::Headroom),
             _ => None,
         }
     }

@@ -37,7 +37,9 @@ pub struct Server {
     /// Name from the fleet config.
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
-    /// Base URL players are sent to; a redirect is `public_url` + mount.
+    /// Base URL players are sent to; a redirect is `public_url` + mount. The
+    /// first public URL of the fleet config; readers that know the fields below
+    /// use those.
     #[prost(string, tag = "2")]
     pub public_url: ::prost::alloc::string::String,
     /// Health after hysteresis.
@@ -67,6 +69,20 @@ pub struct Server {
     /// ISO country code from the fleet config; empty: look the server's address up.
     #[prost(string, tag = "11")]
     pub country: ::prost::alloc::string::String,
+    /// Base URL for players that arrived over http; empty when the server has none.
+    #[prost(string, tag = "12")]
+    pub public_url_http: ::prost::alloc::string::String,
+    /// Base URL for players that arrived over https; empty when the server has none.
+    #[prost(string, tag = "13")]
+    pub public_url_https: ::prost::alloc::string::String,
+    /// Whether players may be sent to the other scheme when the server has no
+    /// public URL in their own.
+    #[prost(bool, tag = "14")]
+    pub cross_scheme: bool,
+    /// Why the last canary (a player-like request to a public URL) failed;
+    /// empty when it succeeded or none ran. Also counted in `state`.
+    #[prost(string, tag = "15")]
+    pub canary_error: ::prost::alloc::string::String,
 }
 /// A stream carried on one server under one mount name.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -89,6 +105,10 @@ pub struct Mount {
     /// Listeners it can still take, also bounded by the server-wide cap; 4294967295 when unlimited.
     #[prost(uint32, tag = "6")]
     pub free_slots: u32,
+    /// Slots of `free_slots` kept free until every mount of the stream is at its
+    /// soft limit (the server's `headroom`); 0 when none.
+    #[prost(uint32, tag = "7")]
+    pub headroom: u32,
 }
 /// A stream players ask for by name.
 #[derive(Clone, PartialEq, ::prost::Message)]
