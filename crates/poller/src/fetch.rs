@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use balancer_fleet::Server;
+use balancer_fleet::{CaBundle, Server};
 use reqwest::StatusCode;
 
 use crate::status::{self, MAX_BODY_BYTES, ParseError, StatusReport};
@@ -43,32 +43,28 @@ pub enum PollError {
 }
 
 /// An HTTP client for status documents: no redirects, no proxy, a user agent
-/// that names us in Icecast's access log.
+/// that names us in Icecast's access log, and TLS (rustls with ring) that
+/// trusts the system's certificate authorities plus the fleet's `ca_file`.
 #[derive(Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
 }
 
-impl Default for Fetcher {
-    fn default() -> Self {
-        Fetcher::new()
-    }
-}
-
 impl Fetcher {
     /// A client shared by all polls (it pools connections per server).
-    pub fn new() -> Self {
-        let client = reqwest::Client::builder()
+    /// Fails only when `ca` holds a certificate TLS cannot use.
+    pub fn new(ca: Option<&CaBundle>) -> Result<Self, String> {
+        let builder = client_builder(ca)?
             .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
             .user_agent(concat!(
                 "icecast-balancer-poller/",
                 env!("CARGO_PKG_VERSION")
             ))
-            .pool_max_idle_per_host(1)
+            .pool_max_idle_per_host(1);
+        let client = builder
             .build()
-            .unwrap_or_default();
-        Fetcher { client }
+            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        Ok(Fetcher { client })
     }
 
     /// Polls `server` once; the whole exchange, body included, ends within `timeout`.
@@ -130,8 +126,23 @@ impl Fetcher {
     }
 }
 
+/// A client builder with TLS set up: ring as rustls's crypto (installed for
+/// the process if nothing else was), the system's roots and `ca`'s
+/// certificates, no proxy from the environment.
+pub(crate) fn client_builder(ca: Option<&CaBundle>) -> Result<reqwest::ClientBuilder, String> {
+    // Another part of the process may have chosen already; either is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder().no_proxy().tls_backend_rustls();
+    if let Some(ca) = ca {
+        let certs = reqwest::Certificate::from_pem_bundle(&ca.pem)
+            .map_err(|e| format!("{}: not usable as certificates: {e}", ca.path.display()))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    Ok(builder)
+}
+
 /// reqwest's error with its causes, without the URL (logged separately).
-fn describe(error: &reqwest::Error) -> String {
+pub(crate) fn describe(error: &reqwest::Error) -> String {
     let mut text = if error.is_connect() {
         "cannot connect".to_owned()
     } else if error.is_body() || error.is_decode() {

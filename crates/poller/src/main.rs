@@ -103,13 +103,16 @@ async fn run(
 
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = PollerMetrics::register(&mut registry);
-    let (poller, mut status) = Poller::new(
+    let (poller, mut status) = match Poller::new(
         fleet_path,
         balancer_fleet::process_env,
         fleet,
         store.clone(),
         process_identity(),
-    );
+    ) {
+        Ok(built) => built,
+        Err(e) => return fail(EXIT_CONFIG, &e),
+    };
     let poller = poller.with_metrics(metrics);
     let (commands, command_rx) = mpsc::channel(16);
     let control = PollerControl::new(commands.clone(), status.clone(), store);

@@ -25,6 +25,12 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CanaryLabels {
+    server: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MountLabels {
     server: String,
     mount: String,
@@ -45,6 +51,8 @@ pub struct PollerMetrics {
     server_full: Family<ServerLabel, Gauge>,
     server_drained: Family<ServerLabel, Gauge>,
     server_listeners: Family<ServerLabel, Gauge>,
+    server_canary_failing: Family<ServerLabel, Gauge>,
+    canaries: Family<CanaryLabels, Counter>,
     mount_live: Family<MountLabels, Gauge>,
     mount_stalled: Family<MountLabels, Gauge>,
     mount_listeners: Family<MountLabels, Gauge>,
@@ -71,6 +79,8 @@ impl PollerMetrics {
             server_full: Family::default(),
             server_drained: Family::default(),
             server_listeners: Family::default(),
+            server_canary_failing: Family::default(),
+            canaries: Family::default(),
             mount_live: Family::default(),
             mount_stalled: Family::default(),
             mount_listeners: Family::default(),
@@ -111,6 +121,16 @@ impl PollerMetrics {
             "icb_server_listeners",
             "Listeners on the server",
             metrics.server_listeners.clone(),
+        );
+        r.register(
+            "icb_server_canary_failing",
+            "1 if canaries fail at the server's public URL (after fall), so it takes no players",
+            metrics.server_canary_failing.clone(),
+        );
+        r.register(
+            "icb_canaries",
+            "Canaries sent to public URLs, by server and result (ok, failed)",
+            metrics.canaries.clone(),
         );
         r.register(
             "icb_mount_live",
@@ -186,6 +206,16 @@ impl PollerMetrics {
         }
     }
 
+    /// Records one canary of `server`.
+    pub fn observe_canary(&self, server: &str, ok: bool) {
+        self.canaries
+            .get_or_create(&CanaryLabels {
+                server: server.to_owned(),
+                result: if ok { "ok" } else { "failed" }.to_owned(),
+            })
+            .inc();
+    }
+
     /// Sets the state gauges from the snapshot about to be published.
     pub fn observe_snapshot(&self, snapshot: &Snapshot) {
         let flag = |on: bool| i64::from(on);
@@ -205,6 +235,9 @@ impl PollerMetrics {
             self.server_listeners
                 .get_or_create(&label)
                 .set(i64::from(server.listeners));
+            self.server_canary_failing
+                .get_or_create(&label)
+                .set(flag(!server.canary_error.is_empty()));
         }
         let mut per_stream: HashMap<&str, i64> = HashMap::new();
         for stream in &snapshot.streams {

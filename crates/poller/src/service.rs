@@ -13,10 +13,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
+use crate::canary::{Canary, CanaryError, Probe};
 use crate::fetch::{Fetcher, PollResult};
-use crate::health::{ServerHealth, ServerStateKind, build_snapshot};
+use crate::health::{ServerHealth, ServerStateKind, build_snapshot, wire_mount};
 use crate::metrics::PollerMetrics;
 
+/// The connect grace assumed for a canary's lease: longer than any
+/// redirector's, so the ledger counts at least the leases a player's grant would.
+const CANARY_GRACE_MS: i64 = 10_000;
 /// Longest wait between two attempts to publish while Redis is unavailable.
 const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(2);
 /// First wait after a failed publish.
@@ -80,6 +84,10 @@ pub struct Poller<S: PollerStore> {
     store: S,
     identity: String,
     fetcher: Fetcher,
+    canary: Canary,
+    /// The next canary's server (index into the fleet's servers), and per
+    /// server the number of canaries sent, to rotate over mounts and schemes.
+    canary_turn: (usize, HashMap<String, usize>),
     health: HashMap<String, ServerHealth>,
     drained: BTreeSet<String>,
     status: watch::Sender<Status>,
@@ -92,22 +100,27 @@ pub struct Poller<S: PollerStore> {
 
 impl<S: PollerStore> Poller<S> {
     /// A poller for `fleet` (read from `fleet_path`, re-read on reload) that
-    /// publishes to `store` under the lease name `identity`.
+    /// publishes to `store` under the lease name `identity`. Fails when the
+    /// fleet's `ca_file` holds certificates TLS cannot use.
     pub fn new(
         fleet_path: PathBuf,
         env: EnvLookup,
         fleet: Fleet,
         store: S,
         identity: String,
-    ) -> (Self, watch::Receiver<Status>) {
+    ) -> Result<(Self, watch::Receiver<Status>), String> {
         let (status, status_rx) = watch::channel(Status::default());
+        let ca = fleet.poller.ca.as_ref();
+        let (fetcher, canary) = (Fetcher::new(ca)?, Canary::new(ca)?);
         let poller = Poller {
             fleet_path,
             env,
             fleet,
             store,
             identity,
-            fetcher: Fetcher::new(),
+            fetcher,
+            canary,
+            canary_turn: (0, HashMap::new()),
             health: HashMap::new(),
             drained: BTreeSet::new(),
             status,
@@ -115,7 +128,7 @@ impl<S: PollerStore> Poller<S> {
             redis_reachable: true,
             metrics: None,
         };
-        (poller, status_rx)
+        Ok((poller, status_rx))
     }
 
     /// Records Prometheus metrics while running.
@@ -141,16 +154,30 @@ impl<S: PollerStore> Poller<S> {
             self.metrics.clone(),
         ));
         let mut ticker = self.ticker();
+        let mut canary_ticker = self.canary_ticker();
+        let mut canaries = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
+            let canary_due = async {
+                match &mut canary_ticker {
+                    Some(ticker) => ticker.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => break,
+                _ = canary_due => self.send_canary(&mut canaries).await,
+                Some(Ok((server, result))) = canaries.join_next() => self.record_canary(&server, result),
                 Some(command) = commands.recv() => match command {
                     Command::Reload | Command::ReloadAndReport(_) => {
                         let interval = self.fleet.poller.interval;
+                        let canary_period = self.canary_period();
                         let outcome = self.reload().await;
                         if self.fleet.poller.interval != interval {
                             ticker = self.ticker();
+                        }
+                        if self.canary_period() != canary_period {
+                            canary_ticker = self.canary_ticker();
                         }
                         if let Command::ReloadAndReport(reply) = command {
                             let _ = reply.send(outcome);
@@ -186,6 +213,142 @@ impl<S: PollerStore> Poller<S> {
                     tracing::warn!(error = %e, "could not release the lease; it expires by itself")
                 }
             }
+        }
+    }
+
+    /// Time between two canaries: the canary interval spread over the
+    /// servers, so each server gets one per interval and they never bunch up.
+    fn canary_period(&self) -> Option<Duration> {
+        let servers = u32::try_from(self.fleet.servers.len())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        self.fleet
+            .poller
+            .canary_interval
+            .map(|every| (every / servers).max(Duration::from_millis(1)))
+    }
+
+    fn canary_ticker(&self) -> Option<tokio::time::Interval> {
+        let period = self.canary_period()?;
+        // The first canary after one period, not at once: the first polls
+        // come first, and a canary needs to know a mount has a free slot.
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Some(ticker)
+    }
+
+    /// Sends the next server's canary, if this poller leads and the server
+    /// has a live mount with a free slot. The canary's slot is leased from
+    /// the ledger like a player's, so it never takes a slot a player was
+    /// promised.
+    async fn send_canary(
+        &mut self,
+        canaries: &mut JoinSet<(String, Option<Result<(), CanaryError>>)>,
+    ) {
+        if !self.status.borrow().leader || self.fleet.servers.is_empty() {
+            return;
+        }
+        let index = self.canary_turn.0 % self.fleet.servers.len();
+        self.canary_turn.0 = index + 1;
+        let server = &self.fleet.servers[index];
+        let Some(health) = self.health.get(&server.name) else {
+            return;
+        };
+        let observed_at_ms = match &health.last_report {
+            Some((_, at)) if server.canary && health.state != ServerStateKind::Down => *at,
+            _ => return,
+        };
+        let stall_after = self.fleet.poller.stall_after;
+        let open: Vec<(&balancer_fleet::MountRef, u32)> = self
+            .fleet
+            .streams
+            .iter()
+            .flat_map(|stream| &stream.mounts)
+            .filter(|m| m.server == server.name)
+            .map(|m| (m, wire_mount(m, server, health, stall_after)))
+            .filter(|(_, w)| {
+                w.state() == balancer_proto::snapshot::v1::MountState::Live && w.free_slots > 0
+            })
+            .map(|(m, w)| (m, w.free_slots))
+            .collect();
+        let urls: Vec<&balancer_fleet::Url> = server.public_urls.iter().collect();
+        let turn = self.canary_turn.1.entry(server.name.clone()).or_default();
+        let Some(&(mount, free_slots)) = open.get(*turn % open.len().max(1)) else {
+            return;
+        };
+        let base = urls[(*turn / open.len()) % urls.len()];
+        *turn += 1;
+        let deadline = self.fleet.poller.timeout;
+        let request = balancer_store::ReserveRequest {
+            server: server.name.as_str().into(),
+            mount: mount.mount.as_str().into(),
+            now_ms: now_ms(),
+            // Counted from well before the poll: a generous connect grace
+            // only makes the ledger count more leases, never fewer.
+            polls: vec![balancer_store::PollSeen {
+                window_start_ms: observed_at_ms - CANARY_GRACE_MS,
+                free_slots,
+            }],
+            want: 1,
+            replicas: 1,
+            lease: deadline,
+            ttl: balancer_store::reservation_ttl(
+                deadline,
+                Duration::from_millis(CANARY_GRACE_MS as u64),
+                Duration::from_secs(60),
+            ),
+        };
+        match self.store.reserve_slots(request).await {
+            Ok(grant) if grant.granted > 0 => {}
+            Ok(_) => return, // every slot is promised to players: try later
+            Err(e) => {
+                tracing::debug!(error = %e, "no slot for a canary now");
+                return;
+            }
+        }
+        let probe = Probe {
+            url: format!("{}{}", base.as_str().trim_end_matches('/'), mount.mount),
+            expected: health.last_report.as_ref().and_then(|(report, _)| {
+                report
+                    .mounts
+                    .iter()
+                    .find(|m| m.mount == mount.mount)
+                    .and_then(|m| m.content_type.clone())
+            }),
+            deadline,
+        };
+        let (canary, name) = (self.canary.clone(), server.name.clone());
+        canaries.spawn(async move {
+            let result = canary.listen(&probe).await;
+            if let Err(e) = &result {
+                tracing::debug!(server = %name, url = %probe.url, error = %e, "canary failed");
+            }
+            (name, Some(result))
+        });
+    }
+
+    /// Takes a canary's result into the server's health.
+    fn record_canary(&mut self, server: &str, result: Option<Result<(), CanaryError>>) {
+        let Some(result) = result else {
+            return;
+        };
+        let (rise, fall) = (self.fleet.poller.rise, self.fleet.poller.fall);
+        let Some(health) = self.health.get_mut(server) else {
+            return;
+        };
+        let was_failing = health.canary.failing;
+        health.canary.record(&result, rise, fall);
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_canary(server, result.is_ok());
+        }
+        match (was_failing, health.canary.failing) {
+            (false, true) => tracing::warn!(
+                server,
+                error = %health.canary.last_error,
+                "canaries fail at the public URL: no new players until it plays again"
+            ),
+            (true, false) => tracing::info!(server, "canaries play again at the public URL"),
+            _ => {}
         }
     }
 
@@ -350,11 +513,24 @@ impl<S: PollerStore> Poller<S> {
     async fn reload(&mut self) -> Result<String, String> {
         match balancer_fleet::load(&self.fleet_path, &self.env) {
             Ok(fleet) => {
-                // Keep what is known about servers whose polling did not change.
+                if fleet.poller.ca != self.fleet.poller.ca {
+                    let ca = fleet.poller.ca.as_ref();
+                    match Fetcher::new(ca).and_then(|f| Ok((f, Canary::new(ca)?))) {
+                        Ok((fetcher, canary)) => (self.fetcher, self.canary) = (fetcher, canary),
+                        Err(e) => {
+                            tracing::error!(error = %e, "reload refused; the running fleet config stays");
+                            return Err(e);
+                        }
+                    }
+                }
+                // Keep what is known about servers whose polling and public
+                // URLs did not change.
                 let unchanged = |old: &Server| {
-                    fleet
-                        .server(&old.name)
-                        .is_some_and(|new| new.url == old.url && new.status == old.status)
+                    fleet.server(&old.name).is_some_and(|new| {
+                        new.url == old.url
+                            && new.status == old.status
+                            && new.public_urls == old.public_urls
+                    })
                 };
                 let old_servers = std::mem::take(&mut self.fleet.servers);
                 self.health

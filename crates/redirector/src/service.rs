@@ -133,7 +133,7 @@ pub async fn run(
                 fleet,
                 memory.clone(),
                 identity.clone(),
-            );
+            )?;
             let (commands, command_rx) = mpsc::channel(16);
             poller_control = Some(PollerControl::new(commands.clone(), status, memory.clone()));
             poller_commands = Some(commands);

@@ -145,11 +145,7 @@ impl FleetView {
                     weight: s.weight.max(1),
                     ipv4: !matches!(address, Some(IpAddr::V6(_))),
                     ipv6: !matches!(address, Some(IpAddr::V4(_))),
-                    last_error: if s.canary_error.is_empty() || !s.last_error.is_empty() {
-                        s.last_error.clone()
-                    } else {
-                        format!("canary failed: {}", s.canary_error)
-                    },
+                    last_error: s.last_error.clone(),
                     cross_scheme: s.cross_scheme || legacy_urls(s),
                 }
             })

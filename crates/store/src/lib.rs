@@ -60,6 +60,12 @@ pub trait PollerStore: Clone + Send + Sync + 'static {
         mount: &str,
         since_ms: i64,
     ) -> impl Future<Output = Result<u32, StoreError>> + Send;
+    /// Leases slots of a mount from the ledger the redirectors share, for
+    /// the poller's own canary listener.
+    fn reserve_slots(
+        &self,
+        request: ReserveRequest,
+    ) -> impl Future<Output = Result<Grant, StoreError>> + Send;
     /// Drains or undrains a server; whether anything changed.
     fn set_drained(
         &self,
@@ -106,5 +112,9 @@ impl PollerStore for RedisStore {
 
     async fn forget_drains_except(&self, servers: &BTreeSet<String>) -> Result<(), StoreError> {
         RedisStore::forget_drains_except(self, servers).await
+    }
+
+    async fn reserve_slots(&self, request: ReserveRequest) -> Result<Grant, StoreError> {
+        RedisStore::reserve(self, &request).await
     }
 }

@@ -105,6 +105,13 @@ impl PollerStore for MemoryStore {
         Ok(self.drain(server, drained))
     }
 
+    async fn reserve_slots(
+        &self,
+        request: crate::ReserveRequest,
+    ) -> Result<crate::Grant, StoreError> {
+        crate::SlotStore::reserve(&self.slots, request).await
+    }
+
     async fn forget_drains_except(&self, servers: &BTreeSet<String>) -> Result<(), StoreError> {
         self.inner
             .lock()

@@ -149,7 +149,7 @@ impl IcecastServer {
             dir,
             process: None,
             sources: Vec::new(),
-            http: reqwest::Client::builder()
+            http: crate::http()
                 .timeout(Duration::from_secs(2))
                 .build()
                 .expect("HTTP client"),

@@ -38,6 +38,23 @@ pub use ports::free_port;
 pub use process::{ChildProcess, process_exists};
 pub use redis::RedisServer;
 pub use sentinel::SentinelSet;
+
+/// An HTTP client builder for tests. The workspace builds reqwest with
+/// rustls but no default crypto provider (the poller picks ring), so every
+/// client in a test process is made here, after ring is installed. It trusts
+/// no certificate authority (loading the system's takes tens of
+/// milliseconds per client, and tests make clients by the hundred): a test
+/// that speaks https adds its own CA with `tls_certs_merge`.
+pub fn http() -> reqwest::ClientBuilder {
+    // Already installed by another part of the process is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().tls_certs_only(Vec::new())
+}
+
+/// `GET url` with a client from [`http`].
+pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http().build()?.get(url).send().await
+}
 pub use wait::wait_until;
 
 /// The project's `assets/load.xsl`, installed into every test Icecast's web root.

@@ -61,7 +61,7 @@ impl Player {
     }
 
     async fn connect_with(url: &str, local: Option<IpAddr>) -> Result<Player, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        let client = crate::http()
             .redirect(Policy::limited(MAX_REDIRECTS))
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(Duration::from_secs(10))

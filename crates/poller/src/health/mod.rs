@@ -30,6 +30,50 @@ pub struct ServerHealth {
     /// Per mount: the source's `total_bytes_read` and the poll time it was
     /// first seen at that value; a source whose count stops is stalled.
     progress: HashMap<String, (u64, i64)>,
+    /// What the canaries found at the public URLs.
+    pub canary: CanaryHealth,
+}
+
+/// The canaries' verdict on a server's public URLs, with the same rise/fall
+/// hysteresis as polls: `fall` failed canaries in a row take the server out,
+/// `rise` good ones bring it back. A server starts out trusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CanaryHealth {
+    /// The server is out because of its canaries.
+    pub failing: bool,
+    good_in_a_row: u32,
+    bad_in_a_row: u32,
+    /// Why the last canary failed; empty after a good one.
+    pub last_error: String,
+}
+
+impl CanaryHealth {
+    /// Takes one canary's result into account.
+    pub fn record(
+        &mut self,
+        result: &Result<(), crate::canary::CanaryError>,
+        rise: u32,
+        fall: u32,
+    ) {
+        match result {
+            Ok(()) => {
+                self.good_in_a_row = self.good_in_a_row.saturating_add(1);
+                self.bad_in_a_row = 0;
+                self.last_error.clear();
+                if self.good_in_a_row >= rise {
+                    self.failing = false;
+                }
+            }
+            Err(e) => {
+                self.bad_in_a_row = self.bad_in_a_row.saturating_add(1);
+                self.good_in_a_row = 0;
+                self.last_error = e.to_string();
+                if self.bad_in_a_row >= fall {
+                    self.failing = true;
+                }
+            }
+        }
+    }
 }
 
 /// Server state as the poller tracks it.
@@ -122,9 +166,21 @@ impl ServerHealth {
     fn wire_state(&self) -> ServerState {
         match self.state {
             ServerStateKind::Unknown => ServerState::Unspecified,
+            // Answering polls, but players cannot play at the public URL.
+            ServerStateKind::Up | ServerStateKind::Full if self.canary.failing => ServerState::Down,
             ServerStateKind::Up => ServerState::Up,
             ServerStateKind::Full => ServerState::Full,
             ServerStateKind::Down => ServerState::Down,
+        }
+    }
+
+    /// Why the server takes no players, in words: the poll's error, else a
+    /// failing canary's.
+    fn wire_error(&self) -> String {
+        if self.last_error.is_empty() && self.canary.failing {
+            format!("canary failed: {}", self.canary.last_error)
+        } else {
+            self.last_error.clone()
         }
     }
 }
@@ -207,12 +263,16 @@ fn wire_server(server: &Server, health: &ServerHealth, drained: bool) -> wire::S
         observed_at_ms,
         listeners,
         max_listeners: server.max_listeners,
-        last_error: health.last_error.clone(),
+        last_error: health.wire_error(),
         country: server.country.map(|c| c.to_string()).unwrap_or_default(),
         public_url_http: base_url(server.public_urls.http.as_ref()),
         public_url_https: base_url(server.public_urls.https.as_ref()),
         cross_scheme: server.cross_scheme,
-        canary_error: String::new(),
+        canary_error: if health.canary.failing {
+            health.canary.last_error.clone()
+        } else {
+            String::new()
+        },
     }
 }
 
@@ -228,7 +288,9 @@ fn server_listeners(report: &StatusReport) -> u32 {
         .unwrap_or_else(|| report.mounts.iter().filter_map(|m| m.listeners).sum())
 }
 
-fn wire_mount(
+/// One mount as the snapshot shows it; the canary uses it to pick a live
+/// mount with a free slot.
+pub(crate) fn wire_mount(
     mount: &MountRef,
     server: &Server,
     health: &ServerHealth,

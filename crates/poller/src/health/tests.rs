@@ -20,6 +20,7 @@ fn report(mounts: &[(&str, u32, ReportedLimit)]) -> StatusReport {
                 limit: *limit,
                 free_slots: None,
                 bytes_read: None,
+                content_type: None,
             })
             .collect(),
         listeners: Some(mounts.iter().map(|(_, l, _)| l).sum()),
@@ -88,6 +89,7 @@ fn limits_come_from_icecast_then_config_then_the_server_cap() {
         limit,
         free_slots: free,
         bytes_read: None,
+        content_type: None,
     };
     use ReportedLimit::{Count, Unknown, Unlimited};
     let cases = [

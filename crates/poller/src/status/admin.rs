@@ -57,6 +57,7 @@ pub fn parse_admin_stats(body: &str) -> Result<StatusReport, ParseError> {
             bytes_read: source
                 .child_text("total_bytes_read")
                 .and_then(|t| t.trim().parse().ok()),
+            content_type: source.child_text("server_type").and_then(super::media_type),
         });
     }
     // Icecast's global <listeners> lags behind the per-mount counts (seen with

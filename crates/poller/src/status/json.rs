@@ -56,6 +56,10 @@ pub fn parse_status_json(body: &str) -> Result<StatusReport, ParseError> {
             limit: ReportedLimit::Unknown,
             free_slots: None,
             bytes_read: None,
+            content_type: source
+                .get("server_type")
+                .and_then(Value::as_str)
+                .and_then(super::media_type),
         });
     }
     report.listeners = Some(report.mounts.iter().filter_map(|m| m.listeners).sum());

@@ -51,6 +51,7 @@ pub fn parse_load_xsl(body: &str) -> Result<StatusReport, ParseError> {
                 .map_or(ReportedLimit::Unknown, ReportedLimit::from_text),
             free_slots: Some(ReportedLimit::from_text(&mount.text)),
             bytes_read: None,
+            content_type: None,
         });
     }
     if report.mounts.iter().all(|m| m.listeners.is_some()) {

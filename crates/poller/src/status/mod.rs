@@ -46,6 +46,9 @@ pub struct MountReport {
     /// Bytes the source has sent since it connected (`total_bytes_read`, in
     /// `/admin/stats` only; Icecast updates it about every 5 s).
     pub bytes_read: Option<u64>,
+    /// The stream's media type (`server_type`, e.g. `audio/mpeg`), when the
+    /// document says: what a player must get back from the mount.
+    pub content_type: Option<String>,
 }
 
 /// A number Icecast may print as a number, as `unlimited`, or not at all.
@@ -116,6 +119,21 @@ fn parse_count(text: &str) -> Option<u32> {
 }
 
 /// A mount path as a status document gives it, checked like the fleet config does.
+/// `audio/mpeg` from `audio/mpeg; charset=x` or ` Audio/MPEG `: the media type
+/// alone, lower-case; `None` for anything that is not `type/subtype` in
+/// plain ASCII (the text comes from a source client).
+pub(crate) fn media_type(text: &str) -> Option<String> {
+    let essence = text.split(';').next()?.trim().to_ascii_lowercase();
+    let (kind, sub) = essence.split_once('/')?;
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.len() <= 64
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
+    };
+    (token(kind) && token(sub)).then_some(essence)
+}
+
 fn valid_mount(mount: &str) -> bool {
     mount.starts_with('/')
         && mount.len() > 1

@@ -27,6 +27,20 @@ fn mount(
         limit,
         free_slots: free,
         bytes_read: None,
+        content_type: None,
+    }
+}
+
+/// `m` with the media type Icecast reports for its mount (from `server_type`).
+fn typed(m: MountReport) -> MountReport {
+    let content_type = if m.mount.ends_with(".mp3") {
+        "audio/mpeg"
+    } else {
+        "application/ogg"
+    };
+    MountReport {
+        content_type: Some(content_type.into()),
+        ..m
     }
 }
 
@@ -36,7 +50,7 @@ fn admin_stats_from_a_real_server() {
     // Fresh sources: Icecast had not yet counted their bytes (it does every 5 s).
     let fed = |m: MountReport| MountReport {
         bytes_read: Some(0),
-        ..m
+        ..typed(m)
     };
     assert_eq!(
         report.mounts,
@@ -71,8 +85,8 @@ fn status_json_in_every_shape_a_real_server_produces() {
     assert_eq!(
         two.mounts,
         [
-            mount("/hq.ogg", Some(0), ReportedLimit::Unknown, None),
-            mount("/lq.mp3", Some(0), ReportedLimit::Unknown, None),
+            typed(mount("/hq.ogg", Some(0), ReportedLimit::Unknown, None)),
+            typed(mount("/lq.mp3", Some(0), ReportedLimit::Unknown, None)),
         ]
     );
     // One source: "source" is an object, not an array.
@@ -93,8 +107,8 @@ fn status_json_with_number_like_metadata_is_repaired() {
     assert_eq!(
         report.mounts,
         [
-            mount("/hq.ogg", Some(1), ReportedLimit::Unknown, None),
-            mount("/lq.mp3", Some(1), ReportedLimit::Unknown, None),
+            typed(mount("/hq.ogg", Some(1), ReportedLimit::Unknown, None)),
+            typed(mount("/lq.mp3", Some(1), ReportedLimit::Unknown, None)),
         ]
     );
 }
@@ -287,6 +301,6 @@ fn a_byte_count_that_is_not_a_number_is_ignored_not_fatal() {
     // The mount is still reported; without a count it can never look stalled.
     assert_eq!(
         report.mounts,
-        [mount("/hq.ogg", Some(0), ReportedLimit::Count(5), None)]
+        [typed(mount("/hq.ogg", Some(0), ReportedLimit::Count(5), None))]
     );
 }

@@ -188,7 +188,7 @@ async fn explain_matches_what_the_redirector_does() {
         first.contains("vie /s.ogg") && first.contains("same country (AT)"),
         "{out}"
     );
-    let local = reqwest::Client::builder()
+    let local = balancer_testkit::http()
         .redirect(reqwest::redirect::Policy::none())
         .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
         .build()
@@ -265,7 +265,7 @@ async fn the_admin_api_beyond_loopback_needs_a_token() {
 
 /// The text of `/metrics` on an admin address.
 async fn metrics_text(admin: SocketAddr) -> String {
-    reqwest::get(format!("http://{admin}/metrics"))
+    balancer_testkit::http_get(format!("http://{admin}/metrics"))
         .await
         .unwrap()
         .text()

@@ -13,7 +13,7 @@ const AT: &str = "127.0.0.2";
 const DE: &str = "127.0.0.3";
 
 fn from(ip: &str) -> reqwest::Client {
-    reqwest::Client::builder()
+    balancer_testkit::http()
         .redirect(reqwest::redirect::Policy::none())
         .local_address(ip.parse::<IpAddr>().unwrap())
         .timeout(Duration::from_secs(5))

@@ -152,7 +152,7 @@ async fn a_rolling_restart_behind_haproxy_fails_no_request() {
             let (running, answered) = (Arc::clone(&running), Arc::clone(&answered));
             let (url, target) = (url.clone(), target.clone());
             tokio::spawn(async move {
-                let client = reqwest::Client::builder()
+                let client = balancer_testkit::http()
                     .redirect(reqwest::redirect::Policy::none())
                     .pool_max_idle_per_host(0)
                     .timeout(Duration::from_secs(5))

@@ -158,7 +158,7 @@ impl Service {
 
 /// An HTTP client that does not follow redirects, to look at 302s.
 pub(crate) fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    balancer_testkit::http()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(5))
         .build()

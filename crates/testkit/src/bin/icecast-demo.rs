@@ -248,7 +248,7 @@ impl Demo {
 
     /// Waits until every redirector answers a player with a 302.
     async fn wait_ready(&mut self) -> Result<(), String> {
-        let client = reqwest::Client::builder()
+        let client = balancer_testkit::http()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(2))
             .build()
