@@ -31,16 +31,27 @@ const HAPROXY: Tool = Tool {
     program: "haproxy",
     package: "haproxy",
 };
+const OPENSSL: Tool = Tool {
+    program: "openssl",
+    package: "openssl",
+};
 const SYSTEMD_ANALYZE: Tool = Tool {
     program: "systemd-analyze",
     package: "systemd",
 };
 
 /// What the integration tests start: real Redis (with Sentinel), real
-/// Icecast, real sources, and HAProxy in front of redirectors;
-/// systemd-analyze checks the units.
-pub(crate) const TEST_TOOLS: &[Tool] =
-    &[REDIS, SENTINEL, ICECAST, FFMPEG, HAPROXY, SYSTEMD_ANALYZE];
+/// Icecast, real sources, HAProxy in front of redirectors and as a TLS
+/// terminator (with a test CA made by openssl); systemd-analyze checks the units.
+pub(crate) const TEST_TOOLS: &[Tool] = &[
+    REDIS,
+    SENTINEL,
+    ICECAST,
+    FFMPEG,
+    HAPROXY,
+    OPENSSL,
+    SYSTEMD_ANALYZE,
+];
 
 /// A program from PyPI, pinned.
 pub(crate) struct PipTool {

@@ -53,6 +53,10 @@ pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(15);
 pub const MIN_STALL_AFTER: Duration = Duration::from_secs(11);
 /// Default time between two canaries of the same server.
 pub const DEFAULT_CANARY_INTERVAL: Duration = Duration::from_secs(30);
+/// Default time a canary may take to connect and read [`CANARY_BYTES`]:
+/// longer than a status poll, since a stream starts with whatever Icecast's
+/// burst holds and then comes at its bitrate.
+pub const DEFAULT_CANARY_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many bytes of audio a canary must read for the public URL to count as playing.
 pub const CANARY_BYTES: usize = 4096;
 /// Default operator weight of a server.
@@ -88,6 +92,8 @@ pub struct PollerSettings {
     /// How often each server's public URLs are opened as a player would
     /// (spread over the interval); `None` when canaries are off.
     pub canary_interval: Option<Duration>,
+    /// How long one canary may take to connect and read [`CANARY_BYTES`].
+    pub canary_timeout: Duration,
     /// Extra certificate authorities the poller trusts for https, besides the
     /// system's (a private CA in front of Icecast).
     pub ca: Option<CaBundle>,

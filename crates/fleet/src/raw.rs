@@ -24,6 +24,7 @@ pub(crate) struct RawPoller {
     pub(crate) fall: Option<Spanned<u32>>,
     pub(crate) stall_after: Option<Spanned<String>>,
     pub(crate) canary_interval: Option<Spanned<String>>,
+    pub(crate) canary_timeout: Option<Spanned<String>>,
     pub(crate) ca_file: Option<Spanned<String>>,
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use balancer_fleet::{CANARY_BYTES, CaBundle};
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use reqwest::header::CONTENT_TYPE;
 
 use crate::status::media_type;
 
@@ -93,11 +93,9 @@ impl Canary {
     }
 
     async fn read(&self, probe: &Probe, got: &mut usize) -> Result<(), CanaryError> {
-        let request = self
+        let mut response = self
             .client
             .get(&probe.url)
-            .header("Icy-MetaData", HeaderValue::from_static("0"));
-        let mut response = request
             .send()
             .await
             .map_err(|e| CanaryError::Connect(crate::fetch::describe(&e)))?;

@@ -26,6 +26,23 @@ const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(2);
 /// First wait after a failed publish.
 const MIN_PUBLISH_BACKOFF: Duration = Duration::from_millis(100);
 
+/// A canary that ended: for which server and public URL scheme (0 http, 1 https).
+struct CanaryDone {
+    server: String,
+    scheme: usize,
+    result: Result<(), CanaryFailure>,
+}
+
+/// A failed canary and the URL it listened at (a public URL: no secret).
+#[derive(Debug, thiserror::Error)]
+#[error("{url}: {error}")]
+pub struct CanaryFailure {
+    /// The mount at the public URL.
+    pub url: String,
+    /// What went wrong.
+    pub error: CanaryError,
+}
+
 /// What the poller is doing, for health checks and the control API.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
@@ -167,7 +184,7 @@ impl<S: PollerStore> Poller<S> {
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = canary_due => self.send_canary(&mut canaries).await,
-                Some(Ok((server, result))) = canaries.join_next() => self.record_canary(&server, result),
+                Some(Ok(done)) = canaries.join_next() => self.record_canary(done),
                 Some(command) = commands.recv() => match command {
                     Command::Reload | Command::ReloadAndReport(_) => {
                         let interval = self.fleet.poller.interval;
@@ -241,10 +258,7 @@ impl<S: PollerStore> Poller<S> {
     /// has a live mount with a free slot. The canary's slot is leased from
     /// the ledger like a player's, so it never takes a slot a player was
     /// promised.
-    async fn send_canary(
-        &mut self,
-        canaries: &mut JoinSet<(String, Option<Result<(), CanaryError>>)>,
-    ) {
+    async fn send_canary(&mut self, canaries: &mut JoinSet<CanaryDone>) {
         if !self.status.borrow().leader || self.fleet.servers.is_empty() {
             return;
         }
@@ -277,8 +291,9 @@ impl<S: PollerStore> Poller<S> {
             return;
         };
         let base = urls[(*turn / open.len()) % urls.len()];
+        let scheme = usize::from(base.scheme() == "https");
         *turn += 1;
-        let deadline = self.fleet.poller.timeout;
+        let deadline = self.fleet.poller.canary_timeout;
         let request = balancer_store::ReserveRequest {
             server: server.name.as_str().into(),
             mount: mount.mount.as_str().into(),
@@ -319,33 +334,39 @@ impl<S: PollerStore> Poller<S> {
         };
         let (canary, name) = (self.canary.clone(), server.name.clone());
         canaries.spawn(async move {
-            let result = canary.listen(&probe).await;
+            let result = canary.listen(&probe).await.map_err(|e| CanaryFailure {
+                url: probe.url,
+                error: e,
+            });
             if let Err(e) = &result {
-                tracing::debug!(server = %name, url = %probe.url, error = %e, "canary failed");
+                tracing::debug!(server = %name, error = %e, "canary failed");
             }
-            (name, Some(result))
+            CanaryDone {
+                server: name,
+                scheme,
+                result,
+            }
         });
     }
 
     /// Takes a canary's result into the server's health.
-    fn record_canary(&mut self, server: &str, result: Option<Result<(), CanaryError>>) {
-        let Some(result) = result else {
-            return;
-        };
+    fn record_canary(&mut self, done: CanaryDone) {
         let (rise, fall) = (self.fleet.poller.rise, self.fleet.poller.fall);
+        let server = done.server.as_str();
         let Some(health) = self.health.get_mut(server) else {
             return;
         };
-        let was_failing = health.canary.failing;
-        health.canary.record(&result, rise, fall);
+        let canary = &mut health.canary[done.scheme];
+        let was_failing = canary.failing;
+        canary.record(&done.result, rise, fall);
         if let Some(metrics) = &self.metrics {
-            metrics.observe_canary(server, result.is_ok());
+            metrics.observe_canary(server, done.result.is_ok());
         }
-        match (was_failing, health.canary.failing) {
+        match (was_failing, canary.failing) {
             (false, true) => tracing::warn!(
                 server,
-                error = %health.canary.last_error,
-                "canaries fail at the public URL: no new players until it plays again"
+                error = %canary.last_error,
+                "canaries fail at a public URL: no new players until it plays again"
             ),
             (true, false) => tracing::info!(server, "canaries play again at the public URL"),
             _ => {}

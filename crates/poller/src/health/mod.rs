@@ -30,8 +30,9 @@ pub struct ServerHealth {
     /// Per mount: the source's `total_bytes_read` and the poll time it was
     /// first seen at that value; a source whose count stops is stalled.
     progress: HashMap<String, (u64, i64)>,
-    /// What the canaries found at the public URLs.
-    pub canary: CanaryHealth,
+    /// What the canaries found at each public URL (http, https): one that
+    /// works cannot vouch for the other.
+    pub canary: [CanaryHealth; 2],
 }
 
 /// The canaries' verdict on a server's public URLs, with the same rise/fall
@@ -49,12 +50,7 @@ pub struct CanaryHealth {
 
 impl CanaryHealth {
     /// Takes one canary's result into account.
-    pub fn record(
-        &mut self,
-        result: &Result<(), crate::canary::CanaryError>,
-        rise: u32,
-        fall: u32,
-    ) {
+    pub fn record<E: std::fmt::Display>(&mut self, result: &Result<(), E>, rise: u32, fall: u32) {
         match result {
             Ok(()) => {
                 self.good_in_a_row = self.good_in_a_row.saturating_add(1);
@@ -167,7 +163,9 @@ impl ServerHealth {
         match self.state {
             ServerStateKind::Unknown => ServerState::Unspecified,
             // Answering polls, but players cannot play at the public URL.
-            ServerStateKind::Up | ServerStateKind::Full if self.canary.failing => ServerState::Down,
+            ServerStateKind::Up | ServerStateKind::Full if self.canary_failure().is_some() => {
+                ServerState::Down
+            }
             ServerStateKind::Up => ServerState::Up,
             ServerStateKind::Full => ServerState::Full,
             ServerStateKind::Down => ServerState::Down,
@@ -177,11 +175,18 @@ impl ServerHealth {
     /// Why the server takes no players, in words: the poll's error, else a
     /// failing canary's.
     fn wire_error(&self) -> String {
-        if self.last_error.is_empty() && self.canary.failing {
-            format!("canary failed: {}", self.canary.last_error)
-        } else {
-            self.last_error.clone()
+        match self.canary_failure() {
+            Some(error) if self.last_error.is_empty() => format!("canary failed: {error}"),
+            _ => self.last_error.clone(),
         }
+    }
+
+    /// Why canaries keep failing at one of the public URLs, if they do.
+    pub fn canary_failure(&self) -> Option<&str> {
+        self.canary
+            .iter()
+            .find(|c| c.failing)
+            .map(|c| c.last_error.as_str())
     }
 }
 
@@ -268,11 +273,7 @@ fn wire_server(server: &Server, health: &ServerHealth, drained: bool) -> wire::S
         public_url_http: base_url(server.public_urls.http.as_ref()),
         public_url_https: base_url(server.public_urls.https.as_ref()),
         cross_scheme: server.cross_scheme,
-        canary_error: if health.canary.failing {
-            health.canary.last_error.clone()
-        } else {
-            String::new()
-        },
+        canary_error: health.canary_failure().unwrap_or_default().to_owned(),
     }
 }
 

@@ -445,3 +445,40 @@ mounts = [{ server = "a", mount = "/s.ogg", max_listeners = 500 }, { server = "b
     // b: 30 slots asked, but only 10 are free: all of them are headroom.
     assert_eq!((mounts[1].free_slots, mounts[1].headroom), (10, 10));
 }
+
+#[test]
+fn canaries_take_a_server_out_after_fall_and_back_after_rise() {
+    let fleet = balancer_fleet::parse(FLEET, Path::new("f.toml"), &|_| None).unwrap();
+    let mut a = ServerHealth::default();
+    let report = PollResult::Report(report(&[("/s.ogg", 1, ReportedLimit::Unknown)]));
+    a.record(&report, 1000, 5, 2, 3);
+    let state = |a: &ServerHealth| {
+        let health = HashMap::from([("a".to_owned(), a.clone())]);
+        let snapshot = build_snapshot(&fleet, &health, &BTreeSet::new(), 2000, "me");
+        let server = snapshot.servers[0].clone();
+        (server.state(), server.last_error, server.canary_error)
+    };
+    let refused: Result<(), &str> = Err("https://a.example/s.ogg: HTTP 503");
+    for _ in 0..2 {
+        a.canary[1].record(&refused, 2, 3);
+        assert_eq!(state(&a).0, ServerState::Up, "fewer than fall failures");
+    }
+    // A good canary on the other scheme does not vouch for this one.
+    a.canary[0].record(&Ok::<(), &str>(()), 2, 3);
+    a.canary[1].record(&refused, 2, 3);
+    let (state_now, error, canary_error) = state(&a);
+    assert_eq!(state_now, ServerState::Down);
+    assert_eq!(error, "canary failed: https://a.example/s.ogg: HTTP 503");
+    assert_eq!(canary_error, "https://a.example/s.ogg: HTTP 503");
+    // Polls keep succeeding meanwhile: the canary alone keeps it out.
+    a.record(&report, 3000, 5, 2, 3);
+    assert_eq!(state(&a).0, ServerState::Down);
+    a.canary[1].record(&Ok::<(), &str>(()), 2, 3);
+    assert_eq!(state(&a).0, ServerState::Down, "fewer than rise successes");
+    a.canary[1].record(&Ok::<(), &str>(()), 2, 3);
+    let (state_now, error, canary_error) = state(&a);
+    assert_eq!(
+        (state_now, error.as_str(), canary_error.as_str()),
+        (ServerState::Up, "", "")
+    );
+}

@@ -301,6 +301,11 @@ fn a_byte_count_that_is_not_a_number_is_ignored_not_fatal() {
     // The mount is still reported; without a count it can never look stalled.
     assert_eq!(
         report.mounts,
-        [typed(mount("/hq.ogg", Some(0), ReportedLimit::Count(5), None))]
+        [typed(mount(
+            "/hq.ogg",
+            Some(0),
+            ReportedLimit::Count(5),
+            None
+        ))]
     );
 }

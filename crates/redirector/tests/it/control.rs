@@ -10,7 +10,7 @@ use balancer_testkit::{IcecastServer, IcecastSpec, MountSpec, RedisServer, free_
 use crate::support::*;
 
 /// Runs `balancerctl --admin ADDR ARGS...`; returns exit code, stdout, stderr.
-fn ctl(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn ctl(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_icecast-redirector"))
         .with_file_name("balancerctl");
     assert!(

@@ -13,3 +13,4 @@ mod sentinel;
 mod standalone;
 mod support;
 mod systemd;
+mod tls;

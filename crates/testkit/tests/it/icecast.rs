@@ -85,7 +85,12 @@ async fn load_xsl_prints_free_slots_and_never_nan() {
         "load.xsl to count the listener",
         Duration::from_secs(10),
         || async {
-            let body = balancer_testkit::http_get(&url).await.ok()?.text().await.ok()?;
+            let body = balancer_testkit::http_get(&url)
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
             body.contains(r#"<mount name="/limited.ogg" listeners="1" max_listeners="3">2</mount>"#)
                 .then_some(body)
         },
