@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use balancer_testkit::{IcecastServer, IcecastSpec, MountSpec};
+use balancer_testkit::{IcecastServer, IcecastSpec, MountSpec, wait_until};
 use icecast_poller::canary::{Canary, CanaryError, Probe};
 
 #[tokio::test]
@@ -16,12 +16,18 @@ async fn a_canary_reads_a_live_mount_and_names_what_is_wrong_elsewhere() {
         expected: expected.map(str::to_owned),
         deadline: Duration::from_secs(2),
     };
+    // Right after a source starts, Icecast has no burst to give yet and the
+    // first listener waits for the stream's next pages: wait for it to flow.
+    let live = probe(icecast.mount_url("/s.ogg"), Some("application/ogg"));
+    wait_until(
+        "the canary to hear the stream",
+        Duration::from_secs(20),
+        || async { canary.listen(&live).await.ok() },
+    )
+    .await;
     let started = std::time::Instant::now();
-    let heard = canary
-        .listen(&probe(icecast.mount_url("/s.ogg"), Some("application/ogg")))
-        .await;
-    println!("canary took {:?}", started.elapsed());
-    assert_eq!(heard, Ok(()));
+    assert_eq!(canary.listen(&live).await, Ok(()));
+    println!("a canary on a flowing stream took {:?}", started.elapsed());
     let wrong = canary
         .listen(&probe(icecast.mount_url("/s.ogg"), Some("audio/mpeg")))
         .await;
