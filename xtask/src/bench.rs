@@ -75,30 +75,61 @@ pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
 }
 
 fn poller_section() -> anyhow::Result<()> {
-    let poller = poller_case(1000, 5, Duration::from_secs(30))?;
+    let window = Duration::from_secs(30);
+    let quiet = poller_case(1000, 5, window, "off")?;
+    let canaries = poller_case(1000, 5, window, "30s")?;
+    let row = |name: &str, goal: &str, value: &dyn Fn(&PollerResult) -> String| {
+        format!(
+            "| {name} | {} | {} | {goal} |\n",
+            value(&quiet),
+            value(&canaries)
+        )
+    };
     let section = format!(
         "## Poller: 1,000 simulated Icecast servers x 5 mounts, 1 s interval\n\n\
          Command: `cargo xtask bench`. Machine: {machine}. Run: {date}.\n\n\
          `icecast-sim` (crates/testkit) serves 1,000 `/admin/stats` documents on 1,000 loopback\n\
          ports (CPU 1); the release-built poller polls all of them every second on CPU 0 and\n\
-         publishes to redis-server (CPU 1). Measured over {window} s after a 5 s warm-up.\n\n\
-         | measure | value | goal |\n|---|---|---|\n\
-         | poller CPU, share of one core | {cpu:.1}% | under 25% |\n\
-         | cycles completed / intervals elapsed | {cycles} / {intervals} | all |\n\
-         | cycle time, median | {median} ms | under 1000 ms |\n\
-         | cycle time, max | {max} ms | under 1000 ms |\n\
-         | servers up in the last cycle | {up} / 1000 | all |\n\
-         | redis-server CPU per snapshot published | {redis_us:.0} µs | |\n",
+         publishes to redis-server (CPU 1). Measured over {window} s after a 5 s warm-up, once\n\
+         with canaries off and once with the default `canary_interval = \"30s\"` (one canary\n\
+         per server per 30 s, spread: about 33 a second, each a GET of a mount reading 4 KiB,\n\
+         with a slot leased from Redis first).\n\n\
+         | measure | canaries off | canaries every 30 s | goal |\n|---|---|---|---|\n\
+         {cpu}{cycles}{median}{max}{up}{redis}{sent}",
         machine = machine(),
         date = today(),
-        window = poller.window.as_secs(),
-        cpu = poller.cpu_share * 100.0,
-        cycles = poller.cycles.len(),
-        intervals = poller.window.as_secs(),
-        median = percentile(&poller.cycles, 50),
-        max = poller.cycles.iter().max().copied().unwrap_or(0),
-        up = poller.last_up,
-        redis_us = poller.redis_cpu_per_cycle.as_secs_f64() * 1e6,
+        window = window.as_secs(),
+        cpu = row("poller CPU, share of one core", "under 25%", &|p| format!(
+            "{:.1}%",
+            p.cpu_share * 100.0
+        )),
+        cycles = row("cycles completed / intervals elapsed", "all", &|p| format!(
+            "{} / {}",
+            p.cycles.len(),
+            p.window.as_secs()
+        )),
+        median = row("cycle time, median", "under 1000 ms", &|p| format!(
+            "{} ms",
+            percentile(&p.cycles, 50)
+        )),
+        max = row("cycle time, max", "under 1000 ms", &|p| format!(
+            "{} ms",
+            p.cycles.iter().max().copied().unwrap_or(0)
+        )),
+        up = row("servers up in the last cycle", "all", &|p| format!(
+            "{} / 1000",
+            p.last_up
+        )),
+        redis = row(
+            "redis-server CPU per cycle (snapshot, and canary leases)",
+            "",
+            &|p| { format!("{:.0} µs", p.redis_cpu_per_cycle.as_secs_f64() * 1e6) }
+        ),
+        sent = row(
+            "canaries heard / failed in the window",
+            "none failed",
+            &|p| format!("{} / {}", p.canaries.0, p.canaries.1)
+        ),
     );
     println!("{section}");
     record("poller", &section)
@@ -154,13 +185,20 @@ fn geo_case() -> anyhow::Result<String> {
 
 struct PollerResult {
     window: Duration,
+    /// Canaries that heard the stream, and that failed, in the window.
+    canaries: (usize, usize),
     cpu_share: f64,
     cycles: Vec<u64>,
     last_up: u64,
     redis_cpu_per_cycle: Duration,
 }
 
-fn poller_case(servers: usize, mounts: usize, window: Duration) -> anyhow::Result<PollerResult> {
+fn poller_case(
+    servers: usize,
+    mounts: usize,
+    window: Duration,
+    canary_interval: &str,
+) -> anyhow::Result<PollerResult> {
     let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
     let release = workspace_root().join("target/release");
@@ -174,6 +212,8 @@ fn poller_case(servers: usize, mounts: usize, window: Duration) -> anyhow::Resul
             &servers.to_string(),
             "--mounts",
             &mounts.to_string(),
+            "--canary-interval",
+            canary_interval,
         ],
     )?;
     let log = dir.join("poller.log");
@@ -214,9 +254,15 @@ fn poller_case(servers: usize, mounts: usize, window: Duration) -> anyhow::Resul
             &text[text.len().saturating_sub(2000)..]
         );
     }
+    let window_log = &text[log_before..];
+    let canaries = (
+        window_log.matches("canary heard the stream").count(),
+        window_log.matches("canary failed").count(),
+    );
     let _ = fs::remove_dir_all(&dir);
     Ok(PollerResult {
         window,
+        canaries,
         cpu_share: (cpu_after - cpu_before).as_secs_f64() / elapsed.as_secs_f64(),
         last_up: cycles.last().map_or(0, |c| c.1),
         redis_cpu_per_cycle: (redis_after - redis_before)

@@ -338,8 +338,9 @@ impl<S: PollerStore> Poller<S> {
                 url: probe.url,
                 error: e,
             });
-            if let Err(e) = &result {
-                tracing::debug!(server = %name, error = %e, "canary failed");
+            match &result {
+                Ok(()) => tracing::debug!(server = %name, "canary heard the stream"),
+                Err(e) => tracing::debug!(server = %name, error = %e, "canary failed"),
             }
             CanaryDone {
                 server: name,

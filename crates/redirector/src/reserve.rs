@@ -152,6 +152,11 @@ impl PoolState {
     /// Remembers a poll, and forgets those older than `max_age_ms`. An older
     /// poll bounds grants only while the mount's limit is the same: after an
     /// operator lowers it, the old free slots are not there any more.
+    ///
+    /// Of the polls within `max_age_ms`, the oldest is kept and the newest
+    /// fill the rest: in a crowd, the oldest poll (taken before it began)
+    /// is the one that does not count its players twice, and the newest
+    /// know about the listeners who left.
     fn note_poll(&mut self, poll: &Observed<'_>, now_ms: i64, max_age_ms: i64) {
         if self
             .polls
@@ -162,13 +167,15 @@ impl PoolState {
                 .push_back((poll.observed_at_ms, poll.free_slots, poll.limit));
         }
         self.polls.retain(|&(_, _, limit)| limit == poll.limit);
-        while self.polls.len() > POLLS_KEPT
-            || self
-                .polls
-                .front()
-                .is_some_and(|&(t, _, _)| now_ms - t > max_age_ms)
+        while self
+            .polls
+            .front()
+            .is_some_and(|&(t, _, _)| now_ms - t > max_age_ms)
         {
             self.polls.pop_front();
+        }
+        while self.polls.len() > POLLS_KEPT {
+            self.polls.remove(1);
         }
     }
 
@@ -226,6 +233,12 @@ impl SlotPool {
         state.held()
     }
 
+    /// Hands out a slot this pool already holds, without asking the ledger:
+    /// a leased slot is good for any player until its lease expires.
+    pub fn take_held(&self, now_ms: i64) -> bool {
+        self.lock().hand_out(now_ms)
+    }
+
     /// Whether the ledger said this poll has no slot left for this replica,
     /// and none are held: a request need not try the mount.
     pub fn exhausted(&self, observed_at_ms: i64, now_ms: i64) -> bool {
@@ -279,6 +292,15 @@ impl Reservations {
     /// How slots are counted.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// Tells the pool of every poll a snapshot brings, not only those seen at
+    /// a refill, so that a pool first used late (the headroom's, when a crowd
+    /// reaches the soft limits) still knows the older polls that do not count
+    /// the players who connected since.
+    pub fn note_poll(&self, pool: &SlotPool, poll: &Observed<'_>, now_ms: i64) {
+        pool.lock()
+            .note_poll(poll, now_ms, millis(self.timings.max_age));
     }
 
     /// The pool of a mount's slots of `tier`, created on first use and kept
@@ -536,6 +558,39 @@ mod tests {
                 Ok(grant)
             })
         }
+    }
+
+    #[test]
+    fn the_oldest_fresh_poll_is_kept_beside_the_newest() {
+        let (server, mount) = (Arc::from("s"), Arc::from("/m"));
+        let poll = |t: i64, free: u32| Observed {
+            server: &server,
+            mount: &mount,
+            observed_at_ms: t,
+            free_slots: free,
+            limit: Some(100),
+        };
+        let mut state = PoolState::default();
+        // A poll every 250 ms for 5 s: before a crowd, 100 free; then fewer.
+        for i in 0..20 {
+            let t = 1_000_000 + i * 250;
+            state.note_poll(&poll(t, 100 - i as u32 * 5), t, 10_000);
+        }
+        let times: Vec<i64> = state.polls.iter().map(|p| p.0).collect();
+        assert_eq!(times.len(), POLLS_KEPT);
+        assert_eq!(times[0], 1_000_000, "the poll from before the crowd stays");
+        assert_eq!(times[POLLS_KEPT - 1], 1_000_000 + 19 * 250, "and the newest");
+        // Once it is older than the data may be, it goes.
+        let late = 1_000_000 + 10_500;
+        state.note_poll(&poll(late, 5), late, 10_000);
+        assert!(state.polls.iter().all(|p| late - p.0 <= 10_000));
+        // A new limit makes the old polls worthless.
+        let changed = Observed {
+            limit: Some(50),
+            ..poll(late + 250, 10)
+        };
+        state.note_poll(&changed, late + 250, 10_000);
+        assert_eq!(state.polls.len(), 1);
     }
 
     const TIMINGS: Timings = Timings {

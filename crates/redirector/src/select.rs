@@ -253,7 +253,7 @@ impl Selector {
                 return Some(decision);
             }
         }
-        if stream.has_headroom {
+        if stream.has_headroom && self.soft_tier_spent(view, stream, player, now_ms) {
             return self
                 .choose_unexhausted(
                     view,
@@ -268,6 +268,35 @@ impl Selector {
                 .await;
         }
         None
+    }
+
+    /// Whether no mount the player could use has a slot above its headroom
+    /// left: each is at its soft limit, or the ledger said its soft slots
+    /// for this poll are gone. Only then may players go into the headroom; a
+    /// slow refill is not a reason.
+    fn soft_tier_spent(
+        &self,
+        view: &FleetView,
+        stream: &StreamView,
+        player: &Player,
+        now_ms: i64,
+    ) -> bool {
+        let spent = |index: usize| {
+            let mount = &stream.mounts[index];
+            mount
+                .slots
+                .exhausted(view.servers[mount.server].observed_at_ms, now_ms)
+        };
+        let soft = self.filter(
+            view,
+            stream,
+            &player.client,
+            player.scheme,
+            Tier::Soft,
+            now_ms,
+            &spent,
+        );
+        soft.accepted.is_empty()
     }
 
     /// Ranks the mounts not in `tried` whose `tier` pool is not known to be
@@ -357,6 +386,11 @@ impl Selector {
         }
         for (position, &index) in order.iter().enumerate() {
             let mount = &stream.mounts[index];
+            // Slots leased for the soft tier before the mount reached its
+            // soft limit are used first, rather than left to expire.
+            if tier == Tier::Headroom && mount.slots.take_held(now_ms) {
+                return Some(position);
+            }
             let observed = mount.observed(&view.servers[mount.server], tier);
             if self
                 .reservations

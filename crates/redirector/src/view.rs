@@ -173,7 +173,7 @@ impl FleetView {
                         let url = |base: Option<&str>| {
                             base.map(|b| format!("{}{}", b.trim_end_matches('/'), m.mount))
                         };
-                        Some(MountView {
+                        let view = MountView {
                             server,
                             mount: Arc::from(m.mount.as_str()),
                             state: m.state(),
@@ -183,7 +183,15 @@ impl FleetView {
                             urls: [url(bases[0]), url(bases[1])],
                             slots: reservations.pool(&m.server, &m.mount, Tier::Soft),
                             spare: reservations.pool(&m.server, &m.mount, Tier::Headroom),
-                        })
+                        };
+                        if view.state == MountState::Live && servers[server].observed_at_ms > 0 {
+                            for tier in [Tier::Soft, Tier::Headroom] {
+                                let poll = view.observed(&servers[server], tier);
+                                let now = snapshot.published_at_ms.max(poll.observed_at_ms);
+                                reservations.note_poll(view.pool(tier), &poll, now);
+                            }
+                        }
+                        Some(view)
                     })
                     .collect();
                 let codes =

@@ -45,6 +45,10 @@ pub struct MountSpec {
     pub stream_name: Option<String>,
     /// Genre the source announces (`ice-genre`), if any.
     pub genre: Option<String>,
+    /// Icecast asks this URL before admitting a listener (`<authentication
+    /// type="url">` with `listener_add`); a backend that is down makes it
+    /// refuse every listener while its status pages stay fine.
+    pub listener_auth_url: Option<String>,
 }
 
 impl MountSpec {
@@ -57,6 +61,7 @@ impl MountSpec {
             live: true,
             stream_name: None,
             genre: None,
+            listener_auth_url: None,
         }
     }
 
@@ -79,6 +84,13 @@ impl MountSpec {
     pub fn announce(mut self, stream_name: &str, genre: &str) -> Self {
         self.stream_name = Some(stream_name.to_owned());
         self.genre = Some(genre.to_owned());
+        self
+    }
+
+    /// Admits listeners only when `url` says yes (Icecast's URL listener
+    /// authentication).
+    pub fn listener_auth(mut self, url: &str) -> Self {
+        self.listener_auth_url = Some(url.to_owned());
         self
     }
 
@@ -475,6 +487,15 @@ impl IcecastServer {
             );
             if let Some(limit) = m.max_listeners {
                 let _ = writeln!(mounts, "    <max-listeners>{limit}</max-listeners>");
+            }
+            if let Some(url) = &m.listener_auth_url {
+                let _ = writeln!(
+                    mounts,
+                    "    <authentication type=\"url\">\n      \
+                     <option name=\"listener_add\" value=\"{url}\"/>\n      \
+                     <option name=\"auth_header\" value=\"icecast-auth-user: 1\"/>\n    \
+                     </authentication>"
+                );
             }
             mounts.push_str("  </mount>\n");
         }

@@ -301,3 +301,43 @@ async fn a_crowd_of_1_5x_capacity_on_a_standalone_redirector_fills_every_slot() 
     let (outcome, players) = crowd(&[redirector.url("/s")], 3, |_| async {}).await;
     assert_filled_and_never_overbooked("standalone", &servers, &outcome, &players).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headroom_stays_free_until_every_server_is_at_its_soft_limit() {
+    let (redis, servers) = tokio::join!(RedisServer::start(), crowd_servers());
+    let names = ["one", "two", "three"];
+    let entries: Vec<(&str, &IcecastServer, &str)> = names
+        .iter()
+        .zip(&servers)
+        .zip(["", "", "headroom = 80"])
+        .map(|((n, s), extra)| (*n, s, extra))
+        .collect();
+    let fleet = one_stream_fleet(&entries, "admin");
+    let (_poller, replicas) = balancer(&redis, &fleet, 2, &[]).await;
+    let urls = [replicas[0].url("/s"), replicas[1].url("/s")];
+    // The largest server keeps 80 of its 120 slots as headroom: soft limits
+    // 80, 100 and 40 (220 in all). Spread by free slots alone, the first 150
+    // players would put 60 on it.
+    let soft = [80, 100, 40];
+    let servers_ref = &servers;
+    let (outcome, players) = crowd(&urls, 3, |wave| async move {
+        if wave != 0 {
+            return;
+        }
+        // The first 150 players fit below the soft limits: no headroom is used.
+        let mut on = Vec::new();
+        for (server, soft) in servers_ref.iter().zip(soft) {
+            let listeners = server.listeners("/s.ogg").await.unwrap();
+            on.push(listeners);
+            assert!(
+                listeners <= soft,
+                "{listeners} listeners on a server whose soft limit is {soft}: headroom used \
+                 while others had room"
+            );
+        }
+        println!("after 150 players: {on:?} listeners, soft limits {soft:?}");
+    })
+    .await;
+    // Then the crowd (450 for 300 slots) fills the headroom too, overbooking none.
+    assert_filled_and_never_overbooked("headroom 80 on one", &servers, &outcome, &players).await;
+}

@@ -16,7 +16,10 @@
 //! `--players on` makes the servers behave like Icecast towards players: a GET
 //! of a mount is a listener (200, kept open and counted in the stats) until
 //! it hangs up, or a 403 when the mount is at its limit; counts then start at
-//! 0 and do not drift. The saturation benchmark uses it.
+//! 0 and do not drift. The saturation benchmark uses it. Without it, a GET of
+//! a mount is a short stream: 200 and 8 KiB of Ogg-typed bytes, then the end,
+//! enough for a poller's canary. `--canary-interval VALUE` writes the
+//! poller's `canary_interval` into the fleet (default `off`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -33,6 +36,7 @@ struct Options {
     limit: u32,
     geoip: Option<String>,
     players: bool,
+    canary_interval: String,
 }
 
 fn options() -> Result<Options, String> {
@@ -44,6 +48,7 @@ fn options() -> Result<Options, String> {
         limit: 100,
         geoip: None,
         players: false,
+        canary_interval: "off".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -58,6 +63,7 @@ fn options() -> Result<Options, String> {
             "--limit" => options.limit = value.parse().map_err(|e| format!("--limit: {e}"))?,
             "--geoip" => options.geoip = Some(value),
             "--players" => options.players = value == "on",
+            "--canary-interval" => options.canary_interval = value,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -77,8 +83,8 @@ async fn main() -> std::process::ExitCode {
     };
     let requests = Arc::new(AtomicU64::new(0));
     let mut fleet = format!(
-        "[poller]\ninterval = \"{}\"\ntimeout = \"{}\"\n\n",
-        options.interval, options.interval
+        "[poller]\ninterval = \"{}\"\ntimeout = \"{}\"\ncanary_interval = \"{}\"\n\n",
+        options.interval, options.interval, options.canary_interval
     );
     let mut streams: Vec<String> = (0..options.mounts)
         .map(|m| format!("[[stream]]\nname = \"sim{m}\"\nmounts = [\n"))
@@ -222,9 +228,8 @@ async fn serve(listener: TcpListener, mounts: Mounts, server: usize, requests: A
     }
 }
 
-/// With `--players on`, the mount a `GET /mN.ogg` asks for.
+/// The mount a `GET /mN.ogg` asks for.
 fn listener_mount(head: &[u8], mounts: &Mounts) -> Option<usize> {
-    mounts.players.as_ref()?;
     let line = head.split(|&b| b == b'\r').next()?;
     let path = std::str::from_utf8(line).ok()?.strip_prefix("GET /m")?;
     let number = path.split(".ogg").next()?;
@@ -234,6 +239,11 @@ fn listener_mount(head: &[u8], mounts: &Mounts) -> Option<usize> {
 /// A listener on `mount`: 200 and counted until it hangs up, or 403 when full.
 async fn listen(mut socket: tokio::net::TcpStream, mounts: &Mounts, mount: usize) {
     let Some(players) = &mounts.players else {
+        // A short stream, for canaries: the type and a burst of bytes.
+        let _ = socket
+            .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: application/ogg\r\n\r\n")
+            .await;
+        let _ = socket.write_all(&[0u8; 8192]).await;
         return;
     };
     let counter = &players[mount];
