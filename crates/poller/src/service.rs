@@ -30,7 +30,8 @@ const MIN_PUBLISH_BACKOFF: Duration = Duration::from_millis(100);
 struct CanaryDone {
     server: String,
     scheme: usize,
-    result: Result<(), CanaryFailure>,
+    /// `None` when no slot could be leased for it, so it did not listen.
+    result: Option<Result<(), CanaryFailure>>,
 }
 
 /// A failed canary and the URL it listened at (a public URL: no secret).
@@ -183,7 +184,7 @@ impl<S: PollerStore> Poller<S> {
             };
             tokio::select! {
                 () = &mut shutdown => break,
-                _ = canary_due => self.send_canary(&mut canaries).await,
+                _ = canary_due => self.send_canary(&mut canaries),
                 Some(Ok(done)) = canaries.join_next() => self.record_canary(done),
                 Some(command) = commands.recv() => match command {
                     Command::Reload | Command::ReloadAndReport(_) => {
@@ -258,7 +259,7 @@ impl<S: PollerStore> Poller<S> {
     /// has a live mount with a free slot. The canary's slot is leased from
     /// the ledger like a player's, so it never takes a slot a player was
     /// promised.
-    async fn send_canary(&mut self, canaries: &mut JoinSet<CanaryDone>) {
+    fn send_canary(&mut self, canaries: &mut JoinSet<CanaryDone>) {
         if !self.status.borrow().leader || self.fleet.servers.is_empty() {
             return;
         }
@@ -313,14 +314,6 @@ impl<S: PollerStore> Poller<S> {
                 Duration::from_secs(60),
             ),
         };
-        match self.store.reserve_slots(request).await {
-            Ok(grant) if grant.granted > 0 => {}
-            Ok(_) => return, // every slot is promised to players: try later
-            Err(e) => {
-                tracing::debug!(error = %e, "no slot for a canary now");
-                return;
-            }
-        }
         let probe = Probe {
             url: format!("{}{}", base.as_str().trim_end_matches('/'), mount.mount),
             expected: health.last_report.as_ref().and_then(|(report, _)| {
@@ -332,15 +325,29 @@ impl<S: PollerStore> Poller<S> {
             }),
             deadline,
         };
-        let (canary, name) = (self.canary.clone(), server.name.clone());
+        let (canary, store, name) = (self.canary.clone(), self.store.clone(), server.name.clone());
+        // Leasing and listening happen in the canary's own task: a slow
+        // Redis or a slow public URL never holds up polls or other canaries.
         canaries.spawn(async move {
-            let result = canary.listen(&probe).await.map_err(|e| CanaryFailure {
-                url: probe.url,
-                error: e,
+            let result = match store.reserve_slots(request).await {
+                Ok(grant) if grant.granted > 0 => Some(canary.listen(&probe).await),
+                // Every slot is promised to players: try at the next turn.
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!(error = %e, "no slot for a canary now");
+                    None
+                }
+            };
+            let result = result.map(|r| {
+                r.map_err(|error| CanaryFailure {
+                    url: probe.url,
+                    error,
+                })
             });
             match &result {
-                Ok(()) => tracing::debug!(server = %name, "canary heard the stream"),
-                Err(e) => tracing::debug!(server = %name, error = %e, "canary failed"),
+                Some(Ok(())) => tracing::debug!(server = %name, "canary heard the stream"),
+                Some(Err(e)) => tracing::debug!(server = %name, error = %e, "canary failed"),
+                None => {}
             }
             CanaryDone {
                 server: name,
@@ -353,15 +360,18 @@ impl<S: PollerStore> Poller<S> {
     /// Takes a canary's result into the server's health.
     fn record_canary(&mut self, done: CanaryDone) {
         let (rise, fall) = (self.fleet.poller.rise, self.fleet.poller.fall);
+        let Some(result) = done.result else {
+            return; // no slot was free for it: nothing learnt
+        };
         let server = done.server.as_str();
         let Some(health) = self.health.get_mut(server) else {
             return;
         };
         let canary = &mut health.canary[done.scheme];
         let was_failing = canary.failing;
-        canary.record(&done.result, rise, fall);
+        canary.record(&result, rise, fall);
         if let Some(metrics) = &self.metrics {
-            metrics.observe_canary(server, done.result.is_ok());
+            metrics.observe_canary(server, result.is_ok());
         }
         match (was_failing, canary.failing) {
             (false, true) => tracing::warn!(

@@ -579,7 +579,11 @@ mod tests {
         let times: Vec<i64> = state.polls.iter().map(|p| p.0).collect();
         assert_eq!(times.len(), POLLS_KEPT);
         assert_eq!(times[0], 1_000_000, "the poll from before the crowd stays");
-        assert_eq!(times[POLLS_KEPT - 1], 1_000_000 + 19 * 250, "and the newest");
+        assert_eq!(
+            times[POLLS_KEPT - 1],
+            1_000_000 + 19 * 250,
+            "and the newest"
+        );
         // Once it is older than the data may be, it goes.
         let late = 1_000_000 + 10_500;
         state.note_poll(&poll(late, 5), late, 10_000);

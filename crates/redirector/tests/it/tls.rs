@@ -1,7 +1,8 @@
-//! Public URLs per scheme behind a real TLS terminator (HAProxy with a
-//! certificate from a CA made by the test): the poller's canaries listen over
-//! https, players keep the scheme they arrived with (also through a trusted
-//! proxy's `X-Forwarded-Proto`), an https player really plays, and a dead
+//! Public URLs per scheme behind real TLS terminators (HAProxy with a
+//! certificate from a CA made by the test, in front of Icecast and in front
+//! of the redirector): the poller's canaries listen over https, players keep
+//! the scheme they arrived with (from the connection, or a trusted proxy's
+//! `X-Forwarded-Proto`), an https player and ffmpeg really play, and a dead
 //! terminator takes the server out after `fall` canaries and back after `rise`.
 
 use std::net::SocketAddr;
@@ -115,8 +116,8 @@ struct TlsTerminator {
 }
 
 impl TlsTerminator {
+    /// TLS in front of an Icecast (TCP passed through, as for audio).
     async fn start(front: SocketAddr, certificate: &Path, icecast: &IcecastServer) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "\
 defaults
@@ -135,6 +136,38 @@ backend icecast
             certificate.display(),
             icecast.port()
         );
+        TlsTerminator::run(front, config).await
+    }
+
+    /// TLS in front of a redirector, as an operator offers
+    /// `https://radio.example/<stream>`: HTTP mode, telling the redirector
+    /// the player's address and that it came over https.
+    async fn for_balancer(front: SocketAddr, certificate: &Path, redirector: &Service) -> Self {
+        let config = format!(
+            "\
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+
+frontend players
+  bind {front} ssl crt {}
+  option forwardfor
+  http-request set-header X-Forwarded-Proto https
+  default_backend redirector
+
+backend redirector
+  server redirector {}
+",
+            certificate.display(),
+            redirector.listen
+        );
+        TlsTerminator::run(front, config).await
+    }
+
+    async fn run(front: SocketAddr, config: String) -> Self {
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, config).unwrap();
         let binary = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
@@ -227,16 +260,26 @@ async fn https_players_get_https_and_canaries_watch_the_tls_terminator() {
         (302, https_url.clone())
     );
 
-    // The https player plays: an HTTP client trusting the test CA reads audio
-    // through the terminator...
+    // A real https player: it asks the balancer over https (through a TLS
+    // terminator in front of the redirector), is sent to the https URL and
+    // plays, verifying every certificate against the test CA.
+    let balancer_front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _balancer_tls =
+        TlsTerminator::for_balancer(balancer_front, &ca.server_pem(), &redirector).await;
+    let stream_url = format!("https://localhost:{}/s", balancer_front.port());
     let certificate = reqwest::Certificate::from_pem(&std::fs::read(ca.ca()).unwrap()).unwrap();
     let player = balancer_testkit::http()
         .tls_certs_merge([certificate])
         .timeout(PATIENCE)
         .build()
         .unwrap();
-    let mut response = player.get(&https_url).send().await.unwrap();
+    let mut response = player.get(&stream_url).send().await.unwrap();
     assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.url().as_str(),
+        https_url,
+        "followed to the https mount"
+    );
     let mut bytes = 0;
     while bytes < 4096 {
         bytes += response
@@ -247,9 +290,9 @@ async fn https_players_get_https_and_canaries_watch_the_tls_terminator() {
             .len();
     }
     drop(response);
-    // ... and so does ffmpeg, verifying the certificate against the CA.
+    // ... and so does ffmpeg.
     let ca_file = ca.ca();
-    let url = https_url.clone();
+    let url = stream_url.clone();
     let ffmpeg = tokio::task::spawn_blocking(move || {
         Command::new("ffmpeg")
             .args([
@@ -269,7 +312,7 @@ async fn https_players_get_https_and_canaries_watch_the_tls_terminator() {
     .unwrap();
     assert!(
         ffmpeg.status.success(),
-        "ffmpeg could not play {https_url}: {}",
+        "ffmpeg could not play {stream_url}: {}",
         String::from_utf8_lossy(&ffmpeg.stderr)
     );
 
