@@ -260,7 +260,14 @@ impl<S: PollerStore> Poller<S> {
     /// the ledger like a player's, so it never takes a slot a player was
     /// promised.
     fn send_canary(&mut self, canaries: &mut JoinSet<CanaryDone>) {
-        if !self.status.borrow().leader || self.fleet.servers.is_empty() {
+        // Not before this poller's first publication: it is what tells the
+        // ledger that a fresh deployment has no lost history (a lease taken
+        // earlier would fence every poll for a lease's life).
+        let published = {
+            let status = self.status.borrow();
+            status.leader && status.snapshot_version > 0
+        };
+        if !published || self.fleet.servers.is_empty() {
             return;
         }
         let index = self.canary_turn.0 % self.fleet.servers.len();
