@@ -62,18 +62,10 @@ pub fn client_scheme(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies
     if !trusted.contains(canonical(peer)) {
         return Scheme::Http;
     }
-    let values = |name: &HeaderName| headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
     let first = if headers.contains_key(FORWARDED) {
-        values(&FORWARDED)
-            .flat_map(|v| v.split(','))
-            .find_map(|element| {
-                element.split(';').find_map(|pair| {
-                    let (key, value) = pair.split_once('=')?;
-                    key.trim().eq_ignore_ascii_case("proto").then_some(value)
-                })
-            })
+        forwarded_params(headers, "proto").next()
     } else {
-        values(&X_FORWARDED_PROTO).flat_map(|v| v.split(',')).next()
+        header_list(headers, &X_FORWARDED_PROTO).next()
     };
     first.and_then(Scheme::parse).unwrap_or(Scheme::Http)
 }
@@ -120,22 +112,31 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
 /// The hop list, oldest first: `for=` of every `Forwarded` element, else every
 /// `X-Forwarded-For` entry, across repeated headers in order.
 fn forwarded_hops(headers: &HeaderMap) -> Vec<&str> {
-    let values = |name: &HeaderName| headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
     if headers.contains_key(FORWARDED) {
-        values(&FORWARDED)
-            .flat_map(|v| v.split(','))
-            .filter_map(|element| {
-                element.split(';').find_map(|pair| {
-                    let (key, value) = pair.split_once('=')?;
-                    key.trim().eq_ignore_ascii_case("for").then_some(value)
-                })
-            })
-            .collect()
+        forwarded_params(headers, "for").collect()
     } else {
-        values(&X_FORWARDED_FOR)
-            .flat_map(|v| v.split(','))
-            .collect()
+        header_list(headers, &X_FORWARDED_FOR).collect()
     }
+}
+
+/// The entries of a comma-separated header, across repeated headers in order.
+fn header_list<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+}
+
+/// The value of `key=` in each `Forwarded` element that has one (RFC 7239),
+/// oldest first; keys are case-insensitive.
+fn forwarded_params<'a>(headers: &'a HeaderMap, key: &'a str) -> impl Iterator<Item = &'a str> {
+    header_list(headers, &FORWARDED).filter_map(move |element| {
+        element.split(';').find_map(|pair| {
+            let (k, value) = pair.split_once('=')?;
+            k.trim().eq_ignore_ascii_case(key).then_some(value)
+        })
+    })
 }
 
 /// `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `"[2001:db8::1]:443"`.

@@ -4,8 +4,6 @@
 //! the replica keeps answering for its drain delay.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -60,31 +58,13 @@ backend redirectors
             config += &format!("  server {name} {listen} check port {}\n", admin.port());
         }
         config += &format!("\nlisten stats\n  bind {stats}\n  stats enable\n  stats uri /stats\n");
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, config).unwrap();
-        let binary = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("haproxy is missing: `cargo xtask test` installs it");
-        let mut command = Command::new(binary);
-        command.arg("-db").arg("-f").arg(&path);
-        let process = ChildProcess::spawn("haproxy", &mut command, &dir.path().join("haproxy.log"));
-        let haproxy = Haproxy {
+        let process = start_haproxy(dir.path(), &config, front).await;
+        Haproxy {
             process,
             front,
             stats,
             _dir: dir,
-        };
-        let deadline = Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(front).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "haproxy never listened: {}",
-                haproxy.process.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        haproxy
     }
 
     /// The stats CSV rows of the backend's servers: (name, status, retries, redispatches).

@@ -275,3 +275,30 @@ pub(crate) async fn wait_health(service: &Service, serving: bool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// HAProxy on `config` (its log and config in `dir`), once it listens on `front`.
+pub(crate) async fn start_haproxy(
+    dir: &std::path::Path,
+    config: &str,
+    front: SocketAddr,
+) -> ChildProcess {
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    let binary = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("haproxy is missing: `cargo xtask test` installs it");
+    let mut command = Command::new(binary);
+    command.arg("-db").arg("-f").arg(&path);
+    let process = ChildProcess::spawn("haproxy", &mut command, &dir.join("haproxy.log"));
+    let deadline = Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(front).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "haproxy never listened: {}",
+            process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    process
+}

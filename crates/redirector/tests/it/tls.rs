@@ -168,24 +168,7 @@ backend redirector
 
     async fn run(front: SocketAddr, config: String) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, config).unwrap();
-        let binary = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("haproxy is missing: `cargo xtask test` installs it");
-        let mut command = Command::new(binary);
-        command.arg("-db").arg("-f").arg(&path);
-        let process = ChildProcess::spawn("haproxy", &mut command, &dir.path().join("haproxy.log"));
-        let deadline = Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(front).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "haproxy never listened: {}",
-                process.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let process = start_haproxy(dir.path(), &config, front).await;
         TlsTerminator { process, _dir: dir }
     }
 }
