@@ -256,7 +256,17 @@ pub struct Stream {
     pub fallback: Option<String>,
     /// Where the stream may be played (radio licensing).
     pub countries: CountryRule,
+    /// The name the public stream index shows; else what Icecast reports.
+    pub title: Option<String>,
+    /// The line the public stream index shows under it; else what Icecast reports.
+    pub description: Option<String>,
 }
+
+/// Longest `title` or `description` of a stream, in characters.
+pub const MAX_TEXT_CHARS: usize = 200;
+
+/// The paths the redirector answers itself, which no stream may take.
+pub const RESERVED_STREAM_NAMES: [&str; 2] = ["streams.json", "streams.css"];
 
 /// A stream carried on a server under a mount name.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -63,6 +63,8 @@ pub(crate) struct RawStream {
     pub(crate) fallback: Option<Spanned<String>>,
     pub(crate) allow_countries: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) deny_countries: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) title: Option<Spanned<String>>,
+    pub(crate) description: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

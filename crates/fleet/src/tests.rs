@@ -216,6 +216,18 @@ fn mistakes_name_line_and_field() {
             "not a valid name",
         ),
         (
+            "name = \"lq\"",
+            "name = \"streams.json\"",
+            "stream[1].name",
+            "is taken",
+        ),
+        (
+            "name = \"lq\"",
+            "title = \"\"\nname = \"lq\"",
+            "stream[1].title",
+            "is empty",
+        ),
+        (
             "status = \"json\"",
             "public_url = [\"http://b\", \"http://c\"]\nstatus = \"json\"",
             "server[1].public_url[1]",

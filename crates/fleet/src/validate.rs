@@ -443,6 +443,13 @@ fn streams(
                 format!("a stream name must not end in {ext}: that URL serves the playlist"),
             ));
         }
+        if crate::RESERVED_STREAM_NAMES.contains(&name.as_str()) {
+            return Err(source.error(
+                raw.name.span(),
+                field("name"),
+                format!("{name:?} is taken: the redirector serves its stream index there"),
+            ));
+        }
         if raw.mounts.get_ref().is_empty() {
             return Err(source.error(
                 raw.mounts.span(),
@@ -481,15 +488,48 @@ fn streams(
             mounts.push(mount);
         }
         let countries = country_rule(source, raw, i)?;
+        let title = text(source, raw.title.as_ref(), &field("title"))?;
+        let description = text(source, raw.description.as_ref(), &field("description"))?;
         streams.push(Stream {
             name,
             mounts,
             fallback: raw.fallback.as_ref().map(|f| f.get_ref().clone()),
             countries,
+            title,
+            description,
         });
     }
     check_fallbacks(source, &raw, &streams)?;
     Ok(streams)
+}
+
+/// A line of text for listeners: not empty, no control characters, at most
+/// [`crate::MAX_TEXT_CHARS`].
+fn text(
+    source: &Source<'_>,
+    value: Option<&Spanned<String>>,
+    field: &str,
+) -> Result<Option<String>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let text = value.get_ref().trim();
+    let why = if text.is_empty() {
+        Some("is empty: remove the key to use what Icecast reports".to_owned())
+    } else if text.chars().any(char::is_control) {
+        Some("holds a control character (a line break, a tab): write one line".to_owned())
+    } else if text.chars().count() > crate::MAX_TEXT_CHARS {
+        Some(format!(
+            "is longer than {} characters",
+            crate::MAX_TEXT_CHARS
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(source.error(value.span(), field, why)),
+        None => Ok(Some(text.to_owned())),
+    }
 }
 
 fn mount(

@@ -79,6 +79,12 @@ pub struct Args {
     #[arg(long, env = "ICB_RETRY_AFTER", value_name = "MIN-MAX", default_value = "5-15", value_parser = parse_retry_after)]
     pub retry_after: RetryAfter,
 
+    /// The public stream index at `/` and `/streams.json` (also at
+    /// `--prefix`/): `on`, `listeners` (with each stream's listeners across
+    /// all relays), or `off` (both answer 404).
+    #[arg(long, env = "ICB_INDEX", value_name = "MODE", default_value = "on")]
+    pub index: crate::index::IndexMode,
+
     /// Threads answering players, each with its own socket on the player port
     /// (`SO_REUSEPORT`), so a connection stays on one thread. Default: the
     /// cores this process may run on.
@@ -150,6 +156,8 @@ pub struct Settings {
     pub threads: usize,
     /// The range `Retry-After` is drawn from.
     pub retry_after: RetryAfter,
+    /// What the public stream index shows.
+    pub index: crate::index::IndexMode,
     /// Time to keep answering after health turns NOT_SERVING on SIGTERM.
     pub drain_delay: Duration,
     /// Time allowed for a request head, and for an idle keep-alive connection.
@@ -220,6 +228,7 @@ impl Args {
             connect_grace: self.connect_grace,
             slot_lease: self.slot_lease,
             retry_after: self.retry_after,
+            index: self.index,
             threads: match self.threads {
                 Some(n) => n,
                 None => std::thread::available_parallelism().map_or(1, |n| n.get()),

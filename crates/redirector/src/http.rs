@@ -12,6 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::client_ip::{TrustedProxies, client_ip, client_scheme};
 use crate::follow::Views;
+use crate::index::{self, IndexMode, IndexPage};
 use crate::metrics::RedirectorMetrics;
 use crate::playlist;
 use crate::route::route;
@@ -31,6 +32,8 @@ pub struct App {
     pub metrics: RedirectorMetrics,
     /// The range a 503's `Retry-After` is drawn from.
     pub retry_after: crate::cli::RetryAfter,
+    /// What the public stream index shows.
+    pub index: crate::index::IndexMode,
 }
 
 /// Answers `request` from `peer`. Never fails: every problem is a status code.
@@ -67,6 +70,9 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
             StatusCode::BAD_REQUEST,
             "A request for a stream has no body.\n",
         );
+    }
+    if let Some(page) = index::page(request.uri().path(), &app.prefix) {
+        return index_page(app, page);
     }
     let Some(route) = route(request.uri().path(), &app.prefix) else {
         return text(StatusCode::NOT_FOUND, "No such stream.\n");
@@ -134,6 +140,45 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
             "No relay available at the moment. Please try again later.\n",
         ),
     }
+}
+
+/// A page of the public stream index, from the current snapshot.
+fn index_page(app: &App, page: IndexPage) -> Response<Full<Bytes>> {
+    if app.index == IndexMode::Off {
+        return text(StatusCode::NOT_FOUND, "No such stream.\n");
+    }
+    app.metrics.request(None, "index");
+    let (content_type, body) = match page {
+        IndexPage::Css => (
+            "text/css; charset=utf-8",
+            Bytes::from_static(index::CSS.as_bytes()),
+        ),
+        IndexPage::Html | IndexPage::Json => {
+            let Some(view) = app.views.load() else {
+                return unavailable(
+                    app,
+                    "The balancer has no data about the servers yet. Please try again later.\n",
+                );
+            };
+            let pages = view.stream_index(app.index);
+            match page {
+                IndexPage::Json => ("application/json", pages.json.clone()),
+                _ => ("text/html; charset=utf-8", pages.html.clone()),
+            }
+        }
+    };
+    let mut response = Response::new(Full::new(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(index::CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// A GET with a body (or announcing one) is refused rather than read.

@@ -6,6 +6,7 @@
 //! [`client_ip`] (who asks), [`select`] (usable mounts, geo ranking,
 //! a slot from [`reserve`]), [`http`] (the answer). [`follow`] keeps the
 //! [`view`] current; [`server`] accepts connections; [`service`] wires it all.
+//! [`index`] lists the streams at `/` and `/streams.json`.
 //!
 //! Architecture invariant: no request waits for Redis except to lease slots,
 //! which happens once per batch and is bounded by a 30 ms timeout; a `Location`
@@ -17,6 +18,7 @@ pub mod client_ip;
 pub mod control;
 pub mod follow;
 pub mod http;
+pub mod index;
 pub mod metrics;
 pub mod playlist;
 pub mod reserve;

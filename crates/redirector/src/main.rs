@@ -78,6 +78,7 @@ fn main() -> ExitCode {
             connect_grace: settings.connect_grace,
             slot_lease: settings.slot_lease,
             retry_after: settings.retry_after,
+            index: settings.index,
             drain_delay: settings.drain_delay,
             header_timeout: settings.header_timeout,
             admin_token: settings.admin_token.clone(),

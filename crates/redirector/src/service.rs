@@ -63,6 +63,8 @@ pub struct Options {
     pub slot_lease: Duration,
     /// The range a 503's `Retry-After` is drawn from.
     pub retry_after: crate::cli::RetryAfter,
+    /// What the public stream index shows.
+    pub index: crate::index::IndexMode,
     /// Time to keep answering after health turns NOT_SERVING.
     pub drain_delay: Duration,
     /// Time allowed for a request head.
@@ -173,6 +175,7 @@ pub async fn run(
         prefix: options.prefix,
         metrics: metrics.clone(),
         retry_after: options.retry_after,
+        index: options.index,
     });
 
     let (health_tx, health_rx) = oneshot::channel();

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use balancer_geo::{Candidate, Code, Coordinates, CountryRule, GeoDb, Place};
-use balancer_proto::snapshot::v1::{MountState, ServerState, Snapshot};
+use balancer_proto::snapshot::v1::{MountInfo, MountState, ServerState, Snapshot};
 
 use crate::client_ip::Scheme;
 use crate::reserve::{Observed, Reservations, SlotPool};
@@ -49,6 +49,8 @@ pub struct FleetView {
     pub servers: Vec<ServerView>,
     /// Streams by name.
     pub streams: HashMap<String, StreamView>,
+    /// The public stream index, rendered on first use.
+    index: std::sync::OnceLock<crate::index::StreamIndex>,
 }
 
 /// A server as selection needs it.
@@ -98,6 +100,10 @@ pub struct StreamView {
     pub fallback: Option<String>,
     /// Where it may be played.
     pub rule: CountryRule,
+    /// Its name in the public index, from the fleet file; empty when not set.
+    pub title: String,
+    /// Its description in the public index, from the fleet file; empty when not set.
+    pub description: String,
 }
 
 /// A mount of a stream.
@@ -122,6 +128,10 @@ pub struct MountView {
     pub slots: Arc<SlotPool>,
     /// This replica's reservations of the mount's headroom.
     pub spare: Arc<SlotPool>,
+    /// What its source announces (for the public index).
+    pub info: MountInfo,
+    /// Listeners the last poll counted.
+    pub listeners: u32,
 }
 
 impl FleetView {
@@ -183,6 +193,8 @@ impl FleetView {
                             urls: [url(bases[0]), url(bases[1])],
                             slots: reservations.pool(&m.server, &m.mount, Tier::Soft),
                             spare: reservations.pool(&m.server, &m.mount, Tier::Headroom),
+                            info: m.info.clone().unwrap_or_default(),
+                            listeners: m.listeners,
                         };
                         if view.state == MountState::Live && servers[server].observed_at_ms > 0 {
                             for tier in [Tier::Soft, Tier::Headroom] {
@@ -231,6 +243,8 @@ impl FleetView {
                     oldest_observation_ms,
                     fallback: Some(stream.fallback.clone()).filter(|f| !f.is_empty()),
                     rule,
+                    title: stream.title.clone(),
+                    description: stream.description.clone(),
                 };
                 (stream.name.clone(), view)
             })
@@ -240,7 +254,14 @@ impl FleetView {
             published_at_ms: snapshot.published_at_ms,
             servers,
             streams,
+            index: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The public stream index of this snapshot, rendered by the first
+    /// request that asks and shared by all others.
+    pub fn stream_index(&self, mode: crate::index::IndexMode) -> &crate::index::StreamIndex {
+        self.index.get_or_init(|| crate::index::render(self, mode))
     }
 
     /// The newest observation of any server, to judge if the whole view is stale.
@@ -297,6 +318,11 @@ impl MountView {
             None if self.free_in(tier) == 0 => Err(Unusable::Headroom),
             None => Ok(()),
         }
+    }
+
+    /// Whether a source feeds it (stalled or not): its stream is on the air.
+    pub fn is_live(&self) -> bool {
+        matches!(self.state, MountState::Live | MountState::Stalled)
     }
 
     /// The free slots a player of `tier` may take: those above the headroom,

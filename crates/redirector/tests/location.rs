@@ -109,6 +109,7 @@ fn random_snapshot(rng: &mut fastrand::Rng, now_ms: i64) -> Snapshot {
                     max_listeners: Some(1000),
                     free_slots: rng.u32(0..1000),
                     headroom: rng.u32(0..100),
+                    info: None,
                 })
                 .collect(),
             fallback: if s > 0 { "s0".into() } else { String::new() },

@@ -43,6 +43,7 @@ fn mount(server: &str, limit: u32, free_slots: u32, headroom: u32) -> Mount {
         max_listeners: Some(limit),
         free_slots,
         headroom,
+        info: None,
     }
 }
 

@@ -62,6 +62,7 @@ fn random_fleet(rng: &mut fastrand::Rng) -> (Snapshot, Vec<String>) {
             max_listeners: Some(50),
             free_slots,
             headroom: 0,
+            info: None,
         });
         if up && !drained && !stale && live && free_slots > 0 {
             usable.push(format!("{public_url}/s.ogg"));

@@ -60,6 +60,7 @@ mod tests {
                     max_listeners: None,
                     free_slots: u32::MAX,
                     headroom: 0,
+                    info: None,
                 }],
                 fallback: String::new(),
                 ..Default::default()

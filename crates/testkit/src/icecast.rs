@@ -49,6 +49,8 @@ pub struct MountSpec {
     /// type="url">` with `listener_add`); a backend that is down makes it
     /// refuse every listener while its status pages stay fine.
     pub listener_auth_url: Option<String>,
+    /// The song title the source sends in its stream (an Ogg comment), if any.
+    pub song_title: Option<String>,
 }
 
 impl MountSpec {
@@ -62,6 +64,7 @@ impl MountSpec {
             stream_name: None,
             genre: None,
             listener_auth_url: None,
+            song_title: None,
         }
     }
 
@@ -91,6 +94,13 @@ impl MountSpec {
     /// authentication).
     pub fn listener_auth(mut self, url: &str) -> Self {
         self.listener_auth_url = Some(url.to_owned());
+        self
+    }
+
+    /// Makes the source send `title` as the song now playing, as an encoder
+    /// fed by a playout system does (and as anyone with the source password can).
+    pub fn song_title(mut self, title: &str) -> Self {
+        self.song_title = Some(title.to_owned());
         self
     }
 
@@ -466,6 +476,9 @@ impl IcecastServer {
         }
         if let Some(genre) = &mount.genre {
             command.args(["-ice_genre", genre]);
+        }
+        if let Some(title) = &mount.song_title {
+            command.arg("-metadata").arg(format!("title={title}"));
         }
         command.args(["-f", muxer]).arg(target);
         let log = self

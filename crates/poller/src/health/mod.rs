@@ -238,6 +238,8 @@ pub fn build_snapshot(
                 CountryRule::Except(codes) => codes.iter().map(ToString::to_string).collect(),
                 _ => Vec::new(),
             },
+            title: stream.title.clone().unwrap_or_default(),
+            description: stream.description.clone().unwrap_or_default(),
         })
         .collect();
     wire::Snapshot {
@@ -305,6 +307,7 @@ pub(crate) fn wire_mount(
         max_listeners: None,
         free_slots: 0,
         headroom: 0,
+        info: None,
     };
     let Some((report, _)) = &health.last_report else {
         return out;
@@ -323,6 +326,15 @@ pub(crate) fn wire_mount(
     }
     .into();
     out.listeners = reported.listeners.unwrap_or(0);
+    let info = &reported.info;
+    out.info = Some(wire::MountInfo {
+        name: info.name.clone().unwrap_or_default(),
+        description: info.description.clone().unwrap_or_default(),
+        genre: info.genre.clone().unwrap_or_default(),
+        bitrate_kbps: info.bitrate_kbps.unwrap_or(0),
+        title: info.title.clone().unwrap_or_default(),
+        content_type: reported.content_type.clone().unwrap_or_default(),
+    });
     let capacity = mount_capacity(
         reported,
         mount.max_listeners,

@@ -21,6 +21,7 @@ fn report(mounts: &[(&str, u32, ReportedLimit)]) -> StatusReport {
                 free_slots: None,
                 bytes_read: None,
                 content_type: None,
+                info: Default::default(),
             })
             .collect(),
         listeners: Some(mounts.iter().map(|(_, l, _)| l).sum()),
@@ -90,6 +91,7 @@ fn limits_come_from_icecast_then_config_then_the_server_cap() {
         free_slots: free,
         bytes_read: None,
         content_type: None,
+        info: Default::default(),
     };
     use ReportedLimit::{Count, Unknown, Unlimited};
     let cases = [

@@ -10,6 +10,15 @@
 use super::xml;
 use super::{MountReport, ParseError, ReportedLimit, StatusReport, parse_count, valid_mount};
 
+/// "Artist - Title" when Icecast reports them apart (Ogg comments), else the title.
+fn song(artist: Option<&str>, title: Option<&str>) -> Option<String> {
+    let title = title.and_then(super::info_text);
+    match (artist.and_then(super::info_text), title) {
+        (Some(artist), Some(title)) => super::info_text(&format!("{artist} - {title}")),
+        (_, title) => title,
+    }
+}
+
 /// Parses the body of `/admin/stats`.
 pub fn parse_admin_stats(body: &str) -> Result<StatusReport, ParseError> {
     let root = xml::parse(body)?;
@@ -58,6 +67,23 @@ pub fn parse_admin_stats(body: &str) -> Result<StatusReport, ParseError> {
                 .child_text("total_bytes_read")
                 .and_then(|t| t.trim().parse().ok()),
             content_type: source.child_text("server_type").and_then(super::media_type),
+            info: super::MountInfo {
+                name: source.child_text("server_name").and_then(super::info_text),
+                description: source
+                    .child_text("server_description")
+                    .and_then(super::info_text),
+                genre: source.child_text("genre").and_then(super::info_text),
+                bitrate_kbps: source
+                    .child_text("ice-bitrate")
+                    .and_then(|t| t.trim().parse().ok())
+                    .or_else(|| {
+                        source
+                            .child_text("audio_bitrate")
+                            .and_then(|t| t.trim().parse::<u32>().ok())
+                            .map(|bps| bps / 1000)
+                    }),
+                title: song(source.child_text("artist"), source.child_text("title")),
+            },
         });
     }
     // Icecast's global <listeners> lags behind the per-mount counts (seen with

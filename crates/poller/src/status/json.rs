@@ -60,6 +60,7 @@ pub fn parse_status_json(body: &str) -> Result<StatusReport, ParseError> {
                 .get("server_type")
                 .and_then(Value::as_str)
                 .and_then(super::media_type),
+            info: info(source),
         });
     }
     report.listeners = Some(report.mounts.iter().filter_map(|m| m.listeners).sum());
@@ -131,4 +132,30 @@ pub(super) fn repair(text: &str) -> String {
 
 fn is_structural(c: char) -> bool {
     matches!(c, '{' | '}' | '[' | ']' | ',' | ':') || c.is_whitespace()
+}
+
+/// What the source announces, as status-json prints it (numbers where
+/// Icecast printed a number-like string: the document was repaired).
+fn info(source: &Value) -> super::MountInfo {
+    let text = |key: &str| match source.get(key) {
+        Some(Value::String(s)) => super::info_text(s),
+        Some(Value::Number(n)) => super::info_text(&n.to_string()),
+        _ => None,
+    };
+    let number = |key: &str| match source.get(key) {
+        Some(Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    };
+    let title = match (text("artist"), text("title")) {
+        (Some(artist), Some(title)) => super::info_text(&format!("{artist} - {title}")),
+        (_, title) => title,
+    };
+    super::MountInfo {
+        name: text("server_name"),
+        description: text("server_description"),
+        genre: text("genre"),
+        bitrate_kbps: number("ice-bitrate").or_else(|| number("audio_bitrate").map(|b| b / 1000)),
+        title,
+    }
 }

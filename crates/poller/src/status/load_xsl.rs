@@ -52,6 +52,7 @@ pub fn parse_load_xsl(body: &str) -> Result<StatusReport, ParseError> {
             free_slots: Some(ReportedLimit::from_text(&mount.text)),
             bytes_read: None,
             content_type: None,
+            info: super::MountInfo::default(),
         });
     }
     if report.mounts.iter().all(|m| m.listeners.is_some()) {

@@ -49,6 +49,41 @@ pub struct MountReport {
     /// The stream's media type (`server_type`, e.g. `audio/mpeg`), when the
     /// document says: what a player must get back from the mount.
     pub content_type: Option<String>,
+    /// What the source announces about the stream, for the public index.
+    pub info: MountInfo,
+}
+
+/// What a source client announces about its stream (`ice-name`, `ice-genre`,
+/// the song title...). It comes from whoever holds the source password, so
+/// it is only ever shown escaped, and is cut to [`MAX_INFO_CHARS`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountInfo {
+    /// `server_name`.
+    pub name: Option<String>,
+    /// `server_description`.
+    pub description: Option<String>,
+    /// `genre`.
+    pub genre: Option<String>,
+    /// `ice-bitrate`, else `audio_bitrate` / 1000.
+    pub bitrate_kbps: Option<u32>,
+    /// `title` (with `artist` when Icecast reports one apart): the song now playing.
+    pub title: Option<String>,
+}
+
+/// Longest text kept of what a source announces, in characters.
+pub const MAX_INFO_CHARS: usize = 200;
+
+/// One line of announced text: control characters dropped, trimmed, cut to
+/// [`MAX_INFO_CHARS`]; Icecast's placeholders ("Unspecified name") are no text.
+pub(crate) fn info_text(text: &str) -> Option<String> {
+    let clean: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_INFO_CHARS)
+        .collect();
+    let clean = clean.trim();
+    let placeholder = matches!(clean, "Unspecified name" | "Unspecified description");
+    (!clean.is_empty() && !placeholder).then(|| clean.to_owned())
 }
 
 /// A number Icecast may print as a number, as `unlimited`, or not at all.

@@ -28,20 +28,33 @@ fn mount(
         free_slots: free,
         bytes_read: None,
         content_type: None,
+        info: Default::default(),
     }
 }
 
-/// `m` with the media type Icecast reports for its mount (from `server_type`).
+/// `m` as the fixtures' test-tone sources announce it: the media type
+/// (`server_type`), genre "various" and, for Ogg, 32 kbit/s; Icecast's
+/// "Unspecified name" placeholders are no name.
 fn typed(m: MountReport) -> MountReport {
-    let content_type = if m.mount.ends_with(".mp3") {
-        "audio/mpeg"
-    } else {
-        "application/ogg"
-    };
+    let ogg = m.mount.ends_with(".ogg");
     MountReport {
-        content_type: Some(content_type.into()),
+        content_type: Some(if ogg { "application/ogg" } else { "audio/mpeg" }.into()),
+        info: MountInfo {
+            genre: Some("various".into()),
+            bitrate_kbps: ogg.then_some(32),
+            ..MountInfo::default()
+        },
         ..m
     }
+}
+
+/// The fixtures whose MP3 source announced number-like text (name ".5",
+/// genre "7."): kept as text, never turned into numbers.
+fn number_like(m: MountReport) -> MountReport {
+    let mut m = typed(m);
+    m.info.name = Some(".5".into());
+    m.info.genre = Some("7.".into());
+    m
 }
 
 #[test]
@@ -56,7 +69,10 @@ fn admin_stats_from_a_real_server() {
         report.mounts,
         [
             fed(mount("/hq.ogg", Some(1), ReportedLimit::Count(5), None)),
-            fed(mount("/lq.mp3", Some(1), ReportedLimit::Unlimited, None)),
+            MountReport {
+                bytes_read: Some(0),
+                ..number_like(mount("/lq.mp3", Some(1), ReportedLimit::Unlimited, None))
+            },
         ]
     );
     // The fixture's global <listeners> says 1: Icecast's global count lags.
@@ -108,7 +124,7 @@ fn status_json_with_number_like_metadata_is_repaired() {
         report.mounts,
         [
             typed(mount("/hq.ogg", Some(1), ReportedLimit::Unknown, None)),
-            typed(mount("/lq.mp3", Some(1), ReportedLimit::Unknown, None)),
+            number_like(mount("/lq.mp3", Some(1), ReportedLimit::Unknown, None)),
         ]
     );
 }
@@ -307,5 +323,31 @@ fn a_byte_count_that_is_not_a_number_is_ignored_not_fatal() {
             ReportedLimit::Count(5),
             None
         ))]
+    );
+}
+
+#[test]
+fn announced_text_is_one_clean_bounded_line() {
+    assert_eq!(info_text("  Radio FM4  "), Some("Radio FM4".to_owned()));
+    assert_eq!(info_text("Unspecified name"), None);
+    assert_eq!(info_text(" \t "), None);
+    assert_eq!(info_text("a\r\nb\u{7}c"), Some("abc".to_owned()));
+    assert_eq!(
+        info_text(&"x".repeat(5000)).map(|t| t.len()),
+        Some(MAX_INFO_CHARS)
+    );
+    // Markup stays as it is: it is escaped where it is shown.
+    assert_eq!(
+        info_text("<script>alert(1)</script>"),
+        Some("<script>alert(1)</script>".to_owned())
+    );
+    let odd = ADMIN_ONE.replace(
+        "<genre>various</genre>",
+        "<genre>various</genre><artist>Bilderbuch</artist><title>Maschin</title>",
+    );
+    let report = parse_admin_stats(&odd).unwrap();
+    assert_eq!(
+        report.mounts[0].info.title.as_deref(),
+        Some("Bilderbuch - Maschin")
     );
 }

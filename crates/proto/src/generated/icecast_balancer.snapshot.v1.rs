@@ -109,6 +109,33 @@ pub struct Mount {
     /// soft limit (the server's `headroom`); 0 when none.
     #[prost(uint32, tag = "7")]
     pub headroom: u32,
+    /// What the source announces about the stream, for the public index.
+    #[prost(message, optional, tag = "8")]
+    pub info: ::core::option::Option<MountInfo>,
+}
+/// What a source client announces (Icecast's server_name, server_description,
+/// genre, bitrate and song title). Anyone with the source password sets it:
+/// show it escaped. Empty fields are unknown.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MountInfo {
+    /// The stream's name (`ice-name`).
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Its description.
+    #[prost(string, tag = "2")]
+    pub description: ::prost::alloc::string::String,
+    /// Its genre.
+    #[prost(string, tag = "3")]
+    pub genre: ::prost::alloc::string::String,
+    /// Its bitrate in kbit/s; 0 when unknown.
+    #[prost(uint32, tag = "4")]
+    pub bitrate_kbps: u32,
+    /// The song now playing.
+    #[prost(string, tag = "5")]
+    pub title: ::prost::alloc::string::String,
+    /// The media type, e.g. audio/mpeg.
+    #[prost(string, tag = "6")]
+    pub content_type: ::prost::alloc::string::String,
 }
 /// A stream players ask for by name.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -128,6 +155,12 @@ pub struct Stream {
     /// Players from these countries may not play it.
     #[prost(string, repeated, tag = "5")]
     pub deny_countries: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The name the public index shows, from the fleet config; empty: use the mounts' info.
+    #[prost(string, tag = "6")]
+    pub title: ::prost::alloc::string::String,
+    /// The line the public index shows under it, from the fleet config; empty: use the mounts' info.
+    #[prost(string, tag = "7")]
+    pub description: ::prost::alloc::string::String,
 }
 /// Whether a server answers its status polls, after rise/fall hysteresis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

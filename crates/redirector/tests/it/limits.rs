@@ -90,9 +90,15 @@ async fn strangers_get_clear_errors_and_slow_ones_are_cut_off() {
             "{garbage:?}: {answer}"
         );
     }
+    // Sent raw: an HTTP client would resolve the dots to `/`, the index.
+    let mut dots = TcpStream::connect(redirector.listen).await.unwrap();
+    dots.write_all(b"GET /s/../.. HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_all(&mut dots, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "/s/../..: {answer}");
     for evil in [
         "//evil.example/s",
-        "/s/../..",
         "/%2F%2Fevil.example",
         "/s%0d%0aLocation:%20http://evil",
     ] {

@@ -6,6 +6,7 @@ mod canary;
 mod control;
 mod crowd;
 mod geo;
+mod index;
 mod limits;
 mod outages;
 mod rolling;
