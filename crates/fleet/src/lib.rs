@@ -57,6 +57,8 @@ pub const DEFAULT_CANARY_INTERVAL: Duration = Duration::from_secs(30);
 /// longer than a status poll, since a stream starts with whatever Icecast's
 /// burst holds and then comes at its bitrate.
 pub const DEFAULT_CANARY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default time between two readings of every mount's listener list.
+pub const DEFAULT_AUDIENCE_INTERVAL: Duration = Duration::from_secs(60);
 /// How many bytes of audio a canary must read for the public URL to count as playing.
 pub const CANARY_BYTES: usize = 4096;
 /// Default operator weight of a server.
@@ -94,6 +96,10 @@ pub struct PollerSettings {
     pub canary_interval: Option<Duration>,
     /// How long one canary may take to connect and read [`CANARY_BYTES`].
     pub canary_timeout: Duration,
+    /// How often the listener list of every mount (`/admin/listclients`,
+    /// servers polled with `status = "admin"`) is read for the audience
+    /// figures; `None` when off.
+    pub audience_interval: Option<Duration>,
     /// Extra certificate authorities the poller trusts for https, besides the
     /// system's (a private CA in front of Icecast).
     pub ca: Option<CaBundle>,

@@ -25,6 +25,7 @@ pub(crate) struct RawPoller {
     pub(crate) stall_after: Option<Spanned<String>>,
     pub(crate) canary_interval: Option<Spanned<String>>,
     pub(crate) canary_timeout: Option<Spanned<String>>,
+    pub(crate) audience_interval: Option<Spanned<String>>,
     pub(crate) ca_file: Option<Spanned<String>>,
 }
 

@@ -11,10 +11,11 @@ use crate::raw::{
     RawFleet, RawLimit, RawMount, RawPoller, RawServer, RawStatus, RawStream, RawUrls,
 };
 use crate::{
-    AdminCredentials, CaBundle, Code, CountryRule, DEFAULT_CANARY_INTERVAL, DEFAULT_CANARY_TIMEOUT,
-    DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE, DEFAULT_STALL_AFTER, DEFAULT_TIMEOUT,
-    DEFAULT_WEIGHT, Fleet, Headroom, ListenerLimit, MAX_WEIGHT, MIN_STALL_AFTER, MountRef,
-    PollerSettings, PublicUrls, Secret, Server, StatusSource, Stream,
+    AdminCredentials, CaBundle, Code, CountryRule, DEFAULT_AUDIENCE_INTERVAL,
+    DEFAULT_CANARY_INTERVAL, DEFAULT_CANARY_TIMEOUT, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE,
+    DEFAULT_STALL_AFTER, DEFAULT_TIMEOUT, DEFAULT_WEIGHT, Fleet, Headroom, ListenerLimit,
+    MAX_WEIGHT, MIN_STALL_AFTER, MountRef, PollerSettings, PublicUrls, Secret, Server,
+    StatusSource, Stream,
 };
 
 /// File extensions the redirector answers with a playlist; a stream name must not end in one.
@@ -106,6 +107,11 @@ fn poller(source: &Source<'_>, raw: RawPoller) -> Result<PollerSettings, ConfigE
             Some(v) if v.get_ref() == "off" => None,
             Some(v) => Some(duration(source, v, "poller.canary_interval")?),
             None => Some(DEFAULT_CANARY_INTERVAL),
+        },
+        audience_interval: match &raw.audience_interval {
+            Some(v) if v.get_ref() == "off" => None,
+            Some(v) => Some(duration(source, v, "poller.audience_interval")?),
+            None => Some(DEFAULT_AUDIENCE_INTERVAL),
         },
         canary_timeout: match &raw.canary_timeout {
             Some(v) => duration(source, v, "poller.canary_timeout")?,

@@ -28,6 +28,12 @@ pub struct Args {
     #[arg(long, env = "ICB_ADMIN", value_name = "ADDR", default_value = DEFAULT_ADMIN)]
     pub admin: SocketAddr,
 
+    /// A MaxMind City or Country database (.mmdb) to place listeners by
+    /// country in the audience figures; without one they count as unknown.
+    /// Re-read on reload.
+    #[arg(long, env = "ICB_GEOIP_CITY", value_name = "PATH")]
+    pub geoip_city: Option<PathBuf>,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonFlags,

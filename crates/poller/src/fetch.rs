@@ -99,29 +99,80 @@ impl Fetcher {
             StatusCode::UNAUTHORIZED => return PollResult::Failed(PollError::Unauthorized),
             other => return PollResult::Failed(PollError::Status(other.as_u16())),
         }
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_BODY_BYTES as u64)
-        {
-            return PollResult::Failed(PollError::TooLarge);
-        }
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > MAX_BODY_BYTES {
-                        return PollResult::Failed(PollError::TooLarge);
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => return PollResult::Failed(PollError::Connect(describe(&e))),
-            }
-        }
+        let body = match read_capped(&mut response).await {
+            Ok(body) => body,
+            Err(e) => return PollResult::Failed(e),
+        };
         let text = String::from_utf8_lossy(&body);
         match status::parse(server.status, &text) {
             Ok(report) => PollResult::Report(report),
             Err(e) => PollResult::Failed(PollError::Parse(e)),
+        }
+    }
+}
+
+impl Fetcher {
+    /// The listener list of `mount` on `server` (`/admin/listclients`,
+    /// needs the admin credentials), within `timeout`.
+    pub async fn listclients(
+        &self,
+        server: &Server,
+        mount: &str,
+        timeout: Duration,
+    ) -> Result<Vec<crate::audience::Listener>, PollError> {
+        let Some(admin) = &server.admin else {
+            return Err(PollError::Unauthorized);
+        };
+        let mut url = server.url.clone();
+        url.set_path(&format!(
+            "{}/admin/listclients",
+            server.url.path().trim_end_matches('/')
+        ));
+        url.query_pairs_mut().append_pair("mount", mount);
+        let request = self
+            .client
+            .get(url)
+            .basic_auth(&admin.user, Some(admin.password.expose()));
+        let exchange = async {
+            let mut response = request
+                .send()
+                .await
+                .map_err(|e| PollError::Connect(describe(&e)))?;
+            match response.status() {
+                StatusCode::OK => {}
+                StatusCode::UNAUTHORIZED => return Err(PollError::Unauthorized),
+                other => return Err(PollError::Status(other.as_u16())),
+            }
+            let body = read_capped(&mut response).await?;
+            Ok(crate::audience::parse_listclients(
+                &String::from_utf8_lossy(&body),
+            )?)
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(PollError::Timeout(timeout)))
+    }
+}
+
+/// The body, refused beyond [`MAX_BODY_BYTES`] (announced or read).
+async fn read_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, PollError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+    {
+        return Err(PollError::TooLarge);
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(PollError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(PollError::Connect(describe(&e))),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! So far this crate holds the command line ([`cli`]); polling, state and
 //! publishing arrive with the poller issue.
 
+pub mod audience;
 pub mod canary;
 pub mod cli;
 pub mod control;

@@ -69,6 +69,7 @@ fn main() -> ExitCode {
                 redis,
                 admin,
                 args.common.admin_token.clone(),
+                args.geoip_city.clone(),
             ))
         }
     }
@@ -80,8 +81,13 @@ async fn run(
     redis: RedisUrl,
     admin: SocketAddr,
     admin_token: Option<String>,
+    geoip_city: Option<PathBuf>,
 ) -> ExitCode {
     tracing::info!(config = %fleet_path.display(), summary = %fleet.summary(), "fleet loaded");
+    let (geo, errors) = balancer_geo::GeoDb::open(geoip_city, None);
+    for error in errors {
+        tracing::warn!(%error, "GeoIP database unavailable; listeners count as country unknown");
+    }
     let store = match RedisStore::new(redis.as_str(), Keys::default(), DEFAULT_OPERATION_TIMEOUT) {
         Ok(store) => store,
         Err(e) => return fail(EXIT_CONFIG, &format!("--redis {redis}: {e}")),
@@ -113,7 +119,9 @@ async fn run(
         Ok(built) => built,
         Err(e) => return fail(EXIT_CONFIG, &e),
     };
-    let poller = poller.with_metrics(metrics);
+    let poller = poller
+        .with_metrics(metrics)
+        .with_geo(std::sync::Arc::new(geo));
     let (commands, command_rx) = mpsc::channel(16);
     let control = PollerControl::new(commands.clone(), status.clone(), store);
 

@@ -25,6 +25,24 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CountryLabels {
+    stream: String,
+    country: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabels {
+    stream: String,
+    family: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionLabels {
+    stream: String,
+    le: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CanaryLabels {
     server: String,
     result: String,
@@ -53,6 +71,9 @@ pub struct PollerMetrics {
     server_listeners: Family<ServerLabel, Gauge>,
     server_canary_failing: Family<ServerLabel, Gauge>,
     canaries: Family<CanaryLabels, Counter>,
+    audience_countries: Family<CountryLabels, Gauge>,
+    audience_players: Family<FamilyLabels, Gauge>,
+    audience_sessions: Family<SessionLabels, Gauge>,
     mount_live: Family<MountLabels, Gauge>,
     mount_stalled: Family<MountLabels, Gauge>,
     mount_listeners: Family<MountLabels, Gauge>,
@@ -81,6 +102,9 @@ impl PollerMetrics {
             server_listeners: Family::default(),
             server_canary_failing: Family::default(),
             canaries: Family::default(),
+            audience_countries: Family::default(),
+            audience_players: Family::default(),
+            audience_sessions: Family::default(),
             mount_live: Family::default(),
             mount_stalled: Family::default(),
             mount_listeners: Family::default(),
@@ -131,6 +155,21 @@ impl PollerMetrics {
             "icb_canaries",
             "Canaries sent to public URLs, by server and result (ok, failed)",
             metrics.canaries.clone(),
+        );
+        r.register(
+            "icb_audience_listeners",
+            "Listeners of a stream across all relays by country (ISO code, or unknown), from /admin/listclients",
+            metrics.audience_countries.clone(),
+        );
+        r.register(
+            "icb_audience_players",
+            "Listeners of a stream across all relays by player family",
+            metrics.audience_players.clone(),
+        );
+        r.register(
+            "icb_audience_sessions",
+            "Listeners of a stream connected for at most `le` seconds (cumulative)",
+            metrics.audience_sessions.clone(),
         );
         r.register(
             "icb_mount_live",
@@ -203,6 +242,48 @@ impl PollerMetrics {
                     kind: kind.to_owned(),
                 })
                 .inc();
+        }
+    }
+
+    /// Replaces the audience figures with `audience` (per stream).
+    pub fn observe_audience(
+        &self,
+        audience: &std::collections::BTreeMap<String, crate::audience::StreamAudience>,
+    ) {
+        self.audience_countries.clear();
+        self.audience_players.clear();
+        self.audience_sessions.clear();
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for (stream, seen) in audience {
+            for (country, n) in &seen.countries {
+                self.audience_countries
+                    .get_or_create(&CountryLabels {
+                        stream: stream.clone(),
+                        country: country.clone(),
+                    })
+                    .set(count(*n));
+            }
+            for family in crate::audience::Family::ALL {
+                let n = seen.families.get(&family).copied().unwrap_or(0);
+                self.audience_players
+                    .get_or_create(&FamilyLabels {
+                        stream: stream.clone(),
+                        family: family.as_str().to_owned(),
+                    })
+                    .set(count(n));
+            }
+            let bounds = crate::audience::SESSION_BUCKETS
+                .iter()
+                .map(ToString::to_string)
+                .chain(["+Inf".to_owned()]);
+            for (bound, n) in bounds.zip(seen.sessions) {
+                self.audience_sessions
+                    .get_or_create(&SessionLabels {
+                        stream: stream.clone(),
+                        le: bound,
+                    })
+                    .set(count(n));
+            }
         }
     }
 

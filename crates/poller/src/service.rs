@@ -1,9 +1,10 @@
 //! The poller's run loop: hold the lease, poll every server each interval,
 //! publish one snapshot per cycle, reload the fleet on request.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use balancer_fleet::{Fleet, Server};
@@ -13,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
+use crate::audience::StreamAudience;
 use crate::canary::{Canary, CanaryError, Probe};
 use crate::fetch::{Fetcher, PollResult};
 use crate::health::{ServerHealth, ServerStateKind, build_snapshot, wire_mount};
@@ -25,6 +27,9 @@ const CANARY_GRACE_MS: i64 = 10_000;
 const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(2);
 /// First wait after a failed publish.
 const MIN_PUBLISH_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A mount's listener list, or why it could not be read.
+type ListResult = Result<Vec<crate::audience::Listener>, crate::fetch::PollError>;
 
 /// A canary that ended: for which server and public URL scheme (0 http, 1 https).
 struct CanaryDone {
@@ -107,6 +112,10 @@ pub struct Poller<S: PollerStore> {
     /// server the number of canaries sent, to rotate over mounts and schemes.
     canary_turn: (usize, HashMap<String, usize>),
     health: HashMap<String, ServerHealth>,
+    /// Places listeners for the audience figures; disabled without a database.
+    geo: Arc<balancer_geo::GeoDb>,
+    /// The last audience figures, per stream.
+    audience: BTreeMap<String, StreamAudience>,
     drained: BTreeSet<String>,
     status: watch::Sender<Status>,
     /// The role last logged, so each change is logged once.
@@ -140,6 +149,8 @@ impl<S: PollerStore> Poller<S> {
             canary,
             canary_turn: (0, HashMap::new()),
             health: HashMap::new(),
+            geo: Arc::new(balancer_geo::GeoDb::disabled()),
+            audience: BTreeMap::new(),
             drained: BTreeSet::new(),
             status,
             logged_role: None,
@@ -147,6 +158,12 @@ impl<S: PollerStore> Poller<S> {
             metrics: None,
         };
         Ok((poller, status_rx))
+    }
+
+    /// Places listeners with `geo` for the audience figures.
+    pub fn with_geo(mut self, geo: Arc<balancer_geo::GeoDb>) -> Self {
+        self.geo = geo;
+        self
     }
 
     /// Records Prometheus metrics while running.
@@ -174,6 +191,8 @@ impl<S: PollerStore> Poller<S> {
         let mut ticker = self.ticker();
         let mut canary_ticker = self.canary_ticker();
         let mut canaries = JoinSet::new();
+        let mut audience_ticker = self.audience_ticker();
+        let mut audience_round = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             let canary_due = async {
@@ -182,20 +201,37 @@ impl<S: PollerStore> Poller<S> {
                     None => std::future::pending().await,
                 }
             };
+            let audience_due = async {
+                match &mut audience_ticker {
+                    Some(ticker) => ticker.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = canary_due => self.send_canary(&mut canaries),
+                _ = audience_due => {
+                    // One round at a time: a slow fleet skips a turn.
+                    if audience_round.is_empty() {
+                        self.read_audience(&mut audience_round);
+                    }
+                }
+                Some(Ok(lists)) = audience_round.join_next() => self.record_audience(lists),
                 Some(Ok(done)) = canaries.join_next() => self.record_canary(done),
                 Some(command) = commands.recv() => match command {
                     Command::Reload | Command::ReloadAndReport(_) => {
                         let interval = self.fleet.poller.interval;
                         let canary_period = self.canary_period();
+                        let audience_interval = self.fleet.poller.audience_interval;
                         let outcome = self.reload().await;
                         if self.fleet.poller.interval != interval {
                             ticker = self.ticker();
                         }
                         if self.canary_period() != canary_period {
                             canary_ticker = self.canary_ticker();
+                        }
+                        if self.fleet.poller.audience_interval != audience_interval {
+                            audience_ticker = self.audience_ticker();
                         }
                         if let Command::ReloadAndReport(reply) = command {
                             let _ = reply.send(outcome);
@@ -362,6 +398,88 @@ impl<S: PollerStore> Poller<S> {
                 result,
             }
         });
+    }
+
+    fn audience_ticker(&self) -> Option<tokio::time::Interval> {
+        let every = self.fleet.poller.audience_interval?;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Some(ticker)
+    }
+
+    /// Starts a round of reading the listener list of every live mount of
+    /// every server polled through `/admin/stats` (the only ones whose admin
+    /// credentials we have), all at once, each within the poll timeout.
+    fn read_audience(&self, round: &mut JoinSet<Vec<(String, ListResult)>>) {
+        if !self.status.borrow().leader {
+            return;
+        }
+        let mut lists = Vec::new();
+        for stream in &self.fleet.streams {
+            for mount in &stream.mounts {
+                let Some(server) = self.fleet.server(&mount.server) else {
+                    continue;
+                };
+                let live = self.health.get(&server.name).is_some_and(|h| {
+                    h.state == ServerStateKind::Up
+                        && h.last_report.as_ref().is_some_and(|(report, _)| {
+                            report.mounts.iter().any(|m| m.mount == mount.mount)
+                        })
+                });
+                if server.status == balancer_fleet::StatusSource::Admin && live {
+                    lists.push((stream.name.clone(), server.clone(), mount.mount.clone()));
+                }
+            }
+        }
+        let (fetcher, timeout) = (self.fetcher.clone(), self.fleet.poller.timeout);
+        round.spawn(async move {
+            let mut reads = JoinSet::new();
+            for (stream, server, mount) in lists {
+                let fetcher = fetcher.clone();
+                reads.spawn(async move {
+                    let listed = fetcher.listclients(&server, &mount, timeout).await;
+                    if let Err(e) = &listed {
+                        tracing::debug!(server = %server.name, mount, error = %e, "cannot list listeners");
+                    }
+                    (stream, listed)
+                });
+            }
+            let mut lists = Vec::new();
+            while let Some(joined) = reads.join_next().await {
+                if let Ok(read) = joined {
+                    lists.push(read);
+                }
+            }
+            lists
+        });
+    }
+
+    /// Adds up a round's listener lists per stream, placing each listener
+    /// with geo; publishes the figures as metrics. Our own canaries are no
+    /// audience; a mount whose list could not be read is left out.
+    fn record_audience(&mut self, lists: Vec<(String, ListResult)>) {
+        let mut audience: BTreeMap<String, StreamAudience> = self
+            .fleet
+            .streams
+            .iter()
+            .map(|s| (s.name.clone(), StreamAudience::default()))
+            .collect();
+        for (stream, listed) in lists {
+            let (Some(seen), Ok(listeners)) = (audience.get_mut(&stream), listed) else {
+                continue;
+            };
+            for listener in listeners.iter().filter(|l| !crate::audience::is_canary(l)) {
+                let country = listener
+                    .ip
+                    .and_then(|ip| self.geo.lookup(ip).country)
+                    .map(|c| c.to_string());
+                seen.add(listener, country);
+            }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_audience(&audience);
+        }
+        self.audience = audience;
     }
 
     /// Takes a canary's result into the server's health.
@@ -550,6 +668,9 @@ impl<S: PollerStore> Poller<S> {
     }
 
     async fn reload(&mut self) -> Result<String, String> {
+        for error in self.geo.reload() {
+            tracing::error!(%error, "GeoIP reload refused; the loaded database stays");
+        }
         match balancer_fleet::load(&self.fleet_path, &self.env) {
             Ok(fleet) => {
                 if fleet.poller.ca != self.fleet.poller.ca {

@@ -136,6 +136,7 @@ pub async fn run(
                 memory.clone(),
                 identity.clone(),
             )?;
+            let poller = poller.with_geo(geo.clone());
             let (commands, command_rx) = mpsc::channel(16);
             poller_control = Some(PollerControl::new(commands.clone(), status, memory.clone()));
             poller_commands = Some(commands);

@@ -60,13 +60,31 @@ impl Player {
         Player::connect_with(url, Some(local)).await
     }
 
+    /// Like [`Player::connect_from`], announcing itself as `user_agent`, as
+    /// VLC, a browser or a hardware radio would.
+    pub async fn connect_as(
+        url: &str,
+        local: IpAddr,
+        user_agent: &str,
+    ) -> Result<Player, reqwest::Error> {
+        Player::connect_with_agent(url, Some(local), user_agent).await
+    }
+
     async fn connect_with(url: &str, local: Option<IpAddr>) -> Result<Player, reqwest::Error> {
+        Player::connect_with_agent(url, local, "balancer-testkit-player/1").await
+    }
+
+    async fn connect_with_agent(
+        url: &str,
+        local: Option<IpAddr>,
+        user_agent: &str,
+    ) -> Result<Player, reqwest::Error> {
         let client = crate::http()
             .redirect(Policy::limited(MAX_REDIRECTS))
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(Duration::from_secs(10))
             .local_address(local)
-            .user_agent("balancer-testkit-player/1")
+            .user_agent(user_agent)
             .build()?;
         let mut response = client.get(url).send().await?;
         let status = response.status().as_u16();

@@ -18,6 +18,12 @@ pub use load_xsl::parse_load_xsl;
 
 use balancer_fleet::StatusSource;
 
+/// The root of an XML document, with the same limits as status documents
+/// (no DTD, bounded depth and size): for `/admin/listclients`.
+pub(crate) fn xml_root(body: &str) -> Result<xml::Element, ParseError> {
+    xml::parse(body)
+}
+
 /// The largest status body read from a server; anything longer is refused.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 

@@ -16,11 +16,11 @@ const MAX_ELEMENTS: usize = 200_000;
 
 /// An element with its attributes, text and children.
 #[derive(Debug, Default)]
-pub(super) struct Element {
-    pub(super) name: String,
+pub(crate) struct Element {
+    pub(crate) name: String,
     pub(super) attributes: Vec<(String, String)>,
-    pub(super) text: String,
-    pub(super) children: Vec<Element>,
+    pub(crate) text: String,
+    pub(crate) children: Vec<Element>,
 }
 
 impl Element {

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod audience;
 mod failover;
 mod polling;
 mod support;

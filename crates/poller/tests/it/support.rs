@@ -28,6 +28,11 @@ pub(crate) struct PollerProcess {
 impl PollerProcess {
     /// Starts the poller on `fleet` (TOML text) against `redis`, and waits until its admin port answers.
     pub(crate) async fn start(fleet: &str, redis: &RedisServer) -> Self {
+        PollerProcess::start_with(fleet, redis, &[]).await
+    }
+
+    /// Like [`PollerProcess::start`], with more flags.
+    pub(crate) async fn start_with(fleet: &str, redis: &RedisServer, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("fleet.toml");
         std::fs::write(&config, fleet).unwrap();
@@ -37,6 +42,7 @@ impl PollerProcess {
             .arg("--config")
             .arg(&config)
             .args(["--redis", &redis.url(), "--admin", &admin.to_string()])
+            .args(extra)
             .env("RUST_LOG", "info,icecast_poller=debug");
         let mut process = ChildProcess::spawn(
             "icecast-poller",
