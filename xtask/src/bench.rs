@@ -76,13 +76,15 @@ pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
 
 fn poller_section() -> anyhow::Result<()> {
     let window = Duration::from_secs(30);
-    let quiet = poller_case(1000, 5, window, "off")?;
-    let canaries = poller_case(1000, 5, window, "30s")?;
+    let quiet = poller_case(1000, 5, window, "off", "off")?;
+    let canaries = poller_case(1000, 5, window, "30s", "off")?;
+    let audience = poller_case(1000, 5, window, "30s", "10s")?;
     let row = |name: &str, goal: &str, value: &dyn Fn(&PollerResult) -> String| {
         format!(
-            "| {name} | {} | {} | {goal} |\n",
+            "| {name} | {} | {} | {} | {goal} |\n",
             value(&quiet),
-            value(&canaries)
+            value(&canaries),
+            value(&audience)
         )
     };
     let section = format!(
@@ -90,12 +92,15 @@ fn poller_section() -> anyhow::Result<()> {
          Command: `cargo xtask bench`. Machine: {machine}. Run: {date}.\n\n\
          `icecast-sim` (crates/testkit) serves 1,000 `/admin/stats` documents on 1,000 loopback\n\
          ports (CPU 1); the release-built poller polls all of them every second on CPU 0 and\n\
-         publishes to redis-server (CPU 1). Measured over {window} s after a 5 s warm-up, once\n\
-         with canaries off and once with the default `canary_interval = \"30s\"` (one canary\n\
-         per server per 30 s, spread: about 33 a second, each a GET of a mount reading 4 KiB,\n\
-         with a slot leased from Redis first).\n\n\
-         | measure | canaries off | canaries every 30 s | goal |\n|---|---|---|---|\n\
-         {cpu}{cycles}{median}{max}{up}{redis}{sent}",
+         publishes to redis-server (CPU 1). Measured over {window} s after a 5 s warm-up, three\n\
+         times: with canaries and audience off; with the default `canary_interval = \"30s\"` (one\n\
+         canary per server per 30 s, spread: about 33 a second, each a GET of a mount reading\n\
+         4 KiB, with a slot leased from Redis first); and with the audience on as well, every\n\
+         10 s (its default is 60 s), each round reading all 5,000 listener lists (0 to 89\n\
+         listeners each, about 220,000 in all) and adding them up.\n\n\
+         | measure | both off | canaries every 30 s | and audience every 10 s | goal |\n\
+         |---|---|---|---|---|\n\
+         {cpu}{cycles}{median}{max}{up}{redis}{sent}{rounds}",
         machine = machine(),
         date = today(),
         window = window.as_secs(),
@@ -129,6 +134,11 @@ fn poller_section() -> anyhow::Result<()> {
             "canaries heard / failed in the window",
             "none failed",
             &|p| format!("{} / {}", p.canaries.0, p.canaries.1)
+        ),
+        rounds = row(
+            "audience rounds in the window / listeners the last counted",
+            "",
+            &|p| format!("{} / {}", p.audience.0, p.audience.1)
         ),
     );
     println!("{section}");
@@ -187,6 +197,8 @@ struct PollerResult {
     window: Duration,
     /// Canaries that heard the stream, and that failed, in the window.
     canaries: (usize, usize),
+    /// Audience rounds completed in the window, and the listeners the last counted.
+    audience: (usize, u64),
     cpu_share: f64,
     cycles: Vec<u64>,
     last_up: u64,
@@ -198,6 +210,7 @@ fn poller_case(
     mounts: usize,
     window: Duration,
     canary_interval: &str,
+    audience_interval: &str,
 ) -> anyhow::Result<PollerResult> {
     let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
@@ -214,6 +227,8 @@ fn poller_case(
             &mounts.to_string(),
             "--canary-interval",
             canary_interval,
+            "--audience-interval",
+            audience_interval,
         ],
     )?;
     let log = dir.join("poller.log");
@@ -259,10 +274,17 @@ fn poller_case(
         window_log.matches("canary heard the stream").count(),
         window_log.matches("canary failed").count(),
     );
+    let rounds: Vec<u64> = window_log
+        .lines()
+        .filter(|l| l.contains("audience round done"))
+        .filter_map(|l| field(l, "listeners="))
+        .collect();
+    let audience = (rounds.len(), rounds.last().copied().unwrap_or(0));
     let _ = fs::remove_dir_all(&dir);
     Ok(PollerResult {
         window,
         canaries,
+        audience,
         cpu_share: (cpu_after - cpu_before).as_secs_f64() / elapsed.as_secs_f64(),
         last_up: cycles.last().map_or(0, |c| c.1),
         redis_cpu_per_cycle: (redis_after - redis_before)

@@ -479,6 +479,8 @@ impl<S: PollerStore> Poller<S> {
         if let Some(metrics) = &self.metrics {
             metrics.observe_audience(&audience);
         }
+        let listeners: u64 = audience.values().map(StreamAudience::total).sum();
+        tracing::debug!(listeners, "audience round done");
         self.audience = audience;
     }
 

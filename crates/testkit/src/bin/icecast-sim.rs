@@ -19,7 +19,10 @@
 //! 0 and do not drift. The saturation benchmark uses it. Without it, a GET of
 //! a mount is a short stream: 200 and 8 KiB of Ogg-typed bytes, then the end,
 //! enough for a poller's canary. `--canary-interval VALUE` writes the
-//! poller's `canary_interval` into the fleet (default `off`).
+//! poller's `canary_interval` into the fleet (default `off`), and
+//! `--audience-interval VALUE` its `audience_interval` (default `off`);
+//! `/admin/listclients` lists as many listeners as the stats count, with
+//! varied addresses, players and connection times.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -37,6 +40,7 @@ struct Options {
     geoip: Option<String>,
     players: bool,
     canary_interval: String,
+    audience_interval: String,
 }
 
 fn options() -> Result<Options, String> {
@@ -49,6 +53,7 @@ fn options() -> Result<Options, String> {
         geoip: None,
         players: false,
         canary_interval: "off".into(),
+        audience_interval: "off".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -64,6 +69,7 @@ fn options() -> Result<Options, String> {
             "--geoip" => options.geoip = Some(value),
             "--players" => options.players = value == "on",
             "--canary-interval" => options.canary_interval = value,
+            "--audience-interval" => options.audience_interval = value,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -83,8 +89,8 @@ async fn main() -> std::process::ExitCode {
     };
     let requests = Arc::new(AtomicU64::new(0));
     let mut fleet = format!(
-        "[poller]\ninterval = \"{}\"\ntimeout = \"{}\"\ncanary_interval = \"{}\"\n\n",
-        options.interval, options.interval, options.canary_interval
+        "[poller]\ninterval = \"{}\"\ntimeout = \"{}\"\ncanary_interval = \"{}\"\naudience_interval = \"{}\"\n\n",
+        options.interval, options.interval, options.canary_interval, options.audience_interval
     );
     let mut streams: Vec<String> = (0..options.mounts)
         .map(|m| format!("[[stream]]\nname = \"sim{m}\"\nmounts = [\n"))
@@ -207,7 +213,10 @@ async fn serve(listener: TcpListener, mounts: Mounts, server: usize, requests: A
                         return;
                     }
                     let count = requests.fetch_add(1, Ordering::Relaxed);
-                    let body = stats(&mounts, server, count);
+                    let body = match listclients_mount(&buffer[..end], &mounts) {
+                        Some(mount) => listclients(&mounts, server, mount, count),
+                        None => stats(&mounts, server, count),
+                    };
                     let head = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
                         body.len()
@@ -274,6 +283,58 @@ fn find_head_end(bytes: &[u8]) -> Option<usize> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|i| i + 4)
+}
+
+/// The mount a `GET /admin/listclients?mount=/mN.ogg` asks for.
+fn listclients_mount(head: &[u8], mounts: &Mounts) -> Option<usize> {
+    let line = head.split(|&b| b == b'\r').next()?;
+    let query = std::str::from_utf8(line)
+        .ok()?
+        .strip_prefix("GET /admin/listclients?mount=")?;
+    let number = query
+        .strip_prefix("%2Fm")
+        .or_else(|| query.strip_prefix("/m"))?;
+    number
+        .split(".ogg")
+        .next()?
+        .parse()
+        .ok()
+        .filter(|&m| m < mounts.count)
+}
+
+/// The player user agents simulated listeners take turns with.
+const AGENTS: [&str; 6] = [
+    "VLC/3.0.18 LibVLC/3.0.18",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+    "Lavf/59.27.100",
+    "mpv 0.35.1",
+    "Sonos/70.3-35220 (ZPS1)",
+    "curl/7.88.1",
+];
+
+/// An /admin/listclients document shaped like Icecast 2.4's: as many
+/// listeners as the stats count, with varied addresses, players and ages.
+fn listclients(mounts: &Mounts, server: usize, mount: usize, count: u64) -> String {
+    let listeners = match &mounts.players {
+        Some(players) => players[mount].load(Ordering::SeqCst) as usize,
+        None => (count as usize + server + mount * 7) % 90,
+    };
+    let mut body = format!(
+        "<?xml version=\"1.0\"?>\n<icestats><source mount=\"/m{mount}.ogg\"><Listeners>{listeners}</Listeners>"
+    );
+    for i in 0..listeners {
+        let _ = write!(
+            body,
+            "<listener id=\"{i}\"><IP>10.{}.{}.{}</IP><UserAgent>{}</UserAgent><Connected>{}</Connected><ID>{i}</ID></listener>",
+            server % 256,
+            mount,
+            i % 256,
+            AGENTS[(server + i) % AGENTS.len()],
+            (i as u64 * 97 + count) % 20_000
+        );
+    }
+    body.push_str("</source></icestats>");
+    body
 }
 
 /// An /admin/stats document shaped like Icecast 2.4's, with drifting counts.
