@@ -329,8 +329,8 @@ fn short_duration(d: Duration) -> String {
 
 /// Reads and validates the fleet file at `path`.
 ///
-/// `env` looks up environment variables named by `admin_password_env`; pass
-/// [`process_env`] in a binary and a closure over a map in tests.
+/// `env` looks up environment variables named by `admin_password_env`: a
+/// binary passes `balancer_service::Process::env`, a test a closure over a map.
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Fleet, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         file: path.to_path_buf(),
@@ -348,9 +348,5 @@ pub fn parse(
     validate::parse(error::Source { file, text }, env)
 }
 
-/// The real process environment, for binaries.
-pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
 #[cfg(test)]
 mod tests;

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     };
     match command {
         Command::CheckConfig { fleet } => {
-            match balancer_fleet::load(&fleet, &balancer_fleet::process_env) {
+            match balancer_fleet::load(&fleet, &balancer_service::process_env) {
                 Ok(loaded) => {
                     println!("{}: ok: {}", fleet.display(), loaded.summary());
                     ExitCode::SUCCESS
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
             redis,
             admin,
         } => {
-            let loaded = match balancer_fleet::load(&fleet, &balancer_fleet::process_env) {
+            let loaded = match balancer_fleet::load(&fleet, &balancer_service::process_env) {
                 Ok(loaded) => loaded,
                 Err(e) => return fail(EXIT_CONFIG, &e.to_string()),
             };
@@ -111,7 +111,7 @@ async fn run(
     let metrics = PollerMetrics::register(&mut registry);
     let (poller, mut status) = match Poller::new(
         fleet_path,
-        balancer_fleet::process_env,
+        balancer_service::process_env,
         fleet,
         store.clone(),
         process_identity(),

@@ -70,6 +70,7 @@ fn main() -> ExitCode {
         };
         let options = Options {
             source,
+            process: balancer_service::Process::real(),
             geoip_city: settings.geoip_city.clone(),
             geoip_asn: settings.geoip_asn.clone(),
             trusted: TrustedProxies::new(settings.trusted_proxies.clone()),
@@ -95,7 +96,7 @@ fn load(settings: &Settings) -> Result<(String, service::Source), String> {
     let (description, source) = match &settings.source {
         Source::Redis(url) => ("redis mode".to_owned(), service::Source::Redis(url.clone())),
         Source::Standalone(path) => {
-            let fleet = balancer_fleet::load(path, &balancer_fleet::process_env)
+            let fleet = balancer_fleet::load(path, &balancer_service::process_env)
                 .map_err(|e| e.to_string())?;
             let description = format!("standalone: {}: ok: {}", path.display(), fleet.summary());
             (

@@ -47,6 +47,8 @@ pub enum Source {
 pub struct Options {
     /// Where the fleet picture comes from.
     pub source: Source,
+    /// The process: its environment and its service manager.
+    pub process: balancer_service::Process,
     /// City or Country database.
     pub geoip_city: Option<PathBuf>,
     /// ASN database.
@@ -131,7 +133,7 @@ pub async fn run(
             );
             let (poller, status) = Poller::new(
                 path,
-                balancer_fleet::process_env,
+                options.process.env,
                 fleet,
                 memory.clone(),
                 identity.clone(),
@@ -203,6 +205,7 @@ pub async fn run(
         max_age_ms,
         stopping.clone(),
         metrics.clone(),
+        options.process,
     ));
 
     let (stop_http, http_stopped) = watch::channel(false);
@@ -247,7 +250,7 @@ pub async fn run(
     }
     tracing::info!(drain = ?options.drain_delay, "shutting down: NOT_SERVING, then draining");
     stopping.store(true, Ordering::Relaxed);
-    balancer_service::notify_stopping();
+    (options.process.stopping)();
     health.set(false).await;
     tokio::time::sleep(options.drain_delay).await;
     let _ = stop_http.send(true);
@@ -271,6 +274,7 @@ async fn report_health(
     max_age_ms: i64,
     stopping: Arc<AtomicBool>,
     metrics: RedirectorMetrics,
+    process: balancer_service::Process,
 ) {
     let mut last = None;
     let mut ready_announced = false;
@@ -294,7 +298,7 @@ async fn report_health(
             health.set(serving).await;
             if serving && !ready_announced {
                 // systemd (Type=notify) counts the unit started from here.
-                balancer_service::notify_ready();
+                (process.ready)();
                 ready_announced = true;
             }
             last = Some(serving);

@@ -1,6 +1,11 @@
 //! What every binary of the project does the same way: exit codes, logging
 //! setup, signals, systemd readiness, the admin gRPC server with standard health checking, and
 //! parsers for flags that several binaries share.
+//!
+//! This is the one crate that touches the process: the environment, signals,
+//! systemd's notification socket. Its functions for that are called by
+//! binaries, which hand what they need down to the libraries as values, or
+//! as a [`Process`].
 
 mod admin;
 mod flags;
@@ -15,6 +20,35 @@ pub use flags::{
 pub use logging::{LogFormat, init_logging};
 pub use notify::{notify_ready, notify_stopping};
 pub use signals::{Signal, signals};
+
+/// What a service library may need of the process it runs in, handed down
+/// by the binary: libraries never read the environment or talk to systemd
+/// themselves, so tests can give them a process of their own.
+#[derive(Debug, Clone, Copy)]
+pub struct Process {
+    /// Looks up an environment variable (for `admin_password_env`).
+    pub env: fn(&str) -> Option<String>,
+    /// Tells the service manager the service is ready.
+    pub ready: fn(),
+    /// Tells the service manager the service is stopping.
+    pub stopping: fn(),
+}
+
+impl Process {
+    /// The real process: its environment, and systemd when `NOTIFY_SOCKET` is set.
+    pub fn real() -> Process {
+        Process {
+            env: process_env,
+            ready: notify_ready,
+            stopping: notify_stopping,
+        }
+    }
+}
+
+/// The real process environment.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
 
 /// Exit code for a bad config file or flag (`EX_USAGE` from sysexits.h), so
 /// init systems and scripts can tell "fix the config" from a crash.
