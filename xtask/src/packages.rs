@@ -35,6 +35,14 @@ const OPENSSL: Tool = Tool {
     program: "openssl",
     package: "openssl",
 };
+const CHROMIUM: Tool = Tool {
+    program: "chromium",
+    package: "chromium",
+};
+const CHROMEDRIVER: Tool = Tool {
+    program: "chromedriver",
+    package: "chromium-driver",
+};
 const SYSTEMD_ANALYZE: Tool = Tool {
     program: "systemd-analyze",
     package: "systemd",
@@ -42,7 +50,8 @@ const SYSTEMD_ANALYZE: Tool = Tool {
 
 /// What the integration tests start: real Redis (with Sentinel), real
 /// Icecast, real sources, HAProxy in front of redirectors and as a TLS
-/// terminator (with a test CA made by openssl); systemd-analyze checks the units.
+/// terminator (with a test CA made by openssl), headless Chromium driven
+/// through chromedriver for the web pages; systemd-analyze checks the units.
 pub(crate) const TEST_TOOLS: &[Tool] = &[
     REDIS,
     SENTINEL,
@@ -50,6 +59,8 @@ pub(crate) const TEST_TOOLS: &[Tool] = &[
     FFMPEG,
     HAPROXY,
     OPENSSL,
+    CHROMIUM,
+    CHROMEDRIVER,
     SYSTEMD_ANALYZE,
 ];
 

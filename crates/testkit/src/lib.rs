@@ -21,6 +21,7 @@
 //! # }
 //! ```
 
+pub mod browser;
 mod dribble;
 pub mod geoip;
 mod icecast;

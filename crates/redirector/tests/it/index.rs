@@ -133,3 +133,76 @@ async fn the_index_lists_every_stream_escaped_and_its_link_plays() {
         assert_eq!(response.status(), 404, "{path} with --index off");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_real_browser_a_hostile_title_is_text_and_the_listen_link_plays() {
+    use balancer_testkit::browser::Browser;
+    let icecast = IcecastServer::start(IcecastSpec::new([MountSpec::ogg("/s.ogg")
+        .max_listeners(50)
+        .announce("Radio Test", "jazz")
+        .song_title(HOSTILE_TITLE)]))
+    .await;
+    let fleet = format!(
+        "{POLLER_TABLE}{}[[stream]]\nname = \"s\"\nmounts = [{{ server = \"one\", mount = \"/s.ogg\" }}]\n",
+        server_block("one", &icecast, ""),
+    );
+    let redirector = Service::standalone(&fleet, &[]).await;
+    let client = client();
+    wait_until("the song in the index", PATIENCE, || async {
+        let response = client
+            .get(redirector.url("/streams.json"))
+            .send()
+            .await
+            .ok()?;
+        let text = response.text().await.ok()?;
+        text.contains("onerror").then_some(())
+    })
+    .await;
+
+    let browser = Browser::start().await;
+    browser.goto(&redirector.url("/")).await;
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    browser.screenshot(&shots.join("stream-index.png")).await;
+    // No script ran and no element came from the title: it is text.
+    assert_eq!(browser.alert_text().await, None, "an alert opened");
+    let page = browser
+        .run(
+            "return { injected: document.querySelectorAll('script, img').length, \
+                      text: document.body.innerText, title: document.title, \
+                      styled: getComputedStyle(document.body).maxWidth }",
+        )
+        .await;
+    assert_eq!(page["injected"], 0, "{page}");
+    assert_eq!(page["title"], "Streams");
+    let text = page["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(&format!("Now playing: {HOSTILE_TITLE}")),
+        "{text}"
+    );
+    assert_ne!(
+        page["styled"], "none",
+        "the stylesheet loaded under the CSP: {page}"
+    );
+
+    // The Listen link: the browser follows it through the 302 to the Icecast
+    // mount; a real player given the same link plays.
+    let href = browser
+        .run("return document.querySelector('a.listen').getAttribute('href');")
+        .await;
+    assert_eq!(href, "/s");
+    browser
+        .run("document.querySelector('a.listen').click(); return null;")
+        .await;
+    let mount = icecast.mount_url("/s.ogg");
+    wait_until("the browser on the mount", PATIENCE, || async {
+        (browser.current_url().await == mount).then_some(())
+    })
+    .await;
+    browser.screenshot(&shots.join("listen-link.png")).await;
+    let player = Player::connect(&redirector.url("/s")).await.unwrap();
+    assert_eq!(player.final_url().as_str(), mount);
+    assert!(
+        player.wait_for_bytes(4096, PATIENCE).await,
+        "the link plays"
+    );
+}
