@@ -138,7 +138,11 @@ pub async fn run(
                 memory.clone(),
                 identity.clone(),
             )?;
-            let poller = poller.with_geo(geo.clone());
+            // The embedded poller's metrics (polls, canaries, audience) on
+            // the same /metrics: their names do not overlap the redirector's.
+            let poller = poller.with_geo(geo.clone()).with_metrics(
+                icecast_poller::metrics::PollerMetrics::register(&mut registry),
+            );
             let (commands, command_rx) = mpsc::channel(16);
             poller_control = Some(PollerControl::new(commands.clone(), status, memory.clone()));
             poller_commands = Some(commands);
