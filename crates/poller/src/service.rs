@@ -20,9 +20,6 @@ use crate::fetch::{Fetcher, PollResult};
 use crate::health::{ServerHealth, ServerStateKind, build_snapshot, wire_mount};
 use crate::metrics::PollerMetrics;
 
-/// The connect grace assumed for a canary's lease: longer than any
-/// redirector's, so the ledger counts at least the leases a player's grant would.
-const CANARY_GRACE_MS: i64 = 10_000;
 /// Longest wait between two attempts to publish while Redis is unavailable.
 const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(2);
 /// First wait after a failed publish.
@@ -114,8 +111,6 @@ pub struct Poller<S: PollerStore> {
     health: HashMap<String, ServerHealth>,
     /// Places listeners for the audience figures; disabled without a database.
     geo: Arc<balancer_geo::GeoDb>,
-    /// The last audience figures, per stream.
-    audience: BTreeMap<String, StreamAudience>,
     drained: BTreeSet<String>,
     status: watch::Sender<Status>,
     /// The role last logged, so each change is logged once.
@@ -150,7 +145,6 @@ impl<S: PollerStore> Poller<S> {
             canary_turn: (0, HashMap::new()),
             health: HashMap::new(),
             geo: Arc::new(balancer_geo::GeoDb::disabled()),
-            audience: BTreeMap::new(),
             drained: BTreeSet::new(),
             status,
             logged_role: None,
@@ -195,22 +189,10 @@ impl<S: PollerStore> Poller<S> {
         let mut audience_round = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            let canary_due = async {
-                match &mut canary_ticker {
-                    Some(ticker) => ticker.tick().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let audience_due = async {
-                match &mut audience_ticker {
-                    Some(ticker) => ticker.tick().await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 () = &mut shutdown => break,
-                _ = canary_due => self.send_canary(&mut canaries),
-                _ = audience_due => {
+                () = next_tick(&mut canary_ticker) => self.send_canary(&mut canaries),
+                () = next_tick(&mut audience_ticker) => {
                     // One round at a time: a slow fleet skips a turn.
                     if audience_round.is_empty() {
                         self.read_audience(&mut audience_round);
@@ -345,7 +327,9 @@ impl<S: PollerStore> Poller<S> {
             // Counted from well before the poll: a generous connect grace
             // only makes the ledger count more leases, never fewer.
             polls: vec![balancer_store::PollSeen {
-                window_start_ms: observed_at_ms - CANARY_GRACE_MS,
+                window_start_ms: observed_at_ms
+                    - i64::try_from(balancer_store::MAX_CONNECT_GRACE.as_millis())
+                        .unwrap_or(i64::MAX),
                 free_slots,
             }],
             want: 1,
@@ -353,7 +337,7 @@ impl<S: PollerStore> Poller<S> {
             lease: deadline,
             ttl: balancer_store::reservation_ttl(
                 deadline,
-                Duration::from_millis(CANARY_GRACE_MS as u64),
+                balancer_store::MAX_CONNECT_GRACE,
                 Duration::from_secs(60),
             ),
         };
@@ -457,7 +441,7 @@ impl<S: PollerStore> Poller<S> {
     /// Adds up a round's listener lists per stream, placing each listener
     /// with geo; publishes the figures as metrics. Our own canaries are no
     /// audience; a mount whose list could not be read is left out.
-    fn record_audience(&mut self, lists: Vec<(String, ListResult)>) {
+    fn record_audience(&self, lists: Vec<(String, ListResult)>) {
         let mut audience: BTreeMap<String, StreamAudience> = self
             .fleet
             .streams
@@ -481,7 +465,6 @@ impl<S: PollerStore> Poller<S> {
         }
         let listeners: u64 = audience.values().map(StreamAudience::total).sum();
         tracing::debug!(listeners, "audience round done");
-        self.audience = audience;
     }
 
     /// Takes a canary's result into the server's health.
@@ -719,6 +702,16 @@ impl<S: PollerStore> Poller<S> {
         if let Err(e) = self.store.forget_drains_except(&names).await {
             tracing::debug!(error = %e, "cannot prune drains now");
         }
+    }
+}
+
+/// The next tick of an optional ticker; never, when there is none.
+async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -68,8 +68,8 @@ pub struct Args {
     #[arg(long, env = "ICB_MAX_DATA_AGE", value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub max_data_age: Duration,
 
-    /// How long after a redirect a player may take to connect; its slot stays
-    /// reserved until a poll after that has counted it.
+    /// How long after a redirect a player may take to connect (at most 10s);
+    /// its slot stays reserved until a poll after that has counted it.
     #[arg(long, env = "ICB_CONNECT_GRACE", value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     pub connect_grace: Duration,
 
@@ -214,6 +214,12 @@ impl Args {
         .map_err(|e| e.to_string())?;
         if self.threads.is_some_and(|n| n == 0 || n > 256) {
             return Err("--threads must be between 1 and 256".into());
+        }
+        if self.connect_grace > balancer_store::MAX_CONNECT_GRACE {
+            return Err(format!(
+                "--connect-grace must be at most {}s: the slot ledger counts leases that long",
+                balancer_store::MAX_CONNECT_GRACE.as_secs()
+            ));
         }
         if self.slot_lease < Duration::from_millis(100) || self.slot_lease > Duration::from_secs(60)
         {

@@ -18,7 +18,7 @@ use crate::client_ip::Scheme;
 use crate::follow::Views;
 use crate::http::now_ms;
 use crate::select::{Exclusion, Selector};
-use crate::view::{Tier, Unusable};
+use crate::view::Unusable;
 
 /// Serves the control API from a running redirector.
 pub struct RedirectorControl {
@@ -179,17 +179,11 @@ impl Control for RedirectorControl {
             })?,
         };
         let now = now_ms();
-        // The same pass and the same ranking as a request's: above the
-        // headroom, and in it when no mount has a slot above.
-        let all = &|_| false;
-        let mut filtered =
-            self.selector
-                .filter(&view, stream, &client, scheme, Tier::Soft, now, all);
-        if filtered.accepted.is_empty() && stream.has_headroom {
-            filtered =
-                self.selector
-                    .filter(&view, stream, &client, scheme, Tier::Headroom, now, all);
-        }
+        // The same tier, pass and ranking as a request's.
+        let tier = self.selector.tier_for(&view, stream, &client, scheme, now);
+        let filtered = self
+            .selector
+            .filter(&view, stream, &client, scheme, tier, now, &|_| false);
         let excluded = filtered
             .excluded
             .iter()

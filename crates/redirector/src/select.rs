@@ -224,9 +224,8 @@ impl Selector {
             let all = &|_| false;
             self.ranked(view, stream, player, Tier::Soft, now_ms, rng, SPARES, all)
         };
-        let at = Tier::Soft;
         if let Some(position) = self
-            .first_taken(view, stream, &order, reserve, at, now_ms)
+            .first_taken(view, stream, &order, reserve, Tier::Soft, now_ms)
             .await
         {
             return Some(answer(format, view, stream, scheme, &order[position..]));
@@ -253,7 +252,7 @@ impl Selector {
                 return Some(decision);
             }
         }
-        if stream.has_headroom && self.soft_tier_spent(view, stream, player, now_ms) {
+        if self.tier_for(view, stream, &player.client, player.scheme, now_ms) == Tier::Headroom {
             return self
                 .choose_unexhausted(
                     view,
@@ -270,33 +269,34 @@ impl Selector {
         None
     }
 
-    /// Whether no mount the player could use has a slot above its headroom
-    /// left: each is at its soft limit, or the ledger said its soft slots
-    /// for this poll are gone. Only then may players go into the headroom; a
-    /// slow refill is not a reason.
-    fn soft_tier_spent(
+    /// The slots a player may take now: above the headroom, unless the
+    /// stream keeps headroom and no mount the player could use has a slot
+    /// above it left (each is at its soft limit, or the ledger said its soft
+    /// slots for this poll are gone); a slow refill is no reason. Requests
+    /// and `Explain` both use it.
+    pub fn tier_for(
         &self,
         view: &FleetView,
         stream: &StreamView,
-        player: &Player,
+        client: &Client,
+        scheme: Scheme,
         now_ms: i64,
-    ) -> bool {
+    ) -> Tier {
+        if !stream.has_headroom {
+            return Tier::Soft;
+        }
         let spent = |index: usize| {
             let mount = &stream.mounts[index];
             mount
                 .slots
                 .exhausted(view.servers[mount.server].observed_at_ms, now_ms)
         };
-        let soft = self.filter(
-            view,
-            stream,
-            &player.client,
-            player.scheme,
-            Tier::Soft,
-            now_ms,
-            &spent,
-        );
-        soft.accepted.is_empty()
+        let soft = self.filter(view, stream, client, scheme, Tier::Soft, now_ms, &spent);
+        if soft.accepted.is_empty() {
+            Tier::Headroom
+        } else {
+            Tier::Soft
+        }
     }
 
     /// Ranks the mounts not in `tried` whose `tier` pool is not known to be

@@ -85,6 +85,11 @@ fn flags_out_of_range_are_refused_with_the_flag_named() {
         ("--retry-after", "soon", "from 1 to 3600"),
         ("--threads", "0", "--threads must be between 1 and 256"),
         ("--slot-lease", "10ms", "--slot-lease must be between"),
+        (
+            "--connect-grace",
+            "30s",
+            "--connect-grace must be at most 10s",
+        ),
     ] {
         let out = redirector(&[
             "--check-config",

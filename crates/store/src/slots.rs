@@ -31,6 +31,13 @@ use std::time::Duration;
 
 use crate::StoreError;
 
+/// The longest connect grace a replica may use (`--connect-grace`): the time
+/// a redirected player may take to connect. Part of the ledger's contract: a
+/// caller that cannot know the replicas' grace (the poller's canary) counts
+/// leases from this far before a poll, which is never fewer than any
+/// replica's grant counts.
+pub const MAX_CONNECT_GRACE: Duration = Duration::from_secs(10);
+
 /// One replica's request for slots of one mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReserveRequest {
