@@ -3,8 +3,7 @@
 use std::fmt::Write as _;
 
 use balancer_proto::control::v1 as api;
-use balancer_proto::snapshot::v1::{MountState, ServerState};
-use serde_json::{Value, json};
+use balancer_service::control_json::{self, exclusion, mount_state, role, server_state};
 
 /// `1h 2m 3s`, `2.5s`, `40ms`.
 fn duration(ms: u64) -> String {
@@ -23,33 +22,6 @@ fn duration(ms: u64) -> String {
     }
 }
 
-fn role(role: i32) -> &'static str {
-    match api::Role::try_from(role).unwrap_or(api::Role::Unspecified) {
-        api::Role::Poller => "poller",
-        api::Role::Redirector => "redirector",
-        api::Role::Standalone => "standalone redirector",
-        api::Role::Unspecified => "unknown",
-    }
-}
-
-fn server_state(state: i32) -> &'static str {
-    match ServerState::try_from(state).unwrap_or(ServerState::Unspecified) {
-        ServerState::Up => "up",
-        ServerState::Down => "down",
-        ServerState::Full => "full",
-        ServerState::Unspecified => "unknown",
-    }
-}
-
-fn mount_state(state: i32) -> &'static str {
-    match MountState::try_from(state).unwrap_or(MountState::Unspecified) {
-        MountState::Live => "live",
-        MountState::NoSource => "no source",
-        MountState::Stalled => "source stalled",
-        MountState::Unspecified => "unknown",
-    }
-}
-
 fn limit(limit: Option<u32>) -> String {
     limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string())
 }
@@ -65,12 +37,7 @@ fn free(free: u32) -> String {
 /// `status`.
 pub(crate) fn status(s: &api::StatusResponse, as_json: bool) -> String {
     if as_json {
-        return json!({
-            "role": role(s.role), "version": s.version, "uptime_ms": s.uptime_ms,
-            "snapshot_version": s.snapshot_version, "snapshot_age_ms": s.snapshot_age_ms,
-            "leader": s.leader, "redis_ok": s.redis_ok,
-        })
-        .to_string();
+        return control_json::status(s).to_string();
     }
     let snapshot = match s.snapshot_age_ms {
         Some(age) => format!("v{} ({} old)", s.snapshot_version, duration(age)),
@@ -100,28 +67,10 @@ pub(crate) fn status(s: &api::StatusResponse, as_json: bool) -> String {
 /// `servers`.
 pub(crate) fn servers(r: &api::ListServersResponse, as_json: bool) -> String {
     if as_json {
-        let servers: Vec<Value> = r
-            .servers
-            .iter()
-            .map(|s| {
-                let server = s.server.clone().unwrap_or_default();
-                json!({
-                    "name": server.name, "state": server_state(server.state), "drained": server.drained,
-                    "listeners": server.listeners, "max_listeners": server.max_listeners,
-                    "public_url": server.public_url, "observed_at_ms": server.observed_at_ms,
-                    "last_error": server.last_error, "last_poll_ms": s.last_poll_ms,
-                    "mounts": s.mounts.iter().map(|m| {
-                        let mount = m.mount.clone().unwrap_or_default();
-                        json!({
-                            "stream": m.stream, "mount": mount.mount, "state": mount_state(mount.state),
-                            "listeners": mount.listeners, "max_listeners": mount.max_listeners,
-                            "free_slots": mount.free_slots, "reserved": m.reserved,
-                        })
-                    }).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        return json!({ "servers": servers }).to_string();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        return control_json::servers(r, now_ms).to_string();
     }
     let mut out = format!(
         "{:<20} {:<8} {:<8} {:>9} {:>9}  {}\n",
@@ -157,40 +106,12 @@ pub(crate) fn servers(r: &api::ListServersResponse, as_json: bool) -> String {
     out
 }
 
-fn exclusion(reason: i32) -> &'static str {
-    match api::ExclusionReason::try_from(reason).unwrap_or(api::ExclusionReason::Unspecified) {
-        api::ExclusionReason::Down => "down",
-        api::ExclusionReason::Drained => "drained",
-        api::ExclusionReason::Full => "full",
-        api::ExclusionReason::NoSource => "no source",
-        api::ExclusionReason::Stale => "stale data",
-        api::ExclusionReason::DeniedCountry => "country not licensed",
-        api::ExclusionReason::AddressFamily => "wrong IP version",
-        api::ExclusionReason::Scheme => "no URL in the player's scheme",
-        api::ExclusionReason::Headroom => "only headroom left",
-        api::ExclusionReason::Unspecified => "unknown",
-    }
-}
-
 /// `explain`.
 pub(crate) fn explain(r: &api::ExplainResponse, as_json: bool) -> String {
-    let client = r.client.clone().unwrap_or_default();
     if as_json {
-        return json!({
-            "client": {
-                "country": client.country, "continent": client.continent, "asn": client.asn,
-                "location": client.location.map(|l| json!({"lat": l.lat, "lon": l.lon})),
-            },
-            "candidates": r.candidates.iter().map(|c| json!({
-                "server": c.server, "mount": c.mount, "url": c.url, "free_slots": c.free_slots,
-                "distance_km": c.distance_km, "reason": c.rank_reason,
-            })).collect::<Vec<_>>(),
-            "excluded": r.excluded.iter().map(|e| json!({
-                "server": e.server, "mount": e.mount, "reason": exclusion(e.reason), "detail": e.detail,
-            })).collect::<Vec<_>>(),
-        })
-        .to_string();
+        return control_json::explain(r).to_string();
     }
+    let client = r.client.clone().unwrap_or_default();
     let or_unknown = |s: &str| {
         if s.is_empty() {
             "unknown".to_owned()

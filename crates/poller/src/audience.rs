@@ -183,6 +183,40 @@ impl StreamAudience {
     }
 }
 
+/// A round's figures as JSON, for the operator console: per stream the
+/// listeners by country, by player family, and by session length (each
+/// bucket counted alone, labelled by its upper bound; `more` is the rest).
+/// `at_ms` dates the round; `null` before the first.
+pub fn to_json(audience: &BTreeMap<String, StreamAudience>, at_ms: Option<i64>) -> String {
+    let streams: serde_json::Map<String, serde_json::Value> = audience
+        .iter()
+        .map(|(stream, seen)| {
+            let families: BTreeMap<&str, u64> = seen
+                .families
+                .iter()
+                .map(|(f, n)| (f.as_str(), *n))
+                .collect();
+            let mut below = 0;
+            let mut sessions: Vec<(String, u64)> = Vec::new();
+            for (i, cumulative) in seen.sessions.iter().enumerate() {
+                let label = SESSION_BUCKETS
+                    .get(i)
+                    .map_or_else(|| "more".to_owned(), |b| format!("{b}s"));
+                sessions.push((label, cumulative - below));
+                below = *cumulative;
+            }
+            let value = serde_json::json!({
+                "listeners": seen.total(),
+                "countries": seen.countries,
+                "families": families,
+                "sessions": sessions,
+            });
+            (stream.clone(), value)
+        })
+        .collect();
+    serde_json::json!({ "at_ms": at_ms, "streams": streams }).to_string()
+}
+
 /// Whether a listener is one of our own canaries, which are no audience.
 pub fn is_canary(listener: &Listener) -> bool {
     listener.user_agent.starts_with("icecast-balancer-canary/")
@@ -238,6 +272,37 @@ mod tests {
         for (ua, family) in cases {
             assert_eq!(Family::of(ua), family, "{ua}");
         }
+    }
+
+    #[test]
+    fn console_figures_count_each_bucket_alone() {
+        let mut seen = StreamAudience::default();
+        for (agent, secs) in [
+            ("VLC/3.0.20 LibVLC/3.0.20", 30),
+            ("mpv 0.37", 400),
+            ("mpv 0.37", 90_000),
+        ] {
+            let listener = Listener {
+                ip: None,
+                user_agent: agent.to_owned(),
+                connected_secs: secs,
+            };
+            seen.add(&listener, Some("DE".to_owned()));
+        }
+        let json: serde_json::Value = serde_json::from_str(&to_json(
+            &BTreeMap::from([("jazz".to_owned(), seen)]),
+            Some(5),
+        ))
+        .unwrap();
+        let jazz = &json["streams"]["jazz"];
+        assert_eq!(jazz["listeners"], 3);
+        assert_eq!(jazz["countries"]["DE"], 3);
+        assert_eq!(jazz["families"]["mpv"], 2);
+        let sessions = jazz["sessions"].as_array().unwrap();
+        assert_eq!(sessions[0], serde_json::json!(["60s", 1]));
+        assert_eq!(sessions[2], serde_json::json!(["900s", 1]));
+        assert_eq!(sessions[7], serde_json::json!(["more", 1]));
+        assert_eq!(json["at_ms"], 5);
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::time::Duration;
 use balancer_fleet::Fleet;
 use balancer_service::RedisUrl;
 use balancer_service::{
-    EXIT_CONFIG, EXIT_UNAVAILABLE, Signal, check_admin_exposure, init_logging, process_identity,
-    serve_admin, signals,
+    Admin, EXIT_CONFIG, EXIT_UNAVAILABLE, Signal, check_admin_exposure, init_logging,
+    process_identity, serve_admin, signals,
 };
 use balancer_store::{DEFAULT_OPERATION_TIMEOUT, Keys, RedisStore};
 use clap::Parser;
@@ -122,6 +122,7 @@ async fn run(
     let poller = poller
         .with_metrics(metrics)
         .with_geo(std::sync::Arc::new(geo));
+    let audience = poller.audience_feed();
     let (commands, command_rx) = mpsc::channel(16);
     let control = PollerControl::new(commands.clone(), status.clone(), store);
 
@@ -132,9 +133,12 @@ async fn run(
         |health| {
             let _ = health_tx.send(health);
         },
-        Some(control),
-        admin_token,
-        std::sync::Arc::new(registry),
+        Admin {
+            control: std::sync::Arc::new(control),
+            token: admin_token,
+            metrics: std::sync::Arc::new(registry),
+            audience: Some(audience),
+        },
         async {
             let _ = admin_stopped.await;
         },

@@ -118,6 +118,8 @@ pub struct Poller<S: PollerStore> {
     /// Whether the last lease call reached Redis, so an outage is logged once.
     redis_reachable: bool,
     metrics: Option<PollerMetrics>,
+    /// The last audience round as JSON, for the operator console.
+    audience: watch::Sender<Arc<str>>,
 }
 
 impl<S: PollerStore> Poller<S> {
@@ -150,6 +152,7 @@ impl<S: PollerStore> Poller<S> {
             logged_role: None,
             redis_reachable: true,
             metrics: None,
+            audience: watch::Sender::new(crate::audience::to_json(&BTreeMap::new(), None).into()),
         };
         Ok((poller, status_rx))
     }
@@ -158,6 +161,12 @@ impl<S: PollerStore> Poller<S> {
     pub fn with_geo(mut self, geo: Arc<balancer_geo::GeoDb>) -> Self {
         self.geo = geo;
         self
+    }
+
+    /// The audience figures of each round as JSON (see
+    /// [`crate::audience::to_json`]), for the operator console.
+    pub fn audience_feed(&self) -> watch::Receiver<Arc<str>> {
+        self.audience.subscribe()
     }
 
     /// Records Prometheus metrics while running.
@@ -465,6 +474,8 @@ impl<S: PollerStore> Poller<S> {
         }
         let listeners: u64 = audience.values().map(StreamAudience::total).sum();
         tracing::debug!(listeners, "audience round done");
+        self.audience
+            .send_replace(crate::audience::to_json(&audience, Some(now_ms())).into());
     }
 
     /// Takes a canary's result into the server's health.

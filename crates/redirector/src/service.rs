@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use balancer_fleet::Fleet;
 use balancer_geo::{GeoDb, RankPolicy};
-use balancer_service::{Health, Signal, serve_admin};
+use balancer_service::{Admin, Health, Signal, serve_admin};
 use balancer_store::{Keys, MemoryStore, RedisStore};
 use icecast_poller::control::PollerControl;
 use icecast_poller::service::{Command, Poller};
@@ -101,6 +101,7 @@ pub async fn run(
     let metrics = RedirectorMetrics::register(&mut registry);
     let mut poller_commands = None;
     let mut poller_control = None;
+    let mut audience = None;
     let reservations = match options.source {
         Source::Redis(url) => {
             let store = RedisStore::new(url.as_str(), Keys::default(), Duration::from_millis(500))
@@ -143,6 +144,7 @@ pub async fn run(
             let poller = poller.with_geo(geo.clone()).with_metrics(
                 icecast_poller::metrics::PollerMetrics::register(&mut registry),
             );
+            audience = Some(poller.audience_feed());
             let (commands, command_rx) = mpsc::channel(16);
             poller_control = Some(PollerControl::new(commands.clone(), status, memory.clone()));
             poller_commands = Some(commands);
@@ -192,9 +194,12 @@ pub async fn run(
         |health| {
             let _ = health_tx.send(health);
         },
-        Some(control),
-        options.admin_token,
-        Arc::new(registry),
+        Admin {
+            control: Arc::new(control),
+            token: options.admin_token,
+            metrics: Arc::new(registry),
+            audience,
+        },
         async {
             let _ = admin_stopped.await;
         },

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use balancer_proto::control::v1::control_server::{Control, ControlServer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
@@ -63,18 +65,31 @@ pub fn check_admin_exposure(
     }
 }
 
-/// Serves health, reflection, (if given) the control API and Prometheus
-/// metrics (`GET /metrics`, HTTP/1.1) and health over HTTP (`GET /healthz`:
-/// 200 `SERVING` or 503 `NOT_SERVING`) on `listener` until `shutdown`
-/// completes. With a `token`, control calls must carry `authorization: Bearer
-/// <token>`; health and metrics stay open for probes and scrapers. `on_ready`
-/// receives the health handle before serving starts.
+/// What the admin address serves besides health.
+pub struct Admin<C> {
+    /// This process's control API (gRPC, and in-process for the console).
+    pub control: Arc<C>,
+    /// The bearer token control calls and the console must carry; `None`
+    /// when the admin address is on loopback (or explicitly insecure).
+    pub token: Option<String>,
+    /// Prometheus metrics, for `GET /metrics`.
+    pub metrics: Arc<Registry>,
+    /// The poller's latest audience figures as JSON, for the console; `None`
+    /// where this process reads no listener lists.
+    pub audience: Option<watch::Receiver<Arc<str>>>,
+}
+
+/// Serves health, reflection, the control API, the operator console
+/// (`/console`, see [`crate::console`]), Prometheus metrics (`GET /metrics`,
+/// HTTP/1.1) and health over HTTP (`GET /healthz`: 200 `SERVING` or 503
+/// `NOT_SERVING`) on `listener` until `shutdown` completes. With a token,
+/// control calls must carry `authorization: Bearer <token>`; health and
+/// metrics stay open for probes and scrapers. `on_ready` receives the health
+/// handle before serving starts.
 pub async fn serve_admin<C: Control>(
     listener: TcpListener,
     on_ready: impl FnOnce(Health),
-    control: Option<C>,
-    token: Option<String>,
-    metrics: Arc<Registry>,
+    admin: Admin<C>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -90,20 +105,25 @@ pub async fn serve_admin<C: Control>(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .ok();
-    let token = token.filter(|t| !t.is_empty());
-    let control = control.map(|c| {
-        ControlServer::with_interceptor(c, move |request: Request<()>| {
-            authorize(request, token.as_deref())
-        })
+    let token = admin.token.filter(|t| !t.is_empty());
+    let grpc_token = token.clone();
+    let control = InterceptedService::new(
+        ControlServer::from_arc(Arc::clone(&admin.control)),
+        move |request: Request<()>| authorize(request, grpc_token.as_deref()),
+    );
+    let (console, sample_history) = crate::console::routes(crate::console::Console {
+        control: admin.control,
+        token,
+        audience: admin.audience,
     });
+    let sampler = tokio::spawn(sample_history);
     let mut routes = Routes::new(health_service);
     if let Some(reflection) = reflection {
         routes = routes.add_service(reflection);
     }
-    if let Some(control) = control {
-        routes = routes.add_service(control);
-    }
+    let metrics = admin.metrics;
     let router = routes
+        .add_service(control)
         .into_axum_router()
         .route(
             "/metrics",
@@ -115,12 +135,15 @@ pub async fn serve_admin<C: Control>(
         .route(
             "/healthz",
             axum::routing::get(move || std::future::ready(http_health(&serving))),
-        );
-    Server::builder()
+        )
+        .merge(console);
+    let served = Server::builder()
         .accept_http1(true)
         .add_routes(Routes::from(router))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-        .await
+        .await;
+    sampler.abort();
+    served
 }
 
 /// Health for HTTP checkers: the status code says it, the body repeats it.
@@ -163,7 +186,7 @@ fn authorize(request: Request<()>, token: Option<&str>) -> Result<Request<()>, S
 
 /// Compares without stopping at the first difference, so timing does not
 /// reveal how much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut difference = a.len() ^ b.len();
     for (i, byte) in b.iter().enumerate() {
         difference |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);

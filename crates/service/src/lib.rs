@@ -1,5 +1,6 @@
 //! What every binary of the project does the same way: exit codes, logging
-//! setup, signals, systemd readiness, the admin gRPC server with standard health checking, and
+//! setup, signals, systemd readiness, the admin address (standard gRPC health checking, the
+//! control API, metrics and the operator console), and
 //! parsers for flags that several binaries share.
 //!
 //! This is the one crate that touches the process: the environment, signals,
@@ -8,12 +9,14 @@
 //! as a [`Process`].
 
 mod admin;
+pub mod console;
+pub mod control_json;
 mod flags;
 mod logging;
 mod notify;
 mod signals;
 
-pub use admin::{ExposedAdmin, Health, check_admin_exposure, serve_admin};
+pub use admin::{Admin, ExposedAdmin, Health, check_admin_exposure, serve_admin};
 pub use flags::{
     CommonFlags, RedisUrl, RedisUrlError, parse_redis_url, parse_trusted_proxy, process_identity,
 };

@@ -142,6 +142,23 @@ impl Browser {
         answer["value"].as_str().map(str::to_owned)
     }
 
+    /// Accepts an open `confirm()` or `alert()`, as a user clicking OK.
+    pub async fn accept_alert(&self) {
+        let answer = self
+            .command(reqwest::Method::POST, "/alert/accept", Some(json!({})))
+            .await;
+        assert!(answer["value"].is_null(), "accepting the dialog: {answer}");
+    }
+
+    /// Resizes the window, e.g. to a desktop's width for a screenshot.
+    pub async fn resize(&self, width: u32, height: u32) {
+        let rect = json!({ "width": width, "height": height });
+        let answer = self
+            .command(reqwest::Method::POST, "/window/rect", Some(rect))
+            .await;
+        assert!(answer["value"].is_object(), "resizing the window: {answer}");
+    }
+
     /// Saves a PNG of the window to `path` (creating its folder).
     pub async fn screenshot(&self, path: &Path) {
         let answer = self

@@ -102,6 +102,33 @@ async fn listeners_are_counted_by_country_player_and_session_across_relays() {
     );
     println!("{}", seen.join("\n"));
 
+    // The operator console shows the same figures, also without an address.
+    let console =
+        balancer_testkit::http_get(format!("http://{}/console/api/audience", poller.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    let figures: serde_json::Value = serde_json::from_str(&console).unwrap();
+    let s = &figures["streams"]["s"];
+    assert_eq!(s["listeners"], 3, "{console}");
+    assert_eq!(
+        s["countries"],
+        serde_json::json!({ "AT": 1, "DE": 2 }),
+        "{console}"
+    );
+    assert_eq!(
+        s["families"],
+        serde_json::json!({ "browser": 1, "ffmpeg": 1, "vlc": 1 }),
+        "{console}"
+    );
+    assert_eq!(s["sessions"][0], serde_json::json!(["60s", 3]), "{console}");
+    assert!(
+        !console.contains("127.0.0.") && !console.contains("Firefox"),
+        "{console}"
+    );
+
     // A listener who leaves is gone from the next round.
     drop(players);
     wait_until("the audience to empty", PATIENCE, || async {

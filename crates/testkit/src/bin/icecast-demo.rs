@@ -196,12 +196,14 @@ impl Demo {
             }
             Some(redis) => {
                 let redis_url = redis.url();
-                let poller_args = vec![
+                let mut poller_args = vec![
                     "--config".to_owned(),
                     fleet.display().to_string(),
                     "--redis".to_owned(),
                     redis_url.clone(),
                 ];
+                // Places listeners for the console's audience figures.
+                poller_args.extend(geoip_args.clone());
                 let poller = demo.spawn("poller", &bin("icecast-poller"), poller_args, 0, 7070);
                 demo.services.push(poller);
                 for (i, (listen, admin)) in [(8000, 7071), (8001, 7072)].into_iter().enumerate() {
@@ -311,6 +313,11 @@ impl Demo {
                 None => println!("  {:<16} admin {}", service.name, service.admin),
             }
         }
+        println!("\nOpen in a browser:\n  stream index     http://{listen}/");
+        if let Some(console) = self.services.first() {
+            // The poller's console has the fleet, or the standalone redirector's.
+            println!("  console          http://{}/console", console.admin);
+        }
         println!(
             "\nListen (the stream names are demo and demo-mp3):
   vlc http://{listen}/demo          # or: mpv http://{listen}/demo
@@ -356,7 +363,7 @@ fn loopback(port: u16) -> SocketAddr {
 /// The demo's fleet: two streams, each on one mount of every server.
 fn fleet_toml(icecasts: &[IcecastServer]) -> String {
     let mut fleet = String::from(
-        "# Written by icecast-demo.\n[poller]\ninterval = \"1s\"\ntimeout = \"800ms\"\n\n",
+        "# Written by icecast-demo.\n[poller]\ninterval = \"1s\"\ntimeout = \"800ms\"\naudience_interval = \"10s\"\n\n",
     );
     for (icecast, (name, country, (lat, lon), _)) in icecasts.iter().zip(SERVERS) {
         fleet += &format!(

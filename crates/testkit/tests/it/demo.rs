@@ -5,6 +5,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use balancer_testkit::browser::Browser;
 use balancer_testkit::{Player, process_exists, wait_until};
 
 /// Every process below `root`, found through the parent ids in /proc.
@@ -54,6 +55,61 @@ async fn the_standalone_demo_plays_without_redis_and_leaves_nothing_running() {
     assert!(!printed.contains("redis://"), "{printed}");
 }
 
+/// The stream index and the console the demo printed show the demo's fleet,
+/// in a real browser too; screenshots go to `target/tmp/screenshots`.
+async fn show_the_pages(printed: &str, name: &str) {
+    let url_on = |label: &str| {
+        printed
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
+            .unwrap_or_else(|| panic!("no {label} URL in:\n{printed}"))
+            .to_owned()
+    };
+    let (index, console) = (url_on("stream index"), url_on("console"));
+    let text = |url: String| async move {
+        let response = balancer_testkit::http_get(url).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    };
+    let page = text(index.clone()).await;
+    assert!(
+        page.contains("href=\"/demo\"") && page.contains("href=\"/demo-mp3\""),
+        "{page}"
+    );
+    let api = console.replace("/console", "/console/api/servers");
+    let servers = text(api).await;
+    for server in ["vienna", "graz", "berlin"] {
+        assert!(
+            servers.contains(&format!("\"name\":\"{server}\"")),
+            "{servers}"
+        );
+    }
+
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    let browser = Browser::start().await;
+    browser.goto(&index).await;
+    browser
+        .screenshot(&shots.join(format!("{name}-index.png")))
+        .await;
+    browser.resize(1100, 1000).await;
+    browser.goto(&console).await;
+    wait_until(
+        "the demo's fleet in the console",
+        Duration::from_secs(20),
+        || async {
+            let rows = browser
+                .run("return document.querySelectorAll('#fleet-table tr.server').length;")
+                .await;
+            (rows == 3).then_some(())
+        },
+    )
+    .await;
+    browser
+        .screenshot(&shots.join(format!("{name}-console.png")))
+        .await;
+}
+
 /// Runs the demo with `args` until it is ready, checks what it printed and
 /// that its URL plays, then sends Ctrl-C and checks that the `processes` it
 /// started are all gone. Returns what it printed.
@@ -98,6 +154,12 @@ async fn run_demo(args: &[&str], expected: &[&str], processes: usize) -> String 
         .unwrap_or_else(|| panic!("no listen URL in:\n{text}"));
     let outcome = Player::play(url).await.unwrap();
     assert!(outcome.played(), "{outcome:?}");
+    let name = if args.contains(&"--standalone") {
+        "demo-standalone"
+    } else {
+        "demo"
+    };
+    show_the_pages(&text, name).await;
 
     let started = descendants(pid);
     assert!(
