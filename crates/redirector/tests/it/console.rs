@@ -207,6 +207,29 @@ async fn the_console_shows_the_fleet_and_a_confirmed_drain_moves_players_within_
     })
     .await;
 
+    // Poll now and Reload, confirmed like every action, answer as balancerctl does.
+    let question = click_and_confirm(&browser, "#poll-now").await;
+    assert_eq!(question, "Poll every server now?");
+    wait_in_page(
+        &browser,
+        "the poll's snapshot version",
+        "const r = document.getElementById('action-result').innerText; \
+         return r.startsWith('polled: snapshot v') ? r : null;",
+    )
+    .await;
+    click_and_confirm(&browser, "#reload").await;
+    let reloaded = wait_in_page(
+        &browser,
+        "the reload's summary",
+        "const r = document.getElementById('action-result').innerText; \
+         return r.startsWith('reloaded: ') ? r : null;",
+    )
+    .await;
+    assert!(
+        reloaded.as_str().unwrap().contains("3 servers"),
+        "{reloaded}"
+    );
+
     // The redirector's console: its own status, Explain as balancerctl
     // gives it, and a pointer to the poller for the fleet.
     browser
