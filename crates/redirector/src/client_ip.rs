@@ -5,12 +5,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use hyper::HeaderMap;
-use hyper::header::{FORWARDED, HeaderName};
+use httparse::Header;
 use ipnet::IpNet;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const FORWARDED: &str = "forwarded";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 
 /// The scheme a player used to reach the balancer, which is the scheme its
 /// redirect should keep: Android's ExoPlayer and iOS's AVPlayer do not follow
@@ -58,14 +58,14 @@ impl Scheme {
 /// `proto=https` in `Forwarded` or `X-Forwarded-Proto: https`. The first
 /// (outermost) value counts: it is the scheme the player itself connected
 /// with. A value we do not know is ignored.
-pub fn client_scheme(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> Scheme {
+pub fn client_scheme(peer: IpAddr, headers: &[Header<'_>], trusted: &TrustedProxies) -> Scheme {
     if !trusted.contains(canonical(peer)) {
         return Scheme::Http;
     }
-    let first = if headers.contains_key(FORWARDED) {
+    let first = if has(headers, FORWARDED) {
         forwarded_params(headers, "proto").next()
     } else {
-        header_list(headers, &X_FORWARDED_PROTO).next()
+        header_list(headers, X_FORWARDED_PROTO).next()
     };
     first.and_then(Scheme::parse).unwrap_or(Scheme::Http)
 }
@@ -90,7 +90,7 @@ impl TrustedProxies {
 /// The address to place the player by. A header from an untrusted peer changes
 /// nothing; with trusted proxies, the rightmost address that is not a trusted
 /// proxy is the player (`Forwarded` if present, else `X-Forwarded-For`).
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+pub fn client_ip(peer: IpAddr, headers: &[Header<'_>], trusted: &TrustedProxies) -> IpAddr {
     let mut client = canonical(peer);
     if !trusted.contains(client) {
         return client;
@@ -111,27 +111,35 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
 
 /// The hop list, oldest first: `for=` of every `Forwarded` element, else every
 /// `X-Forwarded-For` entry, across repeated headers in order.
-fn forwarded_hops(headers: &HeaderMap) -> Vec<&str> {
-    if headers.contains_key(FORWARDED) {
+fn forwarded_hops<'a>(headers: &[Header<'a>]) -> Vec<&'a str> {
+    if has(headers, FORWARDED) {
         forwarded_params(headers, "for").collect()
     } else {
-        header_list(headers, &X_FORWARDED_FOR).collect()
+        header_list(headers, X_FORWARDED_FOR).collect()
     }
 }
 
+/// Whether a header called `name` is there.
+fn has(headers: &[Header<'_>], name: &str) -> bool {
+    headers.iter().any(|h| h.name.eq_ignore_ascii_case(name))
+}
+
 /// The entries of a comma-separated header, across repeated headers in order.
-fn header_list<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+fn header_list<'a>(headers: &[Header<'a>], name: &'static str) -> impl Iterator<Item = &'a str> {
     headers
-        .get_all(name)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
         .flat_map(|v| v.split(','))
 }
 
 /// The value of `key=` in each `Forwarded` element that has one (RFC 7239),
 /// oldest first; keys are case-insensitive.
-fn forwarded_params<'a>(headers: &'a HeaderMap, key: &'a str) -> impl Iterator<Item = &'a str> {
-    header_list(headers, &FORWARDED).filter_map(move |element| {
+fn forwarded_params<'a>(
+    headers: &[Header<'a>],
+    key: &'static str,
+) -> impl Iterator<Item = &'a str> {
+    header_list(headers, FORWARDED).filter_map(move |element| {
         element.split(';').find_map(|pair| {
             let (k, value) = pair.split_once('=')?;
             k.trim().eq_ignore_ascii_case(key).then_some(value)
@@ -163,17 +171,14 @@ fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        map
+    fn headers<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<Header<'a>> {
+        pairs
+            .iter()
+            .map(|(name, value)| Header {
+                name,
+                value: value.as_bytes(),
+            })
+            .collect()
     }
 
     #[test]

@@ -1,14 +1,10 @@
-//! Answering one HTTP request: 302, playlist, 404, 405, 451 or 503.
+//! Answering one HTTP request: 302, playlist, index page, 404, 405, 451 or 503.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::{Body as _, Incoming};
-use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
 
 use crate::client_ip::{TrustedProxies, client_ip, client_scheme};
 use crate::follow::Views;
@@ -17,6 +13,7 @@ use crate::metrics::RedirectorMetrics;
 use crate::playlist;
 use crate::route::route;
 use crate::select::{Decision, Selector};
+use crate::wire::{Head, Method, Reply, Status};
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
@@ -36,46 +33,26 @@ pub struct App {
     pub index: crate::index::IndexMode,
 }
 
-/// Answers `request` from `peer`. Never fails: every problem is a status code.
+/// Answers the request `head` from `peer` at `now_ms` (milliseconds since the
+/// epoch, read once per batch of requests). Never fails: every problem is a
+/// status code. `timed` asks for the selection to be timed for the metrics
+/// (a sample of requests, to spare the clock).
 pub async fn handle(
     app: &App,
-    request: Request<Incoming>,
+    head: &Head<'_, '_>,
     peer: SocketAddr,
-) -> Response<Full<Bytes>> {
-    let head_only = request.method() == Method::HEAD;
-    let mut response = answer(app, &request, peer).await;
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if head_only {
-        *response.body_mut() = Full::new(Bytes::new());
-    }
-    response
-}
-
-async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
+    now_ms: i64,
+    timed: bool,
+) -> Reply {
+    if head.method == Method::Other {
         app.metrics.request(None, "method_not_allowed");
-        let mut response = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Only GET and HEAD are supported.\n",
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
+        return method_not_allowed();
     }
-    if has_body(request) {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "A request for a stream has no body.\n",
-        );
-    }
-    if let Some(page) = index::page(request.uri().path(), &app.prefix) {
+    if let Some(page) = index::page(head.path, &app.prefix) {
         return index_page(app, page);
     }
-    let Some(route) = route(request.uri().path(), &app.prefix) else {
-        return text(StatusCode::NOT_FOUND, "No such stream.\n");
+    let Some(route) = route(head.path, &app.prefix) else {
+        return Reply::text(Status::NotFound, "No such stream.\n");
     };
     let Some(view) = app.views.load() else {
         return unavailable(
@@ -83,13 +60,12 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
             "The balancer has no data about the servers yet. Please try again later.\n",
         );
     };
-    let client = client_ip(peer.ip(), request.headers(), &app.trusted);
-    let scheme = client_scheme(peer.ip(), request.headers(), &app.trusted);
+    let client = client_ip(peer.ip(), head.headers, &app.trusted);
+    let scheme = client_scheme(peer.ip(), head.headers, &app.trusted);
     let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
     // A HEAD request is a probe, not a player: it takes no slot.
-    let reserve = request.method() != Method::HEAD;
-    let now = now_ms();
-    let started = std::time::Instant::now();
+    let reserve = head.method == Method::Get;
+    let started = timed.then(std::time::Instant::now);
     let decision = app
         .selector
         .decide(
@@ -100,12 +76,14 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
             route.format,
             reserve,
             &mut rng,
-            now,
+            now_ms,
         )
         .await;
-    app.metrics
-        .selection_seconds
-        .observe(started.elapsed().as_secs_f64());
+    if let Some(started) = started {
+        app.metrics
+            .selection_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
     let outcome = match &decision {
         Decision::Redirect(_) => "redirect",
         Decision::Playlist(_) => "playlist",
@@ -117,22 +95,19 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
     let stream = view.streams.get(route.stream).map(|s| &s.name);
     app.metrics.request(stream, outcome);
     match decision {
-        Decision::Redirect(url) => redirect(&url, request.uri().query()),
+        Decision::Redirect(url) => redirect(&url, head.query),
         Decision::Playlist(urls) => {
-            let urls: Vec<String> = urls
-                .iter()
-                .map(|u| with_query(u, request.uri().query()))
-                .collect();
+            let urls: Vec<String> = urls.iter().map(|u| with_query(u, head.query)).collect();
             let (content_type, body) = playlist::render(route.format, route.stream, &urls);
-            let mut response = Response::new(Full::new(Bytes::from(body)));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            response
+            Reply {
+                content_type,
+                body: Bytes::from(body),
+                ..Reply::text(Status::Ok, "")
+            }
         }
-        Decision::NotFound => text(StatusCode::NOT_FOUND, "No such stream.\n"),
-        Decision::Denied => text(
-            StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+        Decision::NotFound => Reply::text(Status::NotFound, "No such stream.\n"),
+        Decision::Denied => Reply::text(
+            Status::LegalReasons,
             "This stream is not available in your country.\n",
         ),
         Decision::Full => unavailable(
@@ -142,10 +117,21 @@ async fn answer(app: &App, request: &Request<Incoming>, peer: SocketAddr) -> Res
     }
 }
 
+/// 405, naming the methods there are.
+pub fn method_not_allowed() -> Reply {
+    Reply {
+        extra: "allow: GET, HEAD\r\n",
+        ..Reply::text(
+            Status::MethodNotAllowed,
+            "Only GET and HEAD are supported.\n",
+        )
+    }
+}
+
 /// A page of the public stream index, from the current snapshot.
-fn index_page(app: &App, page: IndexPage) -> Response<Full<Bytes>> {
+fn index_page(app: &App, page: IndexPage) -> Reply {
     if app.index == IndexMode::Off {
-        return text(StatusCode::NOT_FOUND, "No such stream.\n");
+        return Reply::text(Status::NotFound, "No such stream.\n");
     }
     app.metrics.request(None, "index");
     let (content_type, body) = match page {
@@ -167,28 +153,12 @@ fn index_page(app: &App, page: IndexPage) -> Response<Full<Bytes>> {
             }
         }
     };
-    let mut response = Response::new(Full::new(body));
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(index::CONTENT_SECURITY_POLICY),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    response
-}
-
-/// A GET with a body (or announcing one) is refused rather than read.
-fn has_body(request: &Request<Incoming>) -> bool {
-    request.headers().contains_key(header::TRANSFER_ENCODING)
-        || request.body().size_hint().lower() > 0
-        || request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
+    Reply {
+        content_type,
+        body,
+        extra: index::HEADERS,
+        ..Reply::text(Status::Ok, "")
+    }
 }
 
 /// The URL with the request's query string, if it can travel in a header
@@ -200,34 +170,19 @@ pub fn with_query(url: &str, query: Option<&str>) -> String {
     }
 }
 
-fn redirect(url: &str, query: Option<&str>) -> Response<Full<Bytes>> {
-    let target = with_query(url, query);
-    let location = HeaderValue::from_str(&target)
-        .or_else(|_| HeaderValue::from_str(url))
-        .unwrap_or_else(|_| HeaderValue::from_static("/"));
-    let mut response = text(StatusCode::FOUND, "Redirecting to a relay.\n");
-    response.headers_mut().insert(header::LOCATION, location);
-    response
+fn redirect(url: &str, query: Option<&str>) -> Reply {
+    Reply {
+        location: Some(with_query(url, query)),
+        ..Reply::text(Status::Found, "Redirecting to a relay.\n")
+    }
 }
 
 /// 503, with a `Retry-After` drawn from the configured range.
-fn unavailable(app: &App, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, body);
-    response.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(app.retry_after.draw()),
-    );
-    response
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+fn unavailable(app: &App, body: &'static str) -> Reply {
+    Reply {
+        retry_after: Some(app.retry_after.draw()),
+        ..Reply::text(Status::Unavailable, body)
+    }
 }
 
 /// Milliseconds since the epoch.

@@ -5,7 +5,8 @@
 //! Request path, in order: [`route`] (which stream, which format),
 //! [`client_ip`] (who asks), [`select`] (usable mounts, geo ranking,
 //! a slot from [`reserve`]), [`http`] (the answer). [`follow`] keeps the
-//! [`view`] current; [`server`] accepts connections; [`service`] wires it all.
+//! [`view`] current; [`server`] accepts connections and [`wire`] reads and
+//! writes HTTP/1.1 on them; [`service`] wires it all.
 //! [`index`] lists the streams at `/` and `/streams.json`.
 //!
 //! Architecture invariant: no request waits for Redis except to lease slots,
@@ -27,3 +28,4 @@ pub mod select;
 pub mod server;
 pub mod service;
 pub mod view;
+pub mod wire;

@@ -34,7 +34,8 @@ pub struct RedirectorMetrics {
     requests: Family<OutcomeLabels, Counter>,
     /// The label of requests for no stream of the fleet.
     unknown_stream: Arc<str>,
-    /// Time spent choosing a mount (GeoIP lookup, ranking, reservation).
+    /// Time spent choosing a mount (GeoIP lookup, ranking, reservation), for
+    /// a sample of requests (one in 16), to spare the clock.
     pub selection_seconds: Histogram,
     /// Age of the snapshot in use.
     pub snapshot_age_seconds: Gauge<f64, AtomicU64>,
@@ -81,7 +82,7 @@ impl RedirectorMetrics {
         );
         r.register(
             "icb_selection_seconds",
-            "Time to choose a mount for a request",
+            "Time to choose a mount for a request (a sample: one request in 16)",
             metrics.selection_seconds.clone(),
         );
         r.register(

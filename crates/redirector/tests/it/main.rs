@@ -17,3 +17,4 @@ mod standalone;
 mod support;
 mod systemd;
 mod tls;
+mod wire;

@@ -1,0 +1,196 @@
+//! The player port's HTTP/1.1, byte for byte over a raw socket: pipelining,
+//! keep-alive of HTTP/1.1 and 1.0, HEAD, and every classic hole refused with
+//! a status and a closed connection.
+
+use std::time::Duration;
+
+use balancer_testkit::{IcecastServer, IcecastSpec, MountSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Sends `request` on a new connection; returns everything read until the
+/// server closes (or 5 s pass: then `closed` is false).
+async fn exchange(service: &Service, request: &[u8]) -> (String, bool) {
+    let mut stream = TcpStream::connect(service.listen).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    read_until_closed(&mut stream).await
+}
+
+async fn read_until_closed(stream: &mut TcpStream) -> (String, bool) {
+    let mut buffer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&buffer).into_owned(), closed)
+}
+
+/// Reads one answer (head and `content-length` bytes of body) from `stream`.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut buffer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buffer.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed mid-answer: {}",
+            String::from_utf8_lossy(&buffer)
+        );
+        buffer.push(byte[0]);
+    }
+    let head = String::from_utf8(buffer).unwrap();
+    let length: usize = header(&head, "content-length").unwrap().parse().unwrap();
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+fn header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+    answer.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+#[tokio::test]
+async fn the_player_port_speaks_http_1_1_and_refuses_every_classic_hole() {
+    let icecast = IcecastServer::start(IcecastSpec::new([
+        MountSpec::ogg("/s.ogg").max_listeners(500)
+    ]))
+    .await;
+    let fleet = one_stream_fleet(&[("one", &icecast, "")], "admin");
+    let redirector = Service::standalone(&fleet, &[]).await;
+    wait_health(&redirector, true).await;
+    let mount = icecast.mount_url("/s.ogg");
+
+    // Pipelined requests in one write: answered in order, the last one closes.
+    let (answers, closed) = exchange(
+        &redirector,
+        b"GET /s?a=1 HTTP/1.1\r\nHost: x\r\n\r\n\
+          HEAD /s HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(closed, "Connection: close was not honoured: {answers}");
+    let starts: Vec<&str> = answers
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &answers[i..i + 12])
+        .collect();
+    assert_eq!(
+        starts,
+        ["HTTP/1.1 302", "HTTP/1.1 302", "HTTP/1.1 404"],
+        "{answers}"
+    );
+    assert!(
+        answers.contains(&format!("location: {mount}?a=1\r\n")),
+        "{answers}"
+    );
+    // The HEAD answer has a length but no body: the 404 follows its blank line.
+    let head_answer = &answers[answers.match_indices("HTTP/1.1 302").nth(1).unwrap().0..];
+    let blank = head_answer.find("\r\n\r\n").unwrap();
+    assert!(
+        head_answer[blank + 4..].starts_with("HTTP/1.1 404"),
+        "{answers}"
+    );
+    assert_ne!(header(head_answer, "content-length"), Some("0"));
+    assert!(header(&answers, "date").is_some_and(|d| d.ends_with(" GMT")));
+
+    // HTTP/1.1 keeps the connection; several requests, one at a time.
+    let mut kept = TcpStream::connect(redirector.listen).await.unwrap();
+    for _ in 0..3 {
+        kept.write_all(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_answer(&mut kept).await;
+        assert!(answer.starts_with("HTTP/1.1 302"), "{answer}");
+        assert_eq!(header(&answer, "connection"), None, "{answer}");
+    }
+
+    // HTTP/1.0: closed after the answer, unless the client asks to keep it.
+    let (answer, closed) = exchange(&redirector, b"GET /s HTTP/1.0\r\n\r\n").await;
+    assert!(closed && answer.starts_with("HTTP/1.1 302"), "{answer}");
+    assert_eq!(header(&answer, "connection"), Some("close"), "{answer}");
+    let mut kept10 = TcpStream::connect(redirector.listen).await.unwrap();
+    for _ in 0..2 {
+        kept10
+            .write_all(b"GET /s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_answer(&mut kept10).await;
+        assert_eq!(
+            header(&answer, "connection"),
+            Some("keep-alive"),
+            "{answer}"
+        );
+    }
+
+    // Refused, answered, closed.
+    let mut tls_hello = vec![
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+    ];
+    tls_hello.extend_from_slice(&[0x5a; 32]);
+    let refused: &[(&str, &[u8], &str)] = &[
+        ("HTTP/1.1 without Host", b"GET /s HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
+        (
+            "a body",
+            b"GET /s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+            "HTTP/1.1 400",
+        ),
+        (
+            "Transfer-Encoding with Content-Length",
+            b"GET /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "two Content-Lengths",
+            b"GET /s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 7\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        ("HTTP/0.9", b"GET /s\r\n", "HTTP/1.1 400"),
+        ("garbage", b"GARBAGE\r\n\r\n", "HTTP/1.1 400"),
+        ("a TLS handshake", &tls_hello, "HTTP/1.1 400"),
+        (
+            "HTTP/2 without upgrade",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "another method, with a body",
+            b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcd",
+            "HTTP/1.1 405",
+        ),
+    ];
+    for (what, request, status) in refused {
+        let (answer, closed) = exchange(&redirector, request).await;
+        assert!(answer.starts_with(status), "{what}: {answer:?}");
+        assert!(closed, "{what}: the connection stayed open");
+        assert_eq!(header(&answer, "connection"), Some("close"), "{what}");
+    }
+    // A refused request's pipelined follower is not answered.
+    let (answer, _) = exchange(
+        &redirector,
+        b"GET /s HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nGET /s HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+
+    // A 405 for other methods without a body keeps the connection, and says what is allowed.
+    let mut options = TcpStream::connect(redirector.listen).await.unwrap();
+    options
+        .write_all(b"DELETE /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut options).await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert_eq!(header(&answer, "allow"), Some("GET, HEAD"));
+    options
+        .write_all(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_answer(&mut options).await.starts_with("HTTP/1.1 302"));
+}
