@@ -331,15 +331,21 @@ impl Drop for Guard {
 
 /// User plus system CPU time of a process, from /proc/PID/stat.
 fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let (user, system) = cpu_split(pid)?;
+    Ok(user + system)
+}
+
+/// A process's CPU time in user space and in the kernel, from /proc.
+fn cpu_split(pid: u32) -> anyhow::Result<(Duration, Duration)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("process {pid} is gone"))?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 2..]
         .split_whitespace()
         .collect();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
+    let ticks = |i: usize| -> u64 { fields.get(i).and_then(|t| t.parse().ok()).unwrap_or(0) };
+    let time = |t: u64| Duration::from_secs_f64(t as f64 / clock_ticks());
+    Ok((time(ticks(11)), time(ticks(12))))
 }
 
 fn clock_ticks() -> f64 {
@@ -450,6 +456,8 @@ struct Run {
     p50_ms: f64,
     p99_ms: f64,
     cpu: Duration,
+    /// The part of `cpu` spent in user space.
+    user_cpu: Duration,
     redis_cpu: Duration,
     non_3xx: u64,
 }
@@ -500,12 +508,17 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
     )?;
 
     let nginx_port = free_port()?;
+    // The same answer on a second port with `deferred` (TCP_DEFER_ACCEPT),
+    // which the redirector uses too: the fair floor for new connections.
+    let deferred_port = free_port()?;
     let conf = dir.join("nginx.conf");
     fs::write(
         &conf,
         format!(
             "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {log};\nevents {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  keepalive_requests 100000000;\n  server {{\n    listen 127.0.0.1:{nginx_port};\n    \
+             location / {{ return 302 http://127.0.0.1:8000/m0.ogg; }}\n  }}\n  \
+             server {{\n    listen 127.0.0.1:{deferred_port} deferred;\n    \
              location / {{ return 302 http://127.0.0.1:8000/m0.ogg; }}\n  }}\n}}\n",
             pid = dir.join("nginx.pid").display(),
             log = dir.join("nginx-error.log").display(),
@@ -532,6 +545,7 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
     for (mode, close) in modes {
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
+        let mut deferred = Vec::new();
         for _ in 0..3 {
             ours.push(wrk(
                 redirector_port,
@@ -540,9 +554,47 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
                 redis_pid,
             )?);
             theirs.push(wrk(nginx_port, close, &nginx_pids, redis_pid)?);
+            deferred.push(wrk(deferred_port, close, &nginx_pids, redis_pid)?);
         }
         results.push((mode, "icecast-redirector", ours));
         results.push((mode, "nginx return 302", theirs));
+        results.push((mode, "nginx return 302, listen deferred", deferred));
+    }
+    // Where the time goes, in separate short runs (tracing slows a server
+    // down, so these runs are not the ones measured above).
+    let mut anatomy = String::new();
+    for (mode, close) in modes {
+        for (server, pids, worker) in [
+            (
+                "icecast-redirector",
+                vec![redirector.0.id()],
+                redirector.0.id(),
+            ),
+            (
+                "nginx return 302",
+                nginx_pids.clone(),
+                *nginx_pids.last().unwrap_or(&0),
+            ),
+        ] {
+            let (per_request, calls) = syscalls_per_request(
+                port_of(server, redirector_port, nginx_port),
+                close,
+                &pids,
+                redis_pid,
+                &dir,
+            )?;
+            let profile = profile(
+                port_of(server, redirector_port, nginx_port),
+                close,
+                worker,
+                redis_pid,
+                &dir,
+            )?;
+            anatomy.push_str(&format!(
+                "**{server}, {mode}:** {per_request:.2} syscalls per request ({calls}).\n\n\
+                 Profile (`perf record -g`, self time, symbols over 2%):\n\n```\n{profile}```\n\n"
+            ));
+        }
     }
     let _ = fs::remove_dir_all(&dir);
     // Every answer must be a redirect: a 503 costs less than a 302, so a run
@@ -561,30 +613,43 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
     };
     let cpu_us = |r: &Run| r.cpu.as_secs_f64() * 1e6 / r.requests.max(1.0);
     let mut table = String::from(
-        "| mode | server | requests/s | p50 | p99 | server CPU per request | Redis CPU per request | non-3xx |\n|---|---|---|---|---|---|---|---|\n",
+        "| mode | server | requests/s | p50 | p99 | server CPU per request | of it in user space | Redis CPU per request | non-3xx |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut ratios = String::new();
-    for pair in results.chunks(2) {
-        for (mode, server, runs) in pair {
+    for trio in results.chunks(3) {
+        for (mode, server, runs) in trio {
             table.push_str(&format!(
-                "| {mode} | {server} | {:.0} | {:.2} ms | {:.2} ms | {:.1} µs | {:.2} µs | {} |\n",
+                "| {mode} | {server} | {:.0} | {:.2} ms | {:.2} ms | {:.1} µs (spread {:.1}–{:.1}) | {:.1} µs | {:.2} µs | {} |\n",
                 median(runs, |r| r.rps),
                 median(runs, |r| r.p50_ms),
                 median(runs, |r| r.p99_ms),
                 median(runs, cpu_us),
+                runs.iter().map(cpu_us).fold(f64::INFINITY, f64::min),
+                runs.iter().map(cpu_us).fold(0.0, f64::max),
+                median(runs, |r| r.user_cpu.as_secs_f64() * 1e6 / r.requests.max(1.0)),
                 median(runs, |r| r.redis_cpu.as_secs_f64() * 1e6
                     / r.requests.max(1.0)),
                 runs.iter().map(|r| r.non_3xx).sum::<u64>(),
             ));
         }
-        let (ours, theirs) = (&pair[0].2, &pair[1].2);
-        ratios.push_str(&format!(
-            "- {}: redirector / nginx CPU per request {:.2}x, p99 {:.2}x, throughput {:.2}x\n",
-            pair[0].0,
-            median(ours, cpu_us) / median(theirs, cpu_us),
-            median(ours, |r| r.p99_ms) / median(theirs, |r| r.p99_ms),
-            median(ours, |r| r.rps) / median(theirs, |r| r.rps),
-        ));
+        let ours = &trio[0].2;
+        for (label, theirs) in [("nginx", &trio[1].2), ("nginx deferred", &trio[2].2)] {
+            let per_round: Vec<String> = ours
+                .iter()
+                .zip(theirs.iter())
+                .map(|(o, t)| format!("{:.2}", cpu_us(o) / cpu_us(t)))
+                .collect();
+            ratios.push_str(&format!(
+                "- {}: redirector / {label} CPU per request {:.2}x (rounds {}), user-space CPU {:.2}x, p99 {:.2}x, throughput {:.2}x\n",
+                trio[0].0,
+                median(ours, cpu_us) / median(theirs, cpu_us),
+                per_round.join(", "),
+                median(ours, |r| r.user_cpu.as_secs_f64() / r.requests.max(1.0))
+                    / median(theirs, |r| r.user_cpu.as_secs_f64() / r.requests.max(1.0)),
+                median(ours, |r| r.p99_ms) / median(theirs, |r| r.p99_ms),
+                median(ours, |r| r.rps) / median(theirs, |r| r.rps),
+            ));
+        }
     }
     Ok(format!(
         "## Redirector against nginx\n\n\
@@ -594,9 +659,16 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
          snapshot of 100 simulated servers x 5 mounts (icecast-sim, CPU 1) through redis-server\n\
          (CPU 1): 5 streams, each on one mount of every server, so a request ranks 100 candidates.\n\
          A GeoIP City database, geo ranking and reservations are on; nginx answers a\n\
-         static `return 302` with 1 worker and unlimited keep-alive requests. CPU per request is\n\
-         user+system time from /proc over the run; Redis CPU includes the poller's publications.\n\n\
-         {table}\n{ratios}",
+         static `return 302` with 1 worker and unlimited keep-alive requests, on one port as\n\
+         installed and on another with `listen ... deferred` (TCP_DEFER_ACCEPT, which the redirector\n\
+         sets). CPU per request is user+system time from /proc over the run (the user-space part in\n\
+         its own column); Redis CPU includes the poller's publications. A run with any answer other\n\
+         than a redirect is refused.\n\n\
+         {table}\n{ratios}\n\
+         ### Where the time goes\n\n\
+         Separate 3 s runs of the same load: syscalls counted by `strace -c -f` on every thread,\n\
+         and a `perf record -g` profile of the serving process (nginx: its worker).\n\n\
+         {anatomy}",
         machine = machine(),
         date = today(),
     ))
@@ -604,14 +676,30 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
 
 /// Runs wrk once against `port`, measuring the CPU of `pids` and of Redis.
 fn wrk(port: u16, close: bool, pids: &[u32], redis_pid: u32) -> anyhow::Result<Run> {
+    wrk_for(port, close, pids, redis_pid, "10s")
+}
+
+/// [`wrk`] for `duration` (wrk's `-d`).
+fn wrk_for(
+    port: u16,
+    close: bool,
+    pids: &[u32],
+    redis_pid: u32,
+    duration: &str,
+) -> anyhow::Result<Run> {
     let cpu = |pids: &[u32]| {
         pids.iter()
             .map(|&p| cpu_time(p).unwrap_or_default())
             .sum::<Duration>()
     };
-    let (before, redis_before) = (cpu(pids), cpu_time(redis_pid)?);
+    let user = |pids: &[u32]| {
+        pids.iter()
+            .map(|&p| cpu_split(p).map(|(u, _)| u).unwrap_or_default())
+            .sum::<Duration>()
+    };
+    let (before, redis_before, user_before) = (cpu(pids), cpu_time(redis_pid)?, user(pids));
     let mut command = pinned(1, "wrk");
-    command.args(["-t1", "-c50", "-d10s", "--latency"]);
+    command.args(["-t1", "-c50", &format!("-d{duration}"), "--latency"]);
     if close {
         command.args(["-H", "Connection: close"]);
     }
@@ -619,7 +707,7 @@ fn wrk(port: u16, close: bool, pids: &[u32], redis_pid: u32) -> anyhow::Result<R
         .arg(format!("http://127.0.0.1:{port}/sim0"))
         .output()
         .context("run wrk")?;
-    let (after, redis_after) = (cpu(pids), cpu_time(redis_pid)?);
+    let (after, redis_after, user_after) = (cpu(pids), cpu_time(redis_pid)?, user(pids));
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let number_after = |label: &str| -> Option<f64> {
         text.lines()
@@ -644,9 +732,151 @@ fn wrk(port: u16, close: bool, pids: &[u32], redis_pid: u32) -> anyhow::Result<R
         p50_ms: number_after("50%").unwrap_or(0.0),
         p99_ms: number_after("99%").unwrap_or(0.0),
         cpu: after.saturating_sub(before),
+        user_cpu: user_after.saturating_sub(user_before),
         redis_cpu: redis_after.saturating_sub(redis_before),
         non_3xx: number_after("Non-2xx or 3xx responses:").map_or(0, |n| n as u64),
     })
+}
+
+fn port_of(server: &str, redirector: u16, nginx: u16) -> u16 {
+    if server.starts_with("nginx") {
+        nginx
+    } else {
+        redirector
+    }
+}
+
+/// Every thread of the processes `pids`.
+fn threads_of(pids: &[u32]) -> Vec<u32> {
+    pids.iter()
+        .flat_map(|pid| {
+            fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        })
+        .collect()
+}
+
+/// Syscalls per request of `pids` (all their threads) during a 3 s wrk run,
+/// counted by `strace -c -f`; and the calls made at least once per 20
+/// requests, with their rate.
+fn syscalls_per_request(
+    port: u16,
+    close: bool,
+    pids: &[u32],
+    redis_pid: u32,
+    dir: &std::path::Path,
+) -> anyhow::Result<(f64, String)> {
+    packages::ensure(
+        "syscall counts",
+        &[Tool {
+            program: "strace",
+            package: "strace",
+        }],
+    )?;
+    let out = dir.join("strace.txt");
+    let mut strace = Command::new("strace");
+    strace.args(["-c", "-f", "-o"]).arg(&out);
+    for tid in threads_of(pids) {
+        strace.args(["-p", &tid.to_string()]);
+    }
+    let strace = Guard(
+        strace
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start strace")?,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let run = wrk_for(port, close, pids, redis_pid, "3s")?;
+    let _ = Command::new("kill")
+        .args(["-INT", &strace.0.id().to_string()])
+        .status();
+    let mut strace = strace;
+    let _ = strace.0.wait();
+    let text = fs::read_to_string(&out).context("strace wrote no summary")?;
+    let requests = run.requests.max(1.0);
+    let mut total = 0.0;
+    let mut calls = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(name), Some(count)) = (
+            fields.last(),
+            fields.get(3).and_then(|c| c.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        if *name == "total" {
+            total = count;
+        } else if count / requests >= 0.05 {
+            calls.push((count / requests, (*name).to_owned()));
+        }
+    }
+    calls.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let calls: Vec<String> = calls
+        .iter()
+        .map(|(rate, name)| format!("{name} {rate:.2}"))
+        .collect();
+    Ok((total / requests, calls.join(", ")))
+}
+
+/// The functions `pid` spends its time in during a 3 s wrk run: `perf
+/// record -g` and its self-time report, symbols over 2%.
+fn profile(
+    port: u16,
+    close: bool,
+    pid: u32,
+    redis_pid: u32,
+    dir: &std::path::Path,
+) -> anyhow::Result<String> {
+    packages::ensure(
+        "profiles",
+        &[Tool {
+            program: "perf",
+            package: "linux-perf",
+        }],
+    )?;
+    let data = dir.join("perf.data");
+    let perf = Guard(
+        Command::new("perf")
+            .args(["record", "-F", "1999", "-g", "-o"])
+            .arg(&data)
+            .args(["-p", &pid.to_string(), "--", "sleep", "4"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start perf")?,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    wrk_for(port, close, &[pid], redis_pid, "3s")?;
+    let mut perf = perf;
+    let _ = perf.0.wait();
+    let report = Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "-g",
+            "none",
+            "--percent-limit",
+            "2",
+            "--sort",
+            "dso,symbol",
+            "-i",
+        ])
+        .arg(&data)
+        .output()
+        .context("perf report")?;
+    let text = String::from_utf8_lossy(&report.stdout);
+    Ok(text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .take(12)
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().filter(|w| *w != "-").collect();
+            format!("{}\n", words.join(" "))
+        })
+        .collect())
 }
 
 /// wrk prints `1.23ms`, `456.00us`, `1.02s` or plain numbers; latencies come back in ms.

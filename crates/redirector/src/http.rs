@@ -1,12 +1,12 @@
 //! Answering one HTTP request: 302, playlist, index page, 404, 405, 451 or 503.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::client_ip::{TrustedProxies, client_ip, client_scheme};
+use crate::client_ip::{Scheme, TrustedProxies, client_ip, client_scheme};
 use crate::follow::Views;
 use crate::index::{self, IndexMode, IndexPage};
 use crate::metrics::RedirectorMetrics;
@@ -33,17 +33,41 @@ pub struct App {
     pub index: crate::index::IndexMode,
 }
 
-/// Answers the request `head` from `peer` at `now_ms` (milliseconds since the
-/// epoch, read once per batch of requests). Never fails: every problem is a
-/// status code. `timed` asks for the selection to be timed for the metrics
-/// (a sample of requests, to spare the clock).
-pub async fn handle(
-    app: &App,
-    head: &Head<'_, '_>,
-    peer: SocketAddr,
-    now_ms: i64,
-    timed: bool,
-) -> Reply {
+/// A request as its answer needs it: what was asked, by whom, over which
+/// scheme. Built from the head without waiting, so the head's header lines
+/// need not be kept while the answer is worked out.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'b> {
+    /// The method.
+    pub method: Method,
+    /// The path, without the query.
+    pub path: &'b str,
+    /// The query string, without `?`.
+    pub query: Option<&'b str>,
+    /// The player's address (the peer, or what a trusted proxy says).
+    pub client: IpAddr,
+    /// The scheme the player used.
+    pub scheme: Scheme,
+}
+
+impl<'b> Request<'b> {
+    /// The request `head` sent by `peer`.
+    pub fn new(head: &Head<'b, '_>, peer: IpAddr, trusted: &TrustedProxies) -> Request<'b> {
+        Request {
+            method: head.method,
+            path: head.path,
+            query: head.query,
+            client: client_ip(peer, head.headers, trusted),
+            scheme: client_scheme(peer, head.headers, trusted),
+        }
+    }
+}
+
+/// Answers `head` at `now_ms` (milliseconds since the epoch, read once per
+/// batch of requests). Never fails: every problem is a status code. `timed`
+/// asks for the selection to be timed for the metrics (a sample of
+/// requests, to spare the clock).
+pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64, timed: bool) -> Reply {
     if head.method == Method::Other {
         app.metrics.request(None, "method_not_allowed");
         return method_not_allowed();
@@ -60,8 +84,7 @@ pub async fn handle(
             "The balancer has no data about the servers yet. Please try again later.\n",
         );
     };
-    let client = client_ip(peer.ip(), head.headers, &app.trusted);
-    let scheme = client_scheme(peer.ip(), head.headers, &app.trusted);
+    let (client, scheme) = (head.client, head.scheme);
     let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
     // A HEAD request is a probe, not a player: it takes no slot.
     let reserve = head.method == Method::Get;

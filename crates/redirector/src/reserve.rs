@@ -362,6 +362,10 @@ impl Reservations {
                 state.waiting += 1;
                 (refill, wait)
             };
+            // Counted as waiting until this iteration ends, or the request is
+            // dropped mid-wait (a player thread drops a request it tried to
+            // answer without waiting, and asks again from a task).
+            let _waiting = Waiting(pool);
             let notified = refill.done.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -380,8 +384,6 @@ impl Reservations {
                 // Rounded up, so a lease is never judged younger than it is.
                 now_ms += millis(waited_from.elapsed() + Duration::from_micros(999));
             }
-            let mut state = pool.lock();
-            state.waiting = state.waiting.saturating_sub(1);
         }
         false
     }
@@ -501,6 +503,16 @@ fn open_breaker(
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// One request waiting for a pool's refill; the count drops with it.
+struct Waiting<'a>(&'a SlotPool);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.waiting = state.waiting.saturating_sub(1);
+    }
 }
 
 #[cfg(test)]

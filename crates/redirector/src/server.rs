@@ -13,18 +13,22 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::http::{App, handle, method_not_allowed};
+use futures_util::FutureExt as _;
+
+use crate::http::{App, Request, handle, method_not_allowed};
 use crate::wire::{self, DateCache, Method, Next, Parsed, Refusal};
 
 /// The largest request head accepted; a bigger one gets 431.
@@ -46,49 +50,235 @@ const TIMED_EVERY: u32 = 16;
 /// arrive within `header_timeout` of the connection being ready for it (a
 /// slow head, and an idle connection, are closed).
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     header_timeout: Duration,
     connections: Counter,
-) {
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = mio::net::TcpListener::from_std(listener);
+    #[allow(unsafe_code)]
+    // SAFETY: the AsyncFd owns the mio listener, which owns its descriptor
+    // and neither closes nor replaces it while the AsyncFd holds it (the
+    // I/O-safety requirement of tokio#8587).
+    let listener = unsafe {
+        AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)
+            .map_err(std::io::Error::from)?
+    };
     let (stop, stopped) = watch::channel(false);
-    let mut open = JoinSet::new();
+    let acceptor = Acceptor {
+        app,
+        stopped,
+        header_timeout,
+        open: Arc::new(OpenConnections::default()),
+    };
     tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
+    'serving: loop {
+        let mut ready = tokio::select! {
             () = &mut shutdown => break,
-            Some(_) = open.join_next(), if !open.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+            ready = listener.readable() => ready?,
+        };
+        // Every connection waiting, then back to the reactor.
+        loop {
+            match listener.get_ref().accept() {
+                Ok((stream, peer)) => {
+                    connections.inc();
+                    acceptor.take(stream, peer);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!(error = %e, "accept failed");
+                    drop(ready);
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    continue 'serving;
                 }
-            },
-        };
-        connections.inc();
-        let connection = Connection {
-            stream,
-            peer,
-            app: app.clone(),
-            stopped: stopped.clone(),
-            header_timeout,
-        };
-        open.spawn(connection.run());
+            }
+        }
     }
     drop(listener);
     let _ = stop.send(true);
-    let finished = tokio::time::timeout(grace, async { while open.join_next().await.is_some() {} });
-    if finished.await.is_err() {
+    // Idle connections close at once, busy ones after their answer; what is
+    // left after the grace period is dropped with this thread's runtime.
+    if tokio::time::timeout(grace, acceptor.open.all_closed())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             ?grace,
             "connections still open after the grace period; closing them"
         );
-        open.abort_all();
+    }
+    Ok(())
+}
+
+/// What a player thread needs to take a new connection.
+struct Acceptor {
+    app: Arc<App>,
+    stopped: watch::Receiver<bool>,
+    header_timeout: Duration,
+    open: Arc<OpenConnections>,
+}
+
+impl Acceptor {
+    /// Takes a new connection. A player sends one request as soon as it is
+    /// connected, so it is usually there already: then it is answered right
+    /// here, and the connection closed or handed on, without a task or a
+    /// registration with epoll, which is what nginx does too. Anything else
+    /// (no request yet, a partial or refused one, pipelining, an answer that
+    /// must wait for a slot lease) goes to a task of its own.
+    fn take(&self, stream: mio::net::TcpStream, peer: SocketAddr) {
+        let mut first = [0u8; 2048];
+        let read = match (&stream).read(&mut first) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+            Err(_) => return,
+        };
+        let input = &first[..read];
+        if read > 0 {
+            match self.answer_now(input, peer, &stream) {
+                Inline::Done => return,
+                Inline::Unfinished {
+                    unwritten,
+                    close_after,
+                } => return self.hand_over(stream, peer, Vec::new(), unwritten, close_after),
+                Inline::NotNow => {}
+            }
+        }
+        self.hand_over(stream, peer, input.to_vec(), Vec::new(), false);
+    }
+
+    /// Answers `input` now if it is exactly one request whose answer needs no
+    /// waiting, and writes the answer.
+    fn answer_now(&self, input: &[u8], peer: SocketAddr, stream: &mio::net::TcpStream) -> Inline {
+        let (_, now_ms) = clock_now();
+        let Step::Request(request, length, keep) = next_request(input, peer, &self.app) else {
+            return Inline::NotNow;
+        };
+        if length != input.len() {
+            return Inline::NotNow;
+        }
+        let next = if *self.stopped.borrow() {
+            Next::Close
+        } else {
+            keep
+        };
+        // Pending only while waiting for a slot lease: then the task asks again.
+        let Some(reply) = handle(&self.app, &request, now_ms, timed()).now_or_never() else {
+            return Inline::NotNow;
+        };
+        let mut output = Vec::with_capacity(256 + reply.body.len());
+        with_date(now_ms, |date| {
+            wire::encode(
+                &reply,
+                request.method == Method::Head,
+                next,
+                date,
+                &mut output,
+            );
+        });
+        let written = match (&*stream).write(&output) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+            Err(_) => return Inline::Done,
+        };
+        if written == output.len() && next == Next::Close {
+            return Inline::Done;
+        }
+        output.drain(..written);
+        Inline::Unfinished {
+            unwritten: output,
+            close_after: next == Next::Close,
+        }
+    }
+
+    /// Registers the connection with the reactor and serves it in a task,
+    /// starting from what was already read and what is still to be written
+    /// (then closing, if `close_after`).
+    fn hand_over(
+        &self,
+        stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        input: Vec<u8>,
+        pending: Vec<u8>,
+        close_after: bool,
+    ) {
+        let stream = std::net::TcpStream::from(std::os::fd::OwnedFd::from(stream));
+        let Ok(stream) = TcpStream::from_std(stream) else {
+            return;
+        };
+        let connection = Connection {
+            stream,
+            peer,
+            app: self.app.clone(),
+            stopped: self.stopped.clone(),
+            header_timeout: self.header_timeout,
+        };
+        let open = OpenConnections::enter(&self.open);
+        tokio::spawn(async move {
+            connection.run(input, pending, close_after).await;
+            drop(open);
+        });
+    }
+}
+
+/// What [`Acceptor::answer_now`] did.
+enum Inline {
+    /// Answered; the connection is closed.
+    Done,
+    /// Answered, but the connection goes on in a task: it writes what could
+    /// not be written yet, then closes if `close_after`, else serves the next
+    /// requests.
+    Unfinished {
+        /// The part of the answer still to write.
+        unwritten: Vec<u8>,
+        /// Whether the connection closes after it.
+        close_after: bool,
+    },
+    /// Not answered: a task takes the connection from the start.
+    NotNow,
+}
+
+/// How many connections of a player thread are open, and a wake-up when
+/// the last one closes.
+#[derive(Default)]
+struct OpenConnections {
+    count: AtomicUsize,
+    closed: Notify,
+}
+
+/// One open connection; counted until dropped.
+struct Entered(Arc<OpenConnections>);
+
+impl OpenConnections {
+    fn enter(this: &Arc<OpenConnections>) -> Entered {
+        this.count.fetch_add(1, Ordering::Relaxed);
+        Entered(Arc::clone(this))
+    }
+
+    async fn all_closed(&self) {
+        loop {
+            let closed = self.closed.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
     }
 }
 
@@ -104,11 +294,20 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self) {
-        let mut input: Vec<u8> = Vec::with_capacity(READ_ROOM);
-        let mut output: Vec<u8> = Vec::with_capacity(1024);
+    /// Serves the connection: first writes `pending` (an answer given before
+    /// the hand-over) and closes if `close_after`, then answers what `input`
+    /// holds and what follows.
+    async fn run(mut self, mut input: Vec<u8>, pending: Vec<u8>, close_after: bool) {
         let (mut now, mut now_ms) = clock_now();
         let mut deadline = now + self.header_timeout;
+        if !pending.is_empty() {
+            let written = tokio::time::timeout_at(deadline, self.stream.write_all(&pending)).await;
+            if close_after || !matches!(written, Ok(Ok(()))) {
+                return;
+            }
+        }
+        input.reserve(READ_ROOM);
+        let mut output: Vec<u8> = Vec::with_capacity(1024);
         loop {
             let (consumed, end) = self.answer_all(&input, now_ms, &mut output).await;
             if consumed == input.len() {
@@ -165,19 +364,15 @@ impl Connection {
     ) -> (usize, End) {
         let mut consumed = 0;
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; wire::MAX_HEADERS];
-            match wire::parse(&input[consumed..], &mut headers) {
-                Parsed::Partial => return (consumed, End::Open),
-                Parsed::Request(head, length) => {
-                    let next = if !head.keep_alive || *self.stopped.borrow() {
-                        Next::Close
-                    } else if head.http10 {
-                        Next::KeepAlive10
-                    } else {
-                        Next::KeepAlive
+            match next_request(&input[consumed..], self.peer, &self.app) {
+                Step::Partial => return (consumed, End::Open),
+                Step::Request(request, length, keep) => {
+                    let next = match keep {
+                        _ if *self.stopped.borrow() => Next::Close,
+                        keep => keep,
                     };
-                    let reply = handle(&self.app, &head, self.peer, now_ms, timed()).await;
-                    let head_only = head.method == Method::Head;
+                    let reply = handle(&self.app, &request, now_ms, timed()).await;
+                    let head_only = request.method == Method::Head;
                     with_date(now_ms, |date| {
                         wire::encode(&reply, head_only, next, date, output);
                     });
@@ -186,7 +381,7 @@ impl Connection {
                         return (consumed, End::Close);
                     }
                 }
-                Parsed::Refused(refusal, method) => {
+                Step::Refused(refusal, method) => {
                     // Other methods get 405, even with the body we refuse to read.
                     let reply = if refusal == Refusal::Body && method == Method::Other {
                         self.app.metrics.request(None, "method_not_allowed");
@@ -208,7 +403,8 @@ impl Connection {
     /// does not turn into a reset that destroys the answer.
     async fn linger(mut self) {
         let _ = self.stream.shutdown().await;
-        let mut sink = [0u8; 4096];
+        // On the heap: an array here would make every connection's future 4 KiB bigger.
+        let mut sink = vec![0u8; 4096];
         let mut left: usize = 64 * 1024;
         let _ = tokio::time::timeout(LINGER, async {
             while left > 0 {
@@ -219,6 +415,37 @@ impl Connection {
             }
         })
         .await;
+    }
+}
+
+/// The next request in a connection's input.
+enum Step<'b> {
+    /// Not complete yet.
+    Partial,
+    /// A request, the length of its head, and how the connection goes on after it.
+    Request(Request<'b>, usize, Next),
+    /// A head to refuse, and its method.
+    Refused(Refusal, Method),
+}
+
+/// Parses the request at the start of `input`. Not async: the header lines
+/// are looked at here and dropped, so they never become part of the
+/// connection's future (which tokio moves when it spawns it).
+fn next_request<'b>(input: &'b [u8], peer: SocketAddr, app: &App) -> Step<'b> {
+    let mut headers = [httparse::EMPTY_HEADER; wire::MAX_HEADERS];
+    match wire::parse(input, &mut headers) {
+        Parsed::Partial => Step::Partial,
+        Parsed::Refused(refusal, method) => Step::Refused(refusal, method),
+        Parsed::Request(head, length) => {
+            let next = if !head.keep_alive {
+                Next::Close
+            } else if head.http10 {
+                Next::KeepAlive10
+            } else {
+                Next::KeepAlive
+            };
+            Step::Request(Request::new(&head, peer.ip(), &app.trusted), length, next)
+        }
     }
 }
 
@@ -286,6 +513,7 @@ pub fn bind_player_sockets(
         };
         socket.set_reuseaddr(true)?;
         socket.set_reuseport(true)?;
+        defer_accept(&socket)?;
         socket.bind(address)?;
         let listener = socket.listen(1024)?;
         // The others join the port the first one got.
@@ -293,6 +521,36 @@ pub fn bind_player_sockets(
         sockets.push(listener.into_std()?);
     }
     Ok(sockets)
+}
+
+/// How long the kernel holds a new connection that has sent nothing before
+/// handing it over anyway (then the header timeout applies).
+const DEFER_ACCEPT_SECS: libc::c_int = 10;
+
+/// `TCP_DEFER_ACCEPT` (nginx's `listen ... deferred`): a connection is handed
+/// to us once its first bytes are in, so the request of a new player is
+/// there when it is accepted and can be answered at once ([`Acceptor::take`]),
+/// and a client that connects and says nothing costs us nothing.
+fn defer_accept(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let seconds = DEFER_ACCEPT_SECS;
+    #[allow(unsafe_code)]
+    // SAFETY: setsockopt on a socket we own, with a pointer to a c_int and
+    // its size, as TCP_DEFER_ACCEPT takes (tcp(7)).
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&seconds).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// What each player thread needs.
@@ -330,17 +588,10 @@ pub fn serve_on_threads(
                     }
                 };
                 runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(e) => {
-                            tracing::error!(error = %e, thread = index, "cannot use the player socket");
-                            return;
-                        }
-                    };
                     let shutdown = async move {
                         let _ = stop.wait_for(|stopped| *stopped).await;
                     };
-                    serve(
+                    let served = serve(
                         listener,
                         app,
                         shutdown,
@@ -349,6 +600,9 @@ pub fn serve_on_threads(
                         connections,
                     )
                     .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, thread = index, "cannot use the player socket");
+                    }
                 });
             })?;
         threads.push(thread);

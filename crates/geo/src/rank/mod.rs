@@ -100,17 +100,20 @@ pub fn rank_top(
     rng: &mut fastrand::Rng,
     k: usize,
 ) -> Vec<usize> {
-    let mut scored: Vec<Scored> = candidates
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.free_slots > 0 && c.weight > 0 && reachable(client, c))
-        .map(|(index, c)| Scored {
-            index,
-            tier: tier(&client.place, &c.place),
-            chord: chord(client.place.location, c.place.location),
-            capacity: f64::from(c.free_slots.min(CAPACITY_CAP)) * f64::from(c.weight),
-        })
-        .collect();
+    // Sized once: a filtered collect would grow (and copy) the vector several times.
+    let mut scored: Vec<Scored> = Vec::with_capacity(candidates.len());
+    scored.extend(
+        candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.free_slots > 0 && c.weight > 0 && reachable(client, c))
+            .map(|(index, c)| Scored {
+                index,
+                tier: tier(&client.place, &c.place),
+                chord: chord(client.place.location, c.place.location),
+                capacity: f64::from(c.free_slots.min(CAPACITY_CAP)) * f64::from(c.weight),
+            }),
+    );
     let Some(best) = scored.iter().min_by(|a, b| by_tier_and_chord(a, b)) else {
         return Vec::new();
     };
