@@ -44,43 +44,52 @@ pub struct Args {
     pub check_config: Option<Option<PathBuf>>,
 }
 
-/// What the command line asks for.
+/// The resolved command line: what the poller runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// Validate the fleet file and exit.
-    CheckConfig {
-        /// The fleet file.
-        fleet: PathBuf,
-    },
-    /// Poll and publish.
-    Run {
-        /// The fleet file.
-        fleet: PathBuf,
-        /// Where to publish.
-        redis: RedisUrl,
-        /// Where to serve health and control.
-        admin: SocketAddr,
-    },
+pub struct Settings {
+    /// The fleet file.
+    pub config: PathBuf,
+    /// Validate the fleet file and exit instead of running.
+    pub check_only: bool,
+    /// Where to publish; always set unless only checking.
+    pub redis: Option<RedisUrl>,
+    /// Where to serve health, control, metrics and the console.
+    pub admin: SocketAddr,
+    /// Bearer token for the admin address.
+    pub admin_token: Option<String>,
+    /// City or Country database for the audience figures.
+    pub geoip_city: Option<PathBuf>,
 }
 
 impl Args {
-    /// Resolves the flags into one command, or says which flag is missing.
-    pub fn command(&self) -> Result<Command, String> {
-        if let Some(check) = &self.check_config {
-            let fleet = check.clone().or_else(|| self.config.clone()).ok_or(
+    /// Resolves the flags, or says which one is missing or wrong.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let check_only = self.check_config.is_some();
+        let config = match &self.check_config {
+            Some(check) => check.clone().or_else(|| self.config.clone()).ok_or(
                 "--check-config needs a fleet file: --check-config FLEET.toml or --config FLEET.toml",
-            )?;
-            return Ok(Command::CheckConfig { fleet });
+            )?,
+            None => self
+                .config
+                .clone()
+                .ok_or("--config FLEET.toml is required")?,
+        };
+        if !check_only && self.redis.is_none() {
+            return Err("--redis URL is required".into());
         }
-        let fleet = self
-            .config
-            .clone()
-            .ok_or("--config FLEET.toml is required")?;
-        let redis = self.redis.clone().ok_or("--redis URL is required")?;
-        Ok(Command::Run {
-            fleet,
-            redis,
+        balancer_service::check_admin_exposure(
+            self.admin,
+            self.common.admin_token.as_deref(),
+            self.common.admin_insecure,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Settings {
+            config,
+            check_only,
+            redis: self.redis.clone(),
             admin: self.admin,
+            admin_token: self.common.admin_token.clone(),
+            geoip_city: self.geoip_city.clone(),
         })
     }
 }
@@ -89,29 +98,24 @@ impl Args {
 mod tests {
     use super::*;
 
-    fn command(args: &[&str]) -> Result<Command, String> {
+    fn settings(args: &[&str]) -> Result<Settings, String> {
         let args =
             Args::try_parse_from(std::iter::once("icecast-poller").chain(args.iter().copied()))
                 .map_err(|e| e.to_string())?;
-        args.command()
+        args.settings()
     }
 
     #[test]
     fn check_config_takes_the_file_or_falls_back_to_config() {
+        let checked = settings(&["--check-config", "f.toml"]).unwrap();
         assert_eq!(
-            command(&["--check-config", "f.toml"]),
-            Ok(Command::CheckConfig {
-                fleet: "f.toml".into()
-            })
+            (checked.config, checked.check_only),
+            ("f.toml".into(), true)
         );
-        assert_eq!(
-            command(&["--check-config", "--config", "g.toml"]),
-            Ok(Command::CheckConfig {
-                fleet: "g.toml".into()
-            })
-        );
+        let fallback = settings(&["--check-config", "--config", "g.toml"]).unwrap();
+        assert_eq!(fallback.config, PathBuf::from("g.toml"));
         assert!(
-            command(&["--check-config"])
+            settings(&["--check-config"])
                 .unwrap_err()
                 .contains("needs a fleet file")
         );
@@ -120,28 +124,44 @@ mod tests {
     #[test]
     fn run_needs_config_and_redis() {
         assert_eq!(
-            command(&["--config", "f.toml", "--redis", "redis://127.0.0.1/"]),
-            Ok(Command::Run {
-                fleet: "f.toml".into(),
-                redis: parse_redis_url("redis://127.0.0.1/").unwrap(),
+            settings(&["--config", "f.toml", "--redis", "redis://127.0.0.1/"]),
+            Ok(Settings {
+                config: "f.toml".into(),
+                check_only: false,
+                redis: Some(parse_redis_url("redis://127.0.0.1/").unwrap()),
                 admin: DEFAULT_ADMIN.parse().unwrap(),
+                admin_token: None,
+                geoip_city: None,
             })
         );
         assert!(
-            command(&["--config", "f.toml"])
+            settings(&["--config", "f.toml"])
                 .unwrap_err()
                 .contains("--redis")
         );
         assert!(
-            command(&["--redis", "redis://x/"])
+            settings(&["--redis", "redis://x/"])
                 .unwrap_err()
                 .contains("--config")
         );
         assert!(
-            command(&["--config", "f", "--redis", "http://x/"])
+            settings(&["--config", "f", "--redis", "http://x/"])
                 .unwrap_err()
                 .contains("scheme")
         );
-        assert!(command(&["--config", "f", "--redis", "redis://x/", "--admin", "nope"]).is_err());
+        assert!(settings(&["--config", "f", "--redis", "redis://x/", "--admin", "nope"]).is_err());
+    }
+
+    #[test]
+    fn an_exposed_admin_address_needs_a_token() {
+        let exposed = [
+            "--config",
+            "f",
+            "--redis",
+            "redis://x/",
+            "--admin",
+            "0.0.0.0:7070",
+        ];
+        assert!(settings(&exposed).unwrap_err().contains("--admin-token"));
     }
 }

@@ -2,8 +2,10 @@
 //! can take listeners, and publishes one snapshot per cycle to Redis for the
 //! redirectors to follow.
 //!
-//! So far this crate holds the command line ([`cli`]); polling, state and
-//! publishing arrive with the poller issue.
+//! [`cli`] resolves the command line into settings; [`run`] wires the admin
+//! server, the poll loop ([`service`]) and signals, and shuts down; [`fetch`]
+//! and [`status`] read Icecast, [`health`] turns that into state, [`canary`]
+//! listens as a player would, [`audience`] adds up listener lists.
 
 pub mod audience;
 pub mod canary;
@@ -12,5 +14,6 @@ pub mod control;
 pub mod fetch;
 pub mod health;
 pub mod metrics;
+pub mod run;
 pub mod service;
 pub mod status;

@@ -64,10 +64,8 @@ impl<'b> Request<'b> {
 }
 
 /// Answers `head` at `now_ms` (milliseconds since the epoch, read once per
-/// batch of requests). Never fails: every problem is a status code. `timed`
-/// asks for the selection to be timed for the metrics (a sample of
-/// requests, to spare the clock).
-pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64, timed: bool) -> Reply {
+/// batch of requests). Never fails: every problem is a status code.
+pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64) -> Reply {
     if head.method == Method::Other {
         app.metrics.request(None, "method_not_allowed");
         return method_not_allowed();
@@ -88,7 +86,12 @@ pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64, timed: bool) -> 
     let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
     // A HEAD request is a probe, not a player: it takes no slot.
     let reserve = head.method == Method::Get;
-    let started = timed.then(std::time::Instant::now);
+    // Counted once the selection is done: a selection dropped mid-way (a
+    // player thread retries it in a task) leaves the count, and the sample, as it was.
+    let selection = SELECTIONS.with(std::cell::Cell::get);
+    let started = selection
+        .is_multiple_of(TIMED_EVERY)
+        .then(std::time::Instant::now);
     let decision = app
         .selector
         .decide(
@@ -102,6 +105,7 @@ pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64, timed: bool) -> 
             now_ms,
         )
         .await;
+    SELECTIONS.with(|count| count.set(selection.wrapping_add(1)));
     if let Some(started) = started {
         app.metrics
             .selection_seconds
@@ -206,6 +210,15 @@ fn unavailable(app: &App, body: &'static str) -> Reply {
         retry_after: Some(app.retry_after.draw()),
         ..Reply::text(Status::Unavailable, body)
     }
+}
+
+/// One selection in this many (each thread's first among them) is timed for
+/// `icb_selection_seconds`, to spare the clock.
+const TIMED_EVERY: u32 = 16;
+
+thread_local! {
+    /// Selections made on this thread, to time one in [`TIMED_EVERY`].
+    static SELECTIONS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// Milliseconds since the epoch.

@@ -1,93 +1,61 @@
-//! `icecast-redirector`: parse flags, set up logging, check the config, bind, run.
+//! `icecast-redirector`: parse flags, set up logging, load the config, bind
+//! the player and admin addresses, then answer players until SIGTERM
+//! ([`icecast_redirector::service::run`]).
 
 use std::process::ExitCode;
 
-use balancer_service::{EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE, init_logging, signals};
+use balancer_service::{Failure, Process, init_logging, signals};
 use clap::Parser;
 use icecast_redirector::cli::{Args, Settings, Source};
-use icecast_redirector::client_ip::TrustedProxies;
 use icecast_redirector::server;
-use icecast_redirector::service::{self, Options};
+use icecast_redirector::service;
 use tokio::net::TcpListener;
+
+const BINARY: &str = "icecast-redirector";
 
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.common.log_format);
-    let settings = match args.settings() {
-        Ok(settings) => settings,
-        Err(message) => return fail(EXIT_CONFIG, &message),
-    };
-    let (summary, source) = match load(&settings) {
-        Ok(loaded) => loaded,
-        Err(message) => return fail(EXIT_CONFIG, &message),
-    };
+    match start(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.exit(BINARY),
+    }
+}
+
+fn start(args: &Args) -> Result<(), Failure> {
+    let settings = args.settings().map_err(Failure::config)?;
+    let (summary, source) = load(&settings).map_err(Failure::config)?;
     if settings.check_only {
         println!("{summary}");
-        return ExitCode::SUCCESS;
+        return Ok(());
     }
     // The control plane (admin, snapshots, heartbeats, the standalone poller)
     // is light; players get threads of their own (`--threads`).
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => return fail(EXIT_UNAVAILABLE, &format!("cannot start the runtime: {e}")),
-    };
+        .map_err(|e| Failure::unavailable(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
         tracing::info!(%summary, "configuration valid");
-        let Some(listen) = settings.listen else {
-            return fail(EXIT_CONFIG, "--listen ADDR is required");
-        };
-        let listeners = match server::bind_player_sockets(listen, settings.threads) {
-            Ok(listeners) => listeners,
-            Err(e) => {
-                return fail(
-                    EXIT_UNAVAILABLE,
-                    &format!("cannot listen on --listen {listen}: {e}"),
-                );
-            }
-        };
-        let admin = match TcpListener::bind(settings.admin).await {
-            Ok(admin) => admin,
-            Err(e) => {
-                return fail(
-                    EXIT_UNAVAILABLE,
-                    &format!("cannot listen on --admin {}: {e}", settings.admin),
-                );
-            }
-        };
+        let listen = settings
+            .listen
+            .ok_or_else(|| Failure::config("--listen ADDR is required"))?;
+        let listeners = server::bind_player_sockets(listen, settings.threads).map_err(|e| {
+            Failure::unavailable(format!("cannot listen on --listen {listen}: {e}"))
+        })?;
+        let admin = TcpListener::bind(settings.admin).await.map_err(|e| {
+            Failure::unavailable(format!("cannot listen on --admin {}: {e}", settings.admin))
+        })?;
         tracing::info!(
             listen = %service::describe(listeners.first().and_then(|l| l.local_addr().ok())),
             threads = listeners.len(),
             admin = %service::describe(admin.local_addr().ok()),
             "listening"
         );
-        let signals = match signals() {
-            Ok(signals) => signals,
-            Err(e) => return fail(EXIT_UNAVAILABLE, &format!("cannot listen for signals: {e}")),
-        };
-        let options = Options {
-            source,
-            process: balancer_service::Process::real(),
-            geoip_city: settings.geoip_city.clone(),
-            geoip_asn: settings.geoip_asn.clone(),
-            trusted: TrustedProxies::new(settings.trusted_proxies.clone()),
-            prefix: settings.prefix.clone(),
-            max_data_age: settings.max_data_age,
-            connect_grace: settings.connect_grace,
-            slot_lease: settings.slot_lease,
-            retry_after: settings.retry_after,
-            index: settings.index,
-            drain_delay: settings.drain_delay,
-            header_timeout: settings.header_timeout,
-            admin_token: settings.admin_token.clone(),
-        };
-        match service::run(options, listeners, admin, signals).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => fail(EXIT_SOFTWARE, &message),
-        }
+        let signals = signals()
+            .map_err(|e| Failure::unavailable(format!("cannot listen for signals: {e}")))?;
+        service::run(settings, source, Process::real(), listeners, admin, signals).await
     })
 }
 
@@ -121,9 +89,4 @@ fn load(settings: &Settings) -> Result<(String, service::Source), String> {
         ),
         source,
     ))
-}
-
-fn fail(code: i32, message: &str) -> ExitCode {
-    eprintln!("icecast-redirector: {message}");
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -82,7 +82,7 @@ impl RedirectorMetrics {
         );
         r.register(
             "icb_selection_seconds",
-            "Time to choose a mount for a request (a sample: one request in 16)",
+            "Time to choose a mount for a request (a sample: one selection in 16)",
             metrics.selection_seconds.clone(),
         );
         r.register(

@@ -41,10 +41,6 @@ const READ_ROOM: usize = 4096;
 /// after the answer, so closing it does not reset the answer away.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// One request in this many (each thread's first among them) has its
-/// selection timed for the metrics.
-const TIMED_EVERY: u32 = 16;
-
 /// Serves players on `listener` until `shutdown` completes, then waits up to
 /// `grace` for requests in flight before returning. A request head must
 /// arrive within `header_timeout` of the connection being ready for it (a
@@ -171,7 +167,7 @@ impl Acceptor {
             keep
         };
         // Pending only while waiting for a slot lease: then the task asks again.
-        let Some(reply) = handle(&self.app, &request, now_ms, timed()).now_or_never() else {
+        let Some(reply) = handle(&self.app, &request, now_ms).now_or_never() else {
             return Inline::NotNow;
         };
         let mut output = Vec::with_capacity(256 + reply.body.len());
@@ -371,7 +367,7 @@ impl Connection {
                         _ if *self.stopped.borrow() => Next::Close,
                         keep => keep,
                     };
-                    let reply = handle(&self.app, &request, now_ms, timed()).await;
+                    let reply = handle(&self.app, &request, now_ms).await;
                     let head_only = request.method == Method::Head;
                     with_date(now_ms, |date| {
                         wire::encode(&reply, head_only, next, date, output);
@@ -465,8 +461,6 @@ thread_local! {
     static CLOCK: Cell<Option<(Instant, i64)>> = const { Cell::new(None) };
     /// This thread's `Date` header, formatted once a second.
     static DATES: std::cell::RefCell<DateCache> = std::cell::RefCell::new(DateCache::default());
-    /// Counts requests, to time one in [`TIMED_EVERY`].
-    static REQUESTS: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Now, monotonic and in milliseconds since the Unix epoch.
@@ -486,14 +480,6 @@ fn clock_now() -> (Instant, i64) {
 
 fn with_date(now_ms: i64, write: impl FnOnce(&str)) {
     DATES.with(|dates| write(dates.borrow_mut().at(now_ms)));
-}
-
-fn timed() -> bool {
-    REQUESTS.with(|count| {
-        let n = count.get().wrapping_add(1);
-        count.set(n);
-        n % TIMED_EVERY == 1
-    })
 }
 
 /// Binds `threads` listening sockets to `address`, all with `SO_REUSEPORT`

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use balancer_fleet::Fleet;
 use balancer_geo::{GeoDb, RankPolicy};
-use balancer_service::{Admin, Health, Signal, serve_admin};
+use balancer_service::{Admin, Failure, Health, Process, Signal, serve_admin};
 use balancer_store::{Keys, MemoryStore, RedisStore};
 use icecast_poller::control::PollerControl;
 use icecast_poller::service::{Command, Poller};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::cli::Settings;
 use crate::client_ip::TrustedProxies;
 use crate::control::RedirectorControl;
 use crate::follow::{Views, follow_memory, follow_redis};
@@ -43,48 +44,19 @@ pub enum Source {
     Standalone(PathBuf, Fleet),
 }
 
-/// What `run` needs besides its sockets.
-pub struct Options {
-    /// Where the fleet picture comes from.
-    pub source: Source,
-    /// The process: its environment and its service manager.
-    pub process: balancer_service::Process,
-    /// City or Country database.
-    pub geoip_city: Option<PathBuf>,
-    /// ASN database.
-    pub geoip_asn: Option<PathBuf>,
-    /// Proxies whose forwarding headers are believed.
-    pub trusted: TrustedProxies,
-    /// django-icecast-balancer's URL prefix.
-    pub prefix: String,
-    /// Staleness limit for server data.
-    pub max_data_age: Duration,
-    /// Time a player may take to connect after a redirect.
-    pub connect_grace: Duration,
-    /// How long slots leased from Redis may be handed out.
-    pub slot_lease: Duration,
-    /// The range a 503's `Retry-After` is drawn from.
-    pub retry_after: crate::cli::RetryAfter,
-    /// What the public stream index shows.
-    pub index: crate::index::IndexMode,
-    /// Time to keep answering after health turns NOT_SERVING.
-    pub drain_delay: Duration,
-    /// Time allowed for a request head.
-    pub header_timeout: Duration,
-    /// Bearer token for the control API, if set.
-    pub admin_token: Option<String>,
-}
-
-/// Runs until SIGTERM (or the signal channel closes), then shuts down within 10 s.
+/// Runs as `settings` say, with the fleet picture from `source`, until
+/// SIGTERM (or the signal channel closes), then shuts down within 10 s.
 /// Players are served on one thread per socket in `listeners` (see
 /// [`crate::server`]); everything else runs on the caller's runtime.
 pub async fn run(
-    options: Options,
+    settings: Settings,
+    source: Source,
+    process: Process,
     listeners: Vec<std::net::TcpListener>,
     admin: TcpListener,
     mut signals: mpsc::Receiver<Signal>,
-) -> Result<(), String> {
-    let (geo, errors) = GeoDb::open(options.geoip_city.clone(), options.geoip_asn.clone());
+) -> Result<(), Failure> {
+    let (geo, errors) = GeoDb::open(settings.geoip_city.clone(), settings.geoip_asn.clone());
     for error in errors {
         tracing::warn!(%error, "GeoIP database unavailable; ranking without it");
     }
@@ -93,19 +65,19 @@ pub async fn run(
     let views = Arc::new(Views::default());
     let (stop_tx, stop) = watch::channel(false);
     let timings = Timings {
-        grace: options.connect_grace,
-        lease: options.slot_lease,
-        max_age: options.max_data_age,
+        grace: settings.connect_grace,
+        lease: settings.slot_lease,
+        max_age: settings.max_data_age,
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = RedirectorMetrics::register(&mut registry);
     let mut poller_commands = None;
     let mut poller_control = None;
     let mut audience = None;
-    let reservations = match options.source {
+    let reservations = match source {
         Source::Redis(url) => {
             let store = RedisStore::new(url.as_str(), Keys::default(), Duration::from_millis(500))
-                .map_err(|e| format!("--redis: {e}"))?;
+                .map_err(|e| Failure::config(format!("--redis: {e}")))?;
             let reservations = Arc::new(
                 Reservations::new(Arc::new(store.clone()), Mode::Shared, timings)
                     .with_metrics(metrics.clone()),
@@ -132,13 +104,9 @@ pub async fn run(
                 Reservations::new(Arc::new(memory.slots()), Mode::Alone, timings)
                     .with_metrics(metrics.clone()),
             );
-            let (poller, status) = Poller::new(
-                path,
-                options.process.env,
-                fleet,
-                memory.clone(),
-                identity.clone(),
-            )?;
+            let (poller, status) =
+                Poller::new(path, process.env, fleet, memory.clone(), identity.clone())
+                    .map_err(Failure::config)?;
             // The embedded poller's metrics (polls, canaries, audience) on
             // the same /metrics: their names do not overlap the redirector's.
             let poller = poller.with_geo(geo.clone()).with_metrics(
@@ -163,7 +131,7 @@ pub async fn run(
     };
     tokio::spawn(watch_geoip(geo.clone(), stop.clone()));
 
-    let max_age_ms = i64::try_from(options.max_data_age.as_millis()).unwrap_or(i64::MAX);
+    let max_age_ms = i64::try_from(settings.max_data_age.as_millis()).unwrap_or(i64::MAX);
     let selector = Arc::new(Selector {
         geo: geo.clone(),
         reservations,
@@ -180,11 +148,11 @@ pub async fn run(
     let app = Arc::new(App {
         selector,
         views: views.clone(),
-        trusted: options.trusted,
-        prefix: options.prefix,
+        trusted: TrustedProxies::new(settings.trusted_proxies),
+        prefix: settings.prefix,
         metrics: metrics.clone(),
-        retry_after: options.retry_after,
-        index: options.index,
+        retry_after: settings.retry_after,
+        index: settings.index,
     });
 
     let (health_tx, health_rx) = oneshot::channel();
@@ -196,7 +164,7 @@ pub async fn run(
         },
         Admin {
             control: Arc::new(control),
-            token: options.admin_token,
+            token: settings.admin_token,
             metrics: Arc::new(registry),
             audience,
         },
@@ -214,18 +182,18 @@ pub async fn run(
         max_age_ms,
         stopping.clone(),
         metrics.clone(),
-        options.process,
+        process,
     ));
 
     let (stop_http, http_stopped) = watch::channel(false);
-    let grace = SHUTDOWN_BUDGET.saturating_sub(options.drain_delay + Duration::from_secs(1));
+    let grace = SHUTDOWN_BUDGET.saturating_sub(settings.drain_delay + Duration::from_secs(1));
     let threads = serve_on_threads(
         listeners,
         &app,
         &http_stopped,
         &ThreadOptions {
             grace,
-            header_timeout: options.header_timeout,
+            header_timeout: settings.header_timeout,
         },
     )
     .map_err(|e| format!("cannot start the player threads: {e}"))?;
@@ -257,11 +225,11 @@ pub async fn run(
             Signal::Terminate => break,
         }
     }
-    tracing::info!(drain = ?options.drain_delay, "shutting down: NOT_SERVING, then draining");
+    tracing::info!(drain = ?settings.drain_delay, "shutting down: NOT_SERVING, then draining");
     stopping.store(true, Ordering::Relaxed);
-    (options.process.stopping)();
+    (process.stopping)();
     health.set(false).await;
-    tokio::time::sleep(options.drain_delay).await;
+    tokio::time::sleep(settings.drain_delay).await;
     let _ = stop_http.send(true);
     let _ = tokio::time::timeout(grace + Duration::from_millis(200), http).await;
     let _ = stop_tx.send(true);

@@ -53,6 +53,50 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// Why a service stopped with an error: the exit code that tells init
+/// systems and scripts what kind of trouble it was, and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// One of [`EXIT_CONFIG`], [`EXIT_UNAVAILABLE`], [`EXIT_SOFTWARE`].
+    pub code: i32,
+    /// What went wrong, for stderr.
+    pub message: String,
+}
+
+impl Failure {
+    /// A bad flag or config file.
+    pub fn config(message: impl Into<String>) -> Failure {
+        Failure {
+            code: EXIT_CONFIG,
+            message: message.into(),
+        }
+    }
+
+    /// Something the service needs is not there (a port, Redis, signals).
+    pub fn unavailable(message: impl Into<String>) -> Failure {
+        Failure {
+            code: EXIT_UNAVAILABLE,
+            message: message.into(),
+        }
+    }
+
+    /// Prints `binary: message` to stderr and turns the code into an exit code.
+    pub fn exit(&self, binary: &str) -> std::process::ExitCode {
+        eprintln!("{binary}: {}", self.message);
+        std::process::ExitCode::from(u8::try_from(self.code).unwrap_or(1))
+    }
+}
+
+impl From<String> for Failure {
+    /// An error nobody classified: an internal one.
+    fn from(message: String) -> Failure {
+        Failure {
+            code: EXIT_SOFTWARE,
+            message,
+        }
+    }
+}
+
 /// Exit code for a bad config file or flag (`EX_USAGE` from sysexits.h), so
 /// init systems and scripts can tell "fix the config" from a crash.
 pub const EXIT_CONFIG: i32 = 64;
