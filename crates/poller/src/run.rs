@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use balancer_fleet::Fleet;
-use balancer_service::{Admin, Failure, Process, Signal, process_identity, serve_admin};
+use balancer_service::{Admin, AdminServer, Failure, Process, Signal, process_identity};
 use balancer_store::{DEFAULT_OPERATION_TIMEOUT, Keys, RedisStore};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::cli::Settings;
 use crate::control::PollerControl;
@@ -59,26 +59,17 @@ pub async fn run(
     let (commands, command_rx) = mpsc::channel(16);
     let control = PollerControl::new(commands.clone(), status.clone(), store);
 
-    let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-    let (health_tx, health_rx) = oneshot::channel();
-    let admin_server = tokio::spawn(serve_admin(
+    let admin = AdminServer::start(
         listener,
-        |health| {
-            let _ = health_tx.send(health);
-        },
         Admin {
             control: Arc::new(control),
             token: settings.admin_token,
             metrics: Arc::new(registry),
             audience: Some(audience),
         },
-        async {
-            let _ = admin_stopped.await;
-        },
-    ));
-    let health = health_rx
-        .await
-        .map_err(|_| Failure::unavailable("the admin server did not start"))?;
+    )
+    .await?;
+    let health = admin.health.clone();
 
     // Started, whether it becomes the active poller or waits as a standby:
     // systemd (Type=notify) counts the unit started from here.
@@ -117,14 +108,6 @@ pub async fn run(
     if tokio::time::timeout(SHUTDOWN_GRACE, poller).await.is_err() {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "the poller did not stop in time; exiting anyway");
     }
-    // Open health Watch streams never end by themselves: give calls a moment, then stop.
-    let _ = stop_admin.send(());
-    let mut admin_server = admin_server;
-    if tokio::time::timeout(ADMIN_GRACE, &mut admin_server)
-        .await
-        .is_err()
-    {
-        admin_server.abort();
-    }
+    admin.stop(ADMIN_GRACE).await;
     Ok(())
 }

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use balancer_fleet::Fleet;
 use balancer_geo::{GeoDb, RankPolicy};
-use balancer_service::{Admin, Failure, Health, Process, Signal, serve_admin};
+use balancer_service::{Admin, AdminServer, Failure, Health, Process, Signal};
 use balancer_store::{Keys, MemoryStore, RedisStore};
 use icecast_poller::control::PollerControl;
 use icecast_poller::service::{Command, Poller};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::cli::Settings;
 use crate::client_ip::TrustedProxies;
@@ -33,6 +33,8 @@ const SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
 const REFRESH: Duration = Duration::from_secs(1);
 /// How often a replica tells the others it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long in-flight admin calls may take once the players are drained.
+const ADMIN_GRACE: Duration = Duration::from_millis(500);
 /// How often GeoIP files are checked for replacement.
 const GEOIP_CHECK: Duration = Duration::from_secs(10);
 
@@ -155,26 +157,17 @@ pub async fn run(
         index: settings.index,
     });
 
-    let (health_tx, health_rx) = oneshot::channel();
-    let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-    let admin_server = tokio::spawn(serve_admin(
+    let admin = AdminServer::start(
         admin,
-        |health| {
-            let _ = health_tx.send(health);
-        },
         Admin {
             control: Arc::new(control),
             token: settings.admin_token,
             metrics: Arc::new(registry),
             audience,
         },
-        async {
-            let _ = admin_stopped.await;
-        },
-    ));
-    let health = health_rx
-        .await
-        .map_err(|_| "the admin server did not start".to_owned())?;
+    )
+    .await?;
+    let health = admin.health.clone();
     let stopping = Arc::new(AtomicBool::new(false));
     tokio::spawn(report_health(
         health.clone(),
@@ -233,14 +226,7 @@ pub async fn run(
     let _ = stop_http.send(true);
     let _ = tokio::time::timeout(grace + Duration::from_millis(200), http).await;
     let _ = stop_tx.send(true);
-    let _ = stop_admin.send(());
-    let mut admin_server = admin_server;
-    if tokio::time::timeout(Duration::from_millis(500), &mut admin_server)
-        .await
-        .is_err()
-    {
-        admin_server.abort();
-    }
+    admin.stop(ADMIN_GRACE).await;
     Ok(())
 }
 

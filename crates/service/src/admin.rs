@@ -8,11 +8,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use balancer_proto::control::v1::control_server::{Control, ControlServer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -144,6 +145,51 @@ pub async fn serve_admin<C: Control>(
         .await;
     sampler.abort();
     served
+}
+
+/// The admin address served in a task of its own: its health handle, and
+/// the way to stop it. Both services start and stop it the same way.
+pub struct AdminServer {
+    /// The health this service reports.
+    pub health: Health,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl AdminServer {
+    /// Starts serving `admin` on `listener`; returns once health can be set
+    /// (it starts NOT_SERVING).
+    pub async fn start<C: Control>(
+        listener: TcpListener,
+        admin: Admin<C>,
+    ) -> Result<AdminServer, crate::Failure> {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (health_tx, health_rx) = oneshot::channel();
+        let task = tokio::spawn(serve_admin(
+            listener,
+            |health| {
+                let _ = health_tx.send(health);
+            },
+            admin,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let health = health_rx
+            .await
+            .map_err(|_| crate::Failure::unavailable("the admin server did not start"))?;
+        Ok(AdminServer { health, stop, task })
+    }
+
+    /// Stops serving. Calls in flight get `grace`; open health Watch streams
+    /// never end by themselves, so after it the server is cut off.
+    pub async fn stop(self, grace: Duration) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
 }
 
 /// Health for HTTP checkers: the status code says it, the body repeats it.

@@ -263,51 +263,49 @@ macro_rules! guarded {
     };
 }
 
+/// A control call's answer as the API's JSON, or its error in words.
+fn reply_with<T>(
+    answer: Result<tonic::Response<T>, tonic::Status>,
+    json: impl FnOnce(&T) -> Value,
+) -> Response {
+    reply(answer.map(|r| json(r.get_ref())).map_err(|e| failed(&e)))
+}
+
 async fn status<C: Control>(State(s): ConsoleState<C>, headers: HeaderMap) -> Response {
     guarded!(s, Method::GET, headers);
-    let answer = s
-        .console
-        .control
-        .status(Request::new(api::StatusRequest {}))
-        .await;
-    reply(
-        answer
-            .map(|r| control_json::status(r.get_ref()))
-            .map_err(|e| failed(&e)),
+    let control = &s.console.control;
+    reply_with(
+        control.status(Request::new(api::StatusRequest {})).await,
+        control_json::status,
     )
 }
 
 async fn servers<C: Control>(State(s): ConsoleState<C>, headers: HeaderMap) -> Response {
     guarded!(s, Method::GET, headers);
-    let answer = s
-        .console
-        .control
-        .list_servers(Request::new(api::ListServersRequest {}))
-        .await;
-    reply(
-        answer
-            .map(|r| control_json::servers(r.get_ref(), now_ms()))
-            .map_err(|e| failed(&e)),
+    let control = &s.console.control;
+    reply_with(
+        control
+            .list_servers(Request::new(api::ListServersRequest {}))
+            .await,
+        |servers| control_json::servers(servers, now_ms()),
     )
 }
 
 /// Listeners per stream now, and the history behind the chart.
 async fn streams<C: Control>(State(s): ConsoleState<C>, headers: HeaderMap) -> Response {
     guarded!(s, Method::GET, headers);
-    let answer = s
-        .console
-        .control
+    let control = &s.console.control;
+    let answer = control
         .list_servers(Request::new(api::ListServersRequest {}))
         .await;
-    reply(answer.map_err(|e| failed(&e)).map(|r| {
-        let now = stream_totals(r.get_ref());
+    reply_with(answer, |servers| {
         let history = s.history.lock().map(|h| h.to_json()).unwrap_or_default();
         json!({
-            "now": now,
+            "now": stream_totals(servers),
             "sample_every_ms": SAMPLE_EVERY.as_millis() as u64,
             "history": history,
         })
-    }))
+    })
 }
 
 async fn audience<C: Control>(State(s): ConsoleState<C>, headers: HeaderMap) -> Response {
@@ -339,11 +337,10 @@ async fn explain<C: Control>(State(s): ConsoleState<C>, headers: HeaderMap, uri:
             _ => {}
         }
     }
-    let answer = s.console.control.explain(Request::new(request)).await;
-    reply(
-        answer
-            .map(|r| control_json::explain(r.get_ref()))
-            .map_err(|e| failed(&e)),
+    let control = &s.console.control;
+    reply_with(
+        control.explain(Request::new(request)).await,
+        control_json::explain,
     )
 }
 
@@ -365,19 +362,7 @@ fn server_named(body: &[u8]) -> Result<String, (StatusCode, String)> {
 
 async fn drain<C: Control>(State(s): ConsoleState<C>, headers: HeaderMap, body: Bytes) -> Response {
     guarded!(s, Method::POST, headers);
-    let server = match server_named(&body) {
-        Ok(server) => server,
-        Err(e) => return reply(Err(e)),
-    };
-    let request = api::DrainRequest {
-        server: server.clone(),
-    };
-    let answer = s.console.control.drain(Request::new(request)).await;
-    reply(
-        answer
-            .map(|r| json!({ "server": server, "drained": true, "changed": r.get_ref().changed }))
-            .map_err(|e| failed(&e)),
-    )
+    set_drained(&*s.console.control, &body, true).await
 }
 
 async fn undrain<C: Control>(
@@ -386,32 +371,45 @@ async fn undrain<C: Control>(
     body: Bytes,
 ) -> Response {
     guarded!(s, Method::POST, headers);
-    let server = match server_named(&body) {
+    set_drained(&*s.console.control, &body, false).await
+}
+
+/// Drains or undrains the server `body` names, as `balancerctl drain` and `undrain` do.
+async fn set_drained<C: Control>(control: &C, body: &[u8], drained: bool) -> Response {
+    let server = match server_named(body) {
         Ok(server) => server,
         Err(e) => return reply(Err(e)),
     };
-    let request = api::UndrainRequest {
-        server: server.clone(),
+    let answer = if drained {
+        let request = api::DrainRequest {
+            server: server.clone(),
+        };
+        control
+            .drain(Request::new(request))
+            .await
+            .map(|r| r.get_ref().changed)
+    } else {
+        let request = api::UndrainRequest {
+            server: server.clone(),
+        };
+        control
+            .undrain(Request::new(request))
+            .await
+            .map(|r| r.get_ref().changed)
     };
-    let answer = s.console.control.undrain(Request::new(request)).await;
     reply(
         answer
-            .map(|r| json!({ "server": server, "drained": false, "changed": r.get_ref().changed }))
+            .map(|changed| json!({ "server": server, "drained": drained, "changed": changed }))
             .map_err(|e| failed(&e)),
     )
 }
 
 async fn poll<C: Control>(State(s): ConsoleState<C>, headers: HeaderMap) -> Response {
     guarded!(s, Method::POST, headers);
-    let answer = s
-        .console
-        .control
-        .poll_now(Request::new(api::PollNowRequest {}))
-        .await;
-    reply(
-        answer
-            .map(|r| json!({ "snapshot_version": r.get_ref().snapshot_version }))
-            .map_err(|e| failed(&e)),
+    let control = &s.console.control;
+    reply_with(
+        control.poll_now(Request::new(api::PollNowRequest {})).await,
+        |r| json!({ "snapshot_version": r.snapshot_version }),
     )
 }
 
@@ -421,11 +419,10 @@ async fn reload<C: Control>(State(s): ConsoleState<C>, headers: HeaderMap) -> Re
         fleet: false,
         geoip: false,
     };
-    let answer = s.console.control.reload(Request::new(everything)).await;
-    reply(
-        answer
-            .map(|r| json!({ "reloaded": r.get_ref().reloaded }))
-            .map_err(|e| failed(&e)),
+    let control = &s.console.control;
+    reply_with(
+        control.reload(Request::new(everything)).await,
+        |r| json!({ "reloaded": r.reloaded }),
     )
 }
 

@@ -16,7 +16,7 @@ mod logging;
 mod notify;
 mod signals;
 
-pub use admin::{Admin, ExposedAdmin, Health, check_admin_exposure, serve_admin};
+pub use admin::{Admin, AdminServer, ExposedAdmin, Health, check_admin_exposure, serve_admin};
 pub use flags::{
     CommonFlags, RedisUrl, RedisUrlError, parse_redis_url, parse_trusted_proxy, process_identity,
 };

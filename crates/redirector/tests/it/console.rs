@@ -6,7 +6,7 @@
 //! page go to `target/tmp/screenshots`.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use balancer_testkit::browser::Browser;
 use balancer_testkit::{
@@ -157,26 +157,9 @@ async fn the_console_shows_the_fleet_and_a_confirmed_drain_moves_players_within_
     let question = click_and_confirm(&browser, "button[data-server=\"two\"]").await;
     assert!(question.starts_with("Drain two?"), "{question}");
     let clicked = Instant::now();
-    let client = client();
     let only = servers[0].mount_url("/s.ogg");
-    loop {
-        let mut all_on_one = true;
-        for _ in 0..10 {
-            all_on_one &=
-                location(&client.head(redirector.url("/s")).send().await.unwrap()) == only;
-        }
-        if all_on_one {
-            break;
-        }
-        assert!(
-            clicked.elapsed() < Duration::from_secs(1),
-            "still redirecting to the drained server"
-        );
-    }
-    println!(
-        "drain effective {:?} after the click was confirmed",
-        clicked.elapsed()
-    );
+    let took = all_sent_within_a_second(redirector, &only, clicked).await;
+    println!("drain effective {took:?} after the click was confirmed");
     let rows = wait_in_page(
         &browser,
         "two shown drained",
@@ -201,6 +184,7 @@ async fn the_console_shows_the_fleet_and_a_confirmed_drain_moves_players_within_
     let question = click_and_confirm(&browser, "button[data-server=\"two\"]").await;
     assert!(question.starts_with("Undrain two?"), "{question}");
     let two = servers[1].mount_url("/s.ogg");
+    let client = client();
     wait_until("a redirect to two again", PATIENCE, || async {
         let response = client.head(redirector.url("/s")).send().await.ok()?;
         (location(&response) == two).then_some(())

@@ -86,26 +86,9 @@ async fn drain_takes_effect_within_a_second_and_survives_a_poller_restart() {
     let (code, out, err) = ctl(poller.admin, &["drain", "two"]);
     assert_eq!((code, out.trim()), (0, "two: drained"), "{err}");
     let drained = Instant::now();
-    let client = client();
     let only = servers[0].mount_url("/s.ogg");
-    loop {
-        let mut all_on_one = true;
-        for _ in 0..10 {
-            all_on_one &=
-                location(&client.head(redirector.url("/s")).send().await.unwrap()) == only;
-        }
-        if all_on_one {
-            break;
-        }
-        assert!(
-            drained.elapsed() < Duration::from_secs(1),
-            "still redirecting to a drained server"
-        );
-    }
-    println!(
-        "drain effective {:?} after balancerctl returned",
-        drained.elapsed()
-    );
+    let took = all_sent_within_a_second(redirector, &only, drained).await;
+    println!("drain effective {took:?} after balancerctl returned");
     let (code, _, err) = ctl(poller.admin, &["drain", "nope"]);
     assert_eq!(code, 69);
     assert!(err.contains("no server named \"nope\""), "{err}");
@@ -121,6 +104,7 @@ async fn drain_takes_effect_within_a_second_and_survives_a_poller_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         out = ctl(poller.admin, &["--json", "servers"]).1;
     }
+    let client = client();
     for _ in 0..20 {
         assert_eq!(
             location(&client.head(redirector.url("/s")).send().await.unwrap()),

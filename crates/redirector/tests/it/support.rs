@@ -195,6 +195,31 @@ pub(crate) fn location(response: &reqwest::Response) -> String {
     response.headers()["location"].to_str().unwrap().to_owned()
 }
 
+/// Asks `redirector` for `/s` (HEAD, 10 at a time) until a whole round is
+/// sent to `target`; fails if that is not so within a second of `since` (an
+/// operator's action). Returns how long it took.
+pub(crate) async fn all_sent_within_a_second(
+    redirector: &Service,
+    target: &str,
+    since: Instant,
+) -> Duration {
+    let client = client();
+    loop {
+        let mut all_there = true;
+        for _ in 0..10 {
+            all_there &=
+                location(&client.head(redirector.url("/s")).send().await.unwrap()) == target;
+        }
+        if all_there {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(1),
+            "players still sent elsewhere than {target} a second after the action"
+        );
+    }
+}
+
 /// A `[[server]]` block for a test Icecast polled through `/admin/stats`.
 pub(crate) fn server_block(name: &str, icecast: &IcecastServer, extra: &str) -> String {
     format!(
