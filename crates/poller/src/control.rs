@@ -99,23 +99,35 @@ impl<S: PollerStore> Control for PollerControl<S> {
         _: Request<api::ListServersRequest>,
     ) -> Result<Response<api::ListServersResponse>, Status> {
         let reports = self.ask(Command::Servers).await?;
+        // Slots handed out since each server's poll, minus the redirectors'
+        // default connect grace: one round trip for every mount.
+        let queries: Vec<(&str, &str, i64)> = reports
+            .iter()
+            .flat_map(|report| {
+                let since = report.server.observed_at_ms - DEFAULT_CONNECT_GRACE_MS;
+                report.mounts.iter().map(move |(_, mount)| {
+                    (report.server.name.as_str(), mount.mount.as_str(), since)
+                })
+            })
+            .collect();
+        let reserved = self
+            .store
+            .reserved_many(&queries)
+            .await
+            .unwrap_or_else(|_| vec![0; queries.len()]);
+        drop(queries);
+        let mut reserved = reserved.into_iter();
         let mut servers = Vec::with_capacity(reports.len());
         for report in reports {
-            let mut mounts = Vec::with_capacity(report.mounts.len());
-            for (stream, mount) in report.mounts {
-                // Slots handed out since the poll, minus the redirectors' default connect grace.
-                let since = report.server.observed_at_ms - DEFAULT_CONNECT_GRACE_MS;
-                let reserved = self
-                    .store
-                    .reserved(&report.server.name, &mount.mount, since)
-                    .await
-                    .unwrap_or(0);
-                mounts.push(api::MountStatus {
+            let mounts = report
+                .mounts
+                .into_iter()
+                .map(|(stream, mount)| api::MountStatus {
                     stream,
                     mount: Some(mount),
-                    reserved,
-                });
-            }
+                    reserved: reserved.next().unwrap_or(0),
+                })
+                .collect();
             servers.push(api::ServerStatus {
                 server: Some(report.server),
                 mounts,

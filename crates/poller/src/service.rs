@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use balancer_fleet::{Fleet, Server};
-use balancer_proto::snapshot::v1::Snapshot;
+use balancer_proto::snapshot::v1::{Mount, Snapshot};
 use balancer_store::{PollerStore, StoreError, lease_ttl, snapshot_ttl};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -86,7 +86,7 @@ pub struct ServerReport {
     /// The server as it would be published.
     pub server: balancer_proto::snapshot::v1::Server,
     /// Its mounts, each with the stream it carries.
-    pub mounts: Vec<(String, balancer_proto::snapshot::v1::Mount)>,
+    pub mounts: Vec<(String, Mount)>,
     /// How long its last poll took.
     pub last_poll_ms: u32,
 }
@@ -638,24 +638,25 @@ impl<S: PollerStore> Poller<S> {
 
     fn servers_report(&self) -> Vec<ServerReport> {
         let snapshot = self.snapshot();
+        // Each server's mounts, found in one pass over the streams: this runs
+        // in the poll loop, and a console asks for it every second.
+        let mut mounts_of: HashMap<&str, Vec<(String, Mount)>> = HashMap::new();
+        for stream in &snapshot.streams {
+            for mount in &stream.mounts {
+                mounts_of
+                    .entry(mount.server.as_str())
+                    .or_default()
+                    .push((stream.name.clone(), mount.clone()));
+            }
+        }
         snapshot
             .servers
-            .into_iter()
+            .iter()
             .map(|server| {
-                let mounts = snapshot
-                    .streams
-                    .iter()
-                    .flat_map(|stream| {
-                        stream
-                            .mounts
-                            .iter()
-                            .map(move |m| (stream.name.clone(), m.clone()))
-                    })
-                    .filter(|(_, m)| m.server == server.name)
-                    .collect();
+                let mounts = mounts_of.remove(server.name.as_str()).unwrap_or_default();
                 let last_poll_ms = self.health.get(&server.name).map_or(0, |h| h.last_poll_ms);
                 ServerReport {
-                    server,
+                    server: server.clone(),
                     mounts,
                     last_poll_ms,
                 }

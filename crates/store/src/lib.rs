@@ -55,13 +55,12 @@ pub trait PollerStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Names of drained servers.
     fn drained(&self) -> impl Future<Output = Result<BTreeSet<String>, StoreError>> + Send;
-    /// Slots of a mount handed out by redirectors at or after `since_ms`.
-    fn reserved(
+    /// Slots handed out by redirectors, for each `(server, mount, since_ms)`:
+    /// those of that mount at or after `since_ms`. One round trip for all.
+    fn reserved_many(
         &self,
-        server: &str,
-        mount: &str,
-        since_ms: i64,
-    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
+        queries: &[(&str, &str, i64)],
+    ) -> impl Future<Output = Result<Vec<u32>, StoreError>> + Send;
     /// Leases slots of a mount from the ledger the redirectors share, for
     /// the poller's own canary listener.
     fn reserve_slots(
@@ -108,8 +107,8 @@ impl PollerStore for RedisStore {
         RedisStore::set_drained(self, server, drained).await
     }
 
-    async fn reserved(&self, server: &str, mount: &str, since_ms: i64) -> Result<u32, StoreError> {
-        RedisStore::reserved(self, server, mount, since_ms).await
+    async fn reserved_many(&self, queries: &[(&str, &str, i64)]) -> Result<Vec<u32>, StoreError> {
+        RedisStore::reserved_many(self, queries).await
     }
 
     async fn forget_drains_except(&self, servers: &BTreeSet<String>) -> Result<(), StoreError> {

@@ -97,8 +97,11 @@ impl PollerStore for MemoryStore {
             .clone())
     }
 
-    async fn reserved(&self, server: &str, mount: &str, since_ms: i64) -> Result<u32, StoreError> {
-        Ok(self.slots.reserved(server, mount, since_ms))
+    async fn reserved_many(&self, queries: &[(&str, &str, i64)]) -> Result<Vec<u32>, StoreError> {
+        Ok(queries
+            .iter()
+            .map(|(server, mount, since_ms)| self.slots.reserved(server, mount, *since_ms))
+            .collect())
     }
 
     async fn set_drained(&self, server: &str, drained: bool) -> Result<bool, StoreError> {

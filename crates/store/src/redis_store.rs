@@ -275,12 +275,29 @@ impl RedisStore {
         let mut conn = self.connection().await?;
         let key = self.keys.reservations(server, mount);
         let buckets: Vec<(i64, u32)> = self.bounded(conn.hgetall(key)).await?;
-        let from = since_ms.div_euclid(1000);
-        Ok(buckets
+        Ok(count_since(&buckets, since_ms))
+    }
+
+    /// [`RedisStore::reserved`] for many `(server, mount, since_ms)` at once,
+    /// in one round trip (the operator console asks for every mount each second).
+    pub async fn reserved_many(
+        &self,
+        queries: &[(&str, &str, i64)],
+    ) -> Result<Vec<u32>, StoreError> {
+        if queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.connection().await?;
+        let mut pipe = redis::pipe();
+        for (server, mount, _) in queries {
+            pipe.hgetall(self.keys.reservations(server, mount));
+        }
+        let replies: Vec<Vec<(i64, u32)>> = self.bounded(pipe.query_async(&mut conn)).await?;
+        Ok(replies
             .iter()
-            .filter(|(second, _)| *second >= from)
-            .map(|(_, n)| n)
-            .sum())
+            .zip(queries)
+            .map(|(buckets, (_, _, since_ms))| count_since(buckets, *since_ms))
+            .collect())
     }
 
     /// Records that replica `id` is alive at `now_ms`; returns how many replicas
@@ -435,4 +452,13 @@ impl SlotStore for RedisStore {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+/// Slots in the per-second `buckets` of a reservation hash from `since_ms` on.
+fn count_since(buckets: &[(i64, u32)], since_ms: i64) -> u32 {
+    let from = since_ms.div_euclid(1000);
+    buckets
+        .iter()
+        .filter(|(second, _)| *second >= from)
+        .map(|(_, n)| n)
+        .sum()
 }

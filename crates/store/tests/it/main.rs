@@ -231,6 +231,19 @@ async fn reservations_never_exceed_what_the_poll_saw() {
         "only live seconds are kept"
     );
     assert_eq!(a.reserved("a", "/a.ogg", 59_000).await.unwrap(), 1);
+    // Many mounts in one round trip, each counted from its own time, as one by one.
+    let queries = [
+        ("a", "/a.ogg", 59_000),
+        ("a", "/a.ogg", 70_000),
+        ("nobody", "/none.ogg", 0),
+    ];
+    let mut one_by_one = Vec::new();
+    for (server, mount, since) in queries {
+        one_by_one.push(a.reserved(server, mount, since).await.unwrap());
+    }
+    assert_eq!(one_by_one, [1, 0, 0]);
+    assert_eq!(a.reserved_many(&queries).await.unwrap(), one_by_one);
+    assert_eq!(a.reserved_many(&[]).await.unwrap(), Vec::<u32>::new());
     // A frozen Redis costs a call the store's timeout, no more.
     redis.pause();
     let started = std::time::Instant::now();
