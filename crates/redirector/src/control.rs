@@ -256,7 +256,10 @@ impl Control for RedirectorControl {
                 api::Candidate {
                     server: server.name.to_string(),
                     mount: mount.mount.to_string(),
-                    url: mount.url(scheme, server).unwrap_or_default().to_owned(),
+                    url: mount
+                        .url(scheme, server)
+                        .map(|u| u.to_string())
+                        .unwrap_or_default(),
                     free_slots: mount.free_slots,
                     distance_km: place
                         .location

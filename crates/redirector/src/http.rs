@@ -13,7 +13,7 @@ use crate::metrics::RedirectorMetrics;
 use crate::playlist;
 use crate::route::route;
 use crate::select::{Decision, Selector};
-use crate::wire::{Head, Method, Reply, Status};
+use crate::wire::{Head, Location, Method, Reply, Status};
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
@@ -122,7 +122,7 @@ pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64) -> Reply {
     let stream = view.streams.get(route.stream).map(|s| &s.name);
     app.metrics.request(stream, outcome);
     match decision {
-        Decision::Redirect(url) => redirect(&url, head.query),
+        Decision::Redirect(url) => redirect(url, head.query),
         Decision::Playlist(urls) => {
             let urls: Vec<String> = urls.iter().map(|u| with_query(u, head.query)).collect();
             let (content_type, body) = playlist::render(route.format, route.stream, &urls);
@@ -188,18 +188,26 @@ fn index_page(app: &App, page: IndexPage) -> Reply {
     }
 }
 
-/// The URL with the request's query string, if it can travel in a header
-/// (printable ASCII only; anything else drops the query, never the URL).
+/// The request's query string, if it can travel in a header (printable
+/// ASCII only; anything else drops the query, never the URL).
+fn printable_query(query: Option<&str>) -> Option<&str> {
+    query.filter(|q| !q.is_empty() && q.bytes().all(|b| b.is_ascii_graphic()))
+}
+
+/// The URL with the request's query string, if it can travel in a header.
 pub fn with_query(url: &str, query: Option<&str>) -> String {
-    match query.filter(|q| !q.is_empty() && q.bytes().all(|b| b.is_ascii_graphic())) {
+    match printable_query(query) {
         Some(query) => format!("{url}?{query}"),
         None => url.to_owned(),
     }
 }
 
-fn redirect(url: &str, query: Option<&str>) -> Reply {
+fn redirect(url: Arc<str>, query: Option<&str>) -> Reply {
     Reply {
-        location: Some(with_query(url, query)),
+        location: Some(Location {
+            url,
+            query: printable_query(query).map(str::to_owned),
+        }),
         ..Reply::text(Status::Found, "Redirecting to a relay.\n")
     }
 }

@@ -42,6 +42,9 @@ pub struct RedirectorMetrics {
     /// Version of the snapshot in use.
     pub snapshot_version: Gauge,
     reservations: Family<ResultLabel, Counter>,
+    /// The two counters of `reservations`, taken once: counting is one atomic addition.
+    granted: Counter,
+    refused: Counter,
     /// Redis calls that failed or timed out on the request path.
     pub redis_errors: Counter,
     connections: Family<ThreadLabel, Counter>,
@@ -59,13 +62,22 @@ impl RedirectorMetrics {
 
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
+        let reservations = Family::<ResultLabel, Counter>::default();
+        let granted = reservations
+            .get_or_create(&ResultLabel { result: "granted" })
+            .clone();
+        let refused = reservations
+            .get_or_create(&ResultLabel { result: "refused" })
+            .clone();
         let metrics = RedirectorMetrics {
             requests: Family::default(),
             unknown_stream: Arc::from("-"),
             selection_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 16)),
             snapshot_age_seconds: Gauge::default(),
             snapshot_version: Gauge::default(),
-            reservations: Family::default(),
+            reservations,
+            granted,
+            refused,
             redis_errors: Counter::default(),
             connections: Family::default(),
         };
@@ -119,9 +131,10 @@ impl RedirectorMetrics {
 
     /// Counts one attempt to take a slot.
     pub fn reservation(&self, granted: bool) {
-        let result = if granted { "granted" } else { "refused" };
-        self.reservations
-            .get_or_create(&ResultLabel { result })
-            .inc();
+        if granted {
+            self.granted.inc();
+        } else {
+            self.refused.inc();
+        }
     }
 }

@@ -18,10 +18,10 @@ const SPARES: usize = 3;
 /// What to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// 302 to this URL (public URL and mount).
-    Redirect(String),
+    /// 302 to this URL (public URL and mount), shared with the view.
+    Redirect(Arc<str>),
     /// A playlist of these URLs, best (and reserved) first.
-    Playlist(Vec<String>),
+    Playlist(Vec<Arc<str>>),
     /// No such stream: 404.
     NotFound,
     /// Not licensed in the player's country: 451.
@@ -424,8 +424,8 @@ fn answer(
         // Every ranked mount has a URL for the scheme: filtering saw to it.
         mount
             .url(scheme, &view.servers[mount.server])
-            .unwrap_or_default()
-            .to_owned()
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""))
     };
     match format {
         Format::Redirect => Decision::Redirect(url(&order[0])),

@@ -123,7 +123,7 @@ pub struct MountView {
     pub limit: Option<u32>,
     /// Where players are sent, per scheme ([`Scheme::index`]): public URL
     /// and mount, without a query; `None` where the server has no URL.
-    pub urls: [Option<String>; 2],
+    pub urls: [Option<Arc<str>>; 2],
     /// This replica's reservations for the mount above its headroom; shared across views.
     pub slots: Arc<SlotPool>,
     /// This replica's reservations of the mount's headroom.
@@ -181,7 +181,9 @@ impl FleetView {
                         let server = *index.get(m.server.as_str())?;
                         let bases = public_urls.get(m.server.as_str())?;
                         let url = |base: Option<&str>| {
-                            base.map(|b| format!("{}{}", b.trim_end_matches('/'), m.mount))
+                            base.map(|b| {
+                                Arc::from(format!("{}{}", b.trim_end_matches('/'), m.mount))
+                            })
                         };
                         let view = MountView {
                             server,
@@ -344,11 +346,11 @@ impl MountView {
 
     /// Where a player that arrived over `scheme` is sent: the server's URL in
     /// that scheme, else in the other where the server allows crossing.
-    pub fn url(&self, scheme: Scheme, server: &ServerView) -> Option<&str> {
-        let own = self.urls[scheme.index()].as_deref();
+    pub fn url(&self, scheme: Scheme, server: &ServerView) -> Option<&Arc<str>> {
+        let own = self.urls[scheme.index()].as_ref();
         let other = || {
             self.urls[scheme.other().index()]
-                .as_deref()
+                .as_ref()
                 .filter(|_| server.cross_scheme)
         };
         own.or_else(other)

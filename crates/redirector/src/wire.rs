@@ -239,7 +239,7 @@ pub struct Reply {
     /// The body (also counted, but not sent, for HEAD).
     pub body: Bytes,
     /// The `Location`, for a redirect.
-    pub location: Option<String>,
+    pub location: Option<Location>,
     /// Seconds for `Retry-After`, for a 503.
     pub retry_after: Option<u32>,
     /// Further fixed header lines, each ending in CRLF (`Allow`, the index's CSP).
@@ -258,6 +258,16 @@ impl Reply {
             extra: "",
         }
     }
+}
+
+/// Where a redirect sends the player: a URL of the view (shared, not
+/// copied) and the request's query string, already checked printable.
+#[derive(Debug, Clone)]
+pub struct Location {
+    /// Public URL and mount.
+    pub url: std::sync::Arc<str>,
+    /// Appended after `?` when set.
+    pub query: Option<String>,
 }
 
 /// How the connection goes on after an answer.
@@ -282,7 +292,11 @@ pub fn encode(reply: &Reply, head_only: bool, next: Next, date: &str, out: &mut 
     out.extend_from_slice(b"\r\ncache-control: no-store\r\n");
     if let Some(location) = &reply.location {
         out.extend_from_slice(b"location: ");
-        out.extend_from_slice(location.as_bytes());
+        out.extend_from_slice(location.url.as_bytes());
+        if let Some(query) = &location.query {
+            out.push(b'?');
+            out.extend_from_slice(query.as_bytes());
+        }
         out.extend_from_slice(b"\r\n");
     }
     if let Some(seconds) = reply.retry_after {
@@ -459,7 +473,10 @@ mod tests {
     #[test]
     fn answers_are_encoded_in_one_piece() {
         let mut reply = Reply::text(Status::Found, "Redirecting to a relay.\n");
-        reply.location = Some("http://relay.example:8000/s.ogg".to_owned());
+        reply.location = Some(Location {
+            url: "http://relay.example:8000/s.ogg".into(),
+            query: Some("a=1".to_owned()),
+        });
         let mut out = Vec::new();
         let date = "Tue, 01 Dec 2026 00:00:00 GMT";
         encode(&reply, false, Next::KeepAlive, date, &mut out);
@@ -467,7 +484,7 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 302 Found\r\ndate: Tue, 01 Dec 2026 00:00:00 GMT\r\n\
              content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n\
-             location: http://relay.example:8000/s.ogg\r\ncontent-length: 24\r\n\r\n\
+             location: http://relay.example:8000/s.ogg?a=1\r\ncontent-length: 24\r\n\r\n\
              Redirecting to a relay.\n"
         );
         let mut busy = Reply::text(Status::Unavailable, "Full.\n");

@@ -200,7 +200,7 @@ async fn location_only_ever_points_into_the_fleet() {
             if let Decision::Redirect(url) = decision {
                 redirects += 1;
                 let location = with_query(&url, query.as_deref());
-                let Some(&(_, crosses)) = allowed.iter().find(|(u, _)| *u == url) else {
+                let Some(&(_, crosses)) = allowed.iter().find(|(u, _)| u.as_str() == &*url) else {
                     panic!("round {round}: {path:?} redirected to {url}, not a fleet mount");
                 };
                 let same = url.starts_with(match scheme {

@@ -102,7 +102,7 @@ async fn crowd(
             )
             .await;
         match decision {
-            Decision::Redirect(url) => *sent.entry(url).or_default() += 1,
+            Decision::Redirect(url) => *sent.entry(url.to_string()).or_default() += 1,
             Decision::Full => refused += 1,
             other => panic!("unexpected {other:?}"),
         }

@@ -125,7 +125,7 @@ async fn players_only_go_to_mounts_that_can_take_them() {
                 Decision::Redirect(url) => {
                     redirects += 1;
                     assert!(
-                        usable.contains(&url),
+                        usable.contains(&url.to_string()),
                         "round {round}: sent to {url}; usable: {usable:?}"
                     );
                 }
