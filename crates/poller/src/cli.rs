@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use balancer_service::{CommonFlags, RedisUrl, parse_redis_url};
 use clap::Parser;
 
-/// Default admin address: gRPC health and control, loopback only.
+/// Default admin address: health, control, metrics and the console, loopback only.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:7070";
 
 /// Polls the Icecast servers of a fleet and publishes their free listener
@@ -24,7 +24,8 @@ pub struct Args {
     #[arg(long, env = "ICB_REDIS", value_name = "URL", value_parser = parse_redis_url)]
     pub redis: Option<RedisUrl>,
 
-    /// Address for gRPC health and control. Keep it on loopback unless a token protects it.
+    /// Address for gRPC health and control, /metrics, /healthz and the operator
+    /// console (/console). Keep it on loopback unless a token protects it.
     #[arg(long, env = "ICB_ADMIN", value_name = "ADDR", default_value = DEFAULT_ADMIN)]
     pub admin: SocketAddr,
 

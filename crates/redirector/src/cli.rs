@@ -9,7 +9,7 @@ use balancer_service::{CommonFlags, RedisUrl, parse_redis_url, parse_trusted_pro
 use clap::Parser;
 use ipnet::IpNet;
 
-/// Default admin address: gRPC health and control, loopback only.
+/// Default admin address: health, control, metrics and the console, loopback only.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:7071";
 
 /// Sends each player to the nearest Icecast mount with a free slot (HTTP 302).
@@ -32,7 +32,8 @@ pub struct Args {
     #[arg(long, env = "ICB_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
-    /// Address for gRPC health and control. Keep it on loopback unless a token protects it.
+    /// Address for gRPC health and control, /metrics, /healthz and the operator
+    /// console (/console). Keep it on loopback unless a token protects it.
     #[arg(long, env = "ICB_ADMIN", value_name = "ADDR", default_value = DEFAULT_ADMIN)]
     pub admin: SocketAddr,
 

@@ -10,7 +10,8 @@ use crate::LogFormat;
 /// Flags both services share: who may use the admin API, and how logs look.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct CommonFlags {
-    /// Bearer token the control API requires; needed when --admin is not on loopback.
+    /// Bearer token the control API and the console require; needed when --admin is
+    /// not on loopback.
     #[arg(
         long,
         env = "ICB_ADMIN_TOKEN",
@@ -19,7 +20,8 @@ pub struct CommonFlags {
     )]
     pub admin_token: Option<String>,
 
-    /// Serve the control API beyond loopback without a token (behind a network policy).
+    /// Serve the control API and the console beyond loopback without a token (behind a
+    /// network policy).
     #[arg(long, env = "ICB_ADMIN_INSECURE")]
     pub admin_insecure: bool,
 
