@@ -6,10 +6,15 @@
 //! current-thread runtime and its own listening socket on the same address
 //! (`SO_REUSEPORT`): the kernel spreads new connections over the sockets, and
 //! a connection lives and dies on the thread that accepted it, with no
-//! hand-off between threads. Each connection reads what the player sent,
-//! answers every complete request in it (see [`crate::wire`]) into one
-//! buffer, and writes that buffer with one call: for a player, one read and
-//! one write per request, as nginx does.
+//! hand-off between threads.
+//!
+//! A new connection's request is normally in when it is accepted (the socket
+//! has `TCP_DEFER_ACCEPT`): it is answered right there, and the connection
+//! closed, without a task or an epoll registration (`Acceptor`). A
+//! connection that must wait gets a task (`Connection`), which reads what
+//! the player sent, answers every complete request in it (see
+//! [`crate::wire`]) into one buffer, and writes that buffer with one call:
+//! one read and one write per request, as nginx does.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -19,14 +24,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-
-use futures_util::FutureExt as _;
 
 use crate::http::{App, Request, handle, method_not_allowed};
 use crate::wire::{self, DateCache, Method, Next, Parsed, Refusal};
