@@ -115,7 +115,6 @@ impl<S: PollerStore> Control for PollerControl<S> {
             .reserved_many(&queries)
             .await
             .unwrap_or_else(|_| vec![0; queries.len()]);
-        drop(queries);
         let mut reserved = reserved.into_iter();
         let mut servers = Vec::with_capacity(reports.len());
         for report in reports {

@@ -33,7 +33,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::http::{App, Request, handle, method_not_allowed};
-use crate::wire::{self, DateCache, Method, Next, Parsed, Refusal};
+use crate::wire::{self, DateCache, Method, Next, Parsed, Refusal, Reply};
 
 /// The largest request head accepted; a bigger one gets 431.
 pub const MAX_HEADER_BYTES: usize = wire::MAX_HEAD_BYTES;
@@ -165,25 +165,13 @@ impl Acceptor {
         if length != input.len() {
             return Inline::NotNow;
         }
-        let next = if *self.stopped.borrow() {
-            Next::Close
-        } else {
-            keep
-        };
+        let next = unless_stopped(keep, &self.stopped);
         // Pending only while waiting for a slot lease: then the task asks again.
         let Some(reply) = handle(&self.app, &request, now_ms).now_or_never() else {
             return Inline::NotNow;
         };
         let mut output = Vec::with_capacity(256 + reply.body.len());
-        with_date(now_ms, |date| {
-            wire::encode(
-                &reply,
-                request.method == Method::Head,
-                next,
-                date,
-                &mut output,
-            );
-        });
+        encode(&reply, request.method, next, now_ms, &mut output);
         let written = match (&*stream).write(&output) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
@@ -317,10 +305,7 @@ impl Connection {
             }
             if !output.is_empty() {
                 let written =
-                    tokio::time::timeout_at(deadline.max(now + self.header_timeout), async {
-                        self.stream.write_all(&output).await
-                    })
-                    .await;
+                    tokio::time::timeout(self.header_timeout, self.stream.write_all(&output)).await;
                 output.clear();
                 if !matches!(written, Ok(Ok(()))) {
                     return;
@@ -367,15 +352,9 @@ impl Connection {
             match next_request(&input[consumed..], self.peer, &self.app) {
                 Step::Partial => return (consumed, End::Open),
                 Step::Request(request, length, keep) => {
-                    let next = match keep {
-                        _ if *self.stopped.borrow() => Next::Close,
-                        keep => keep,
-                    };
+                    let next = unless_stopped(keep, &self.stopped);
                     let reply = handle(&self.app, &request, now_ms).await;
-                    let head_only = request.method == Method::Head;
-                    with_date(now_ms, |date| {
-                        wire::encode(&reply, head_only, next, date, output);
-                    });
+                    encode(&reply, request.method, next, now_ms, output);
                     consumed += length;
                     if next == Next::Close {
                         return (consumed, End::Close);
@@ -389,9 +368,7 @@ impl Connection {
                     } else {
                         refusal.reply()
                     };
-                    with_date(now_ms, |date| {
-                        wire::encode(&reply, method == Method::Head, Next::Close, date, output);
-                    });
+                    encode(&reply, method, Next::Close, now_ms, output);
                     return (input.len(), End::Refused);
                 }
             }
@@ -482,8 +459,25 @@ fn clock_now() -> (Instant, i64) {
     (now, base.1 + since)
 }
 
-fn with_date(now_ms: i64, write: impl FnOnce(&str)) {
-    DATES.with(|dates| write(dates.borrow_mut().at(now_ms)));
+/// Appends `reply` to `output`, dated with this thread's cached `Date`;
+/// without a body when it answers a HEAD.
+fn encode(reply: &Reply, method: Method, next: Next, now_ms: i64, output: &mut Vec<u8>) {
+    DATES.with(|dates| {
+        let mut dates = dates.borrow_mut();
+        wire::encode(
+            reply,
+            method == Method::Head,
+            next,
+            dates.at(now_ms),
+            output,
+        );
+    });
+}
+
+/// `keep`, unless the server is stopping: then the connection closes after
+/// this answer.
+fn unless_stopped(keep: Next, stopped: &watch::Receiver<bool>) -> Next {
+    if *stopped.borrow() { Next::Close } else { keep }
 }
 
 /// Binds `threads` listening sockets to `address`, all with `SO_REUSEPORT`
