@@ -502,6 +502,8 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
     let _poller = start_poller(&services, &fleet, &redis_url)?;
     let redirector_port = free_port()?;
     let redirector = start_redirector(&services, redirector_port, &redis_url, Some(&geoip))?;
+    let crowd = dir.join(CROWD_SCRIPT);
+    fs::write(&crowd, crowd_script())?;
     wait_for(
         || status_of(redirector_port, "GET", "/sim0") == Some(302),
         "the redirector to answer 302",
@@ -552,9 +554,10 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
                 close,
                 &[redirector.0.id()],
                 redis_pid,
+                &crowd,
             )?);
-            theirs.push(wrk(nginx_port, close, &nginx_pids, redis_pid)?);
-            deferred.push(wrk(deferred_port, close, &nginx_pids, redis_pid)?);
+            theirs.push(wrk(nginx_port, close, &nginx_pids, redis_pid, &crowd)?);
+            deferred.push(wrk(deferred_port, close, &nginx_pids, redis_pid, &crowd)?);
         }
         results.push((mode, "icecast-redirector", ours));
         results.push((mode, "nginx return 302", theirs));
@@ -674,9 +677,43 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
     ))
 }
 
-/// Runs wrk once against `port`, measuring the CPU of `pids` and of Redis.
-fn wrk(port: u16, close: bool, pids: &[u32], redis_pid: u32) -> anyhow::Result<Run> {
-    wrk_for(port, close, pids, redis_pid, "10s")
+/// The wrk script sending the crowd's requests, in the bench's directory.
+const CROWD_SCRIPT: &str = "crowd.lua";
+
+/// A wrk script that sends every request with `X-Forwarded-For` naming one of
+/// 8,192 players in icecast-sim's GeoIP crowd (198.18.0.0/15: 2,048 networks
+/// of 64 addresses, each network at its own place), four per network, in
+/// turn. The redirector trusts the loopback proxy, so it looks up and ranks
+/// for each player where it is; nginx ignores the header.
+fn crowd_script() -> &'static str {
+    r#"local requests = {}
+local next_request = 0
+init = function(args)
+  for player = 0, 8191 do
+    local network = player % 2048
+    local host = 1 + math.floor(player / 2048)
+    local offset = network * 64 + host
+    local address = string.format("198.%d.%d.%d", 18 + math.floor(offset / 65536),
+      math.floor(offset / 256) % 256, offset % 256)
+    requests[player + 1] = wrk.format(nil, nil, { ["X-Forwarded-For"] = address })
+  end
+end
+request = function()
+  next_request = next_request % #requests + 1
+  return requests[next_request]
+end
+"#
+}
+
+/// Runs wrk once against `port` with `script`, measuring the CPU of `pids` and of Redis.
+fn wrk(
+    port: u16,
+    close: bool,
+    pids: &[u32],
+    redis_pid: u32,
+    script: &std::path::Path,
+) -> anyhow::Result<Run> {
+    wrk_for(port, close, pids, redis_pid, "10s", script)
 }
 
 /// [`wrk`] for `duration` (wrk's `-d`).
@@ -686,6 +723,7 @@ fn wrk_for(
     pids: &[u32],
     redis_pid: u32,
     duration: &str,
+    script: &std::path::Path,
 ) -> anyhow::Result<Run> {
     let cpu = |pids: &[u32]| {
         pids.iter()
@@ -699,7 +737,8 @@ fn wrk_for(
     };
     let (before, redis_before, user_before) = (cpu(pids), cpu_time(redis_pid)?, user(pids));
     let mut command = pinned(1, "wrk");
-    command.args(["-t1", "-c50", &format!("-d{duration}"), "--latency"]);
+    command.args(["-t1", "-c50", &format!("-d{duration}"), "--latency", "-s"]);
+    command.arg(script);
     if close {
         command.args(["-H", "Connection: close"]);
     }
@@ -788,7 +827,7 @@ fn syscalls_per_request(
             .context("start strace")?,
     );
     std::thread::sleep(Duration::from_millis(500));
-    let run = wrk_for(port, close, pids, redis_pid, "3s")?;
+    let run = wrk_for(port, close, pids, redis_pid, "3s", &dir.join(CROWD_SCRIPT))?;
     let _ = Command::new("kill")
         .args(["-INT", &strace.0.id().to_string()])
         .status();
@@ -848,7 +887,14 @@ fn profile(
             .context("start perf")?,
     );
     std::thread::sleep(Duration::from_millis(300));
-    wrk_for(port, close, &[pid], redis_pid, "3s")?;
+    wrk_for(
+        port,
+        close,
+        &[pid],
+        redis_pid,
+        "3s",
+        &dir.join(CROWD_SCRIPT),
+    )?;
     let mut perf = perf;
     let _ = perf.0.wait();
     let report = Command::new("perf")
@@ -981,6 +1027,9 @@ fn start_redirector(
         &format!("127.0.0.1:{port}"),
         "--admin",
         "127.0.0.1:0",
+        // The load generator speaks for a crowd (`crowd_script`).
+        "--trusted-proxy",
+        "127.0.0.1/32",
     ]);
     if let Some(path) = geoip_city {
         command.arg("--geoip-city").arg(path);

@@ -13,10 +13,15 @@
 
 mod code;
 mod coordinates;
+mod decoded;
+mod key_hasher;
 mod lookup;
 mod rank;
 
 pub use code::{Code, CountryRule};
 pub use coordinates::{Coordinates, CoordinatesError};
+pub use key_hasher::KeyHasher;
 pub use lookup::{DbError, GeoDb, Place};
-pub use rank::{Candidate, Client, Closeness, RankPolicy, closeness, rank, rank_top};
+pub use rank::{
+    Candidate, Client, ClientKey, Closeness, RankPolicy, Ranking, closeness, rank, rank_top,
+};

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use maxminddb::Reader;
 use serde::Deserialize;
 
-use crate::{Code, Coordinates};
+use crate::{Code, Coordinates, decoded};
 
 /// What geo knows about an address; each part may be unknown.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -49,6 +49,9 @@ pub enum DbError {
 struct Loaded {
     reader: Reader<Vec<u8>>,
     stamp: Option<(SystemTime, u64)>,
+    /// Distinguishes this load from every other in the process, so records
+    /// decoded from it are never taken for another load's ([`decoded`]).
+    id: u32,
 }
 
 #[derive(Default)]
@@ -111,27 +114,34 @@ impl GeoDb {
         let ip = canonical(ip);
         let current = self.current.load();
         let mut place = Place::default();
-        let record = current.city.as_ref().and_then(|city| {
-            city.reader
-                .lookup(ip)
-                .ok()
-                .and_then(|r| r.decode::<CityRecord<'_>>().ok().flatten())
-        });
-        if let Some(record) = record {
-            let country = record.country.or(record.registered_country);
-            place.country = country.and_then(|c| c.iso_code).and_then(Code::new);
-            place.continent = record.continent.and_then(|c| c.code).and_then(Code::new);
-            place.location = record
-                .location
-                .and_then(|l| Coordinates::new(l.latitude?, l.longitude?).ok());
+        if let Some(city) = &current.city
+            && let Ok(found) = city.reader.lookup(ip)
+        {
+            let city = decoded::city(city.id, &found, || {
+                found
+                    .decode::<CityRecord<'_>>()
+                    .ok()
+                    .flatten()
+                    .map(CityRecord::place)
+                    .unwrap_or_default()
+            });
+            place = Place {
+                country: city.country,
+                continent: city.continent,
+                location: city.location,
+                asn: None,
+            };
         }
-        if let Some(asn) = &current.asn {
-            place.asn = asn
-                .reader
-                .lookup(ip)
-                .ok()
-                .and_then(|r| r.decode::<AsnRecord>().ok().flatten())
-                .and_then(|r| r.autonomous_system_number);
+        if let Some(asn) = &current.asn
+            && let Ok(found) = asn.reader.lookup(ip)
+        {
+            place.asn = decoded::asn(asn.id, &found, || {
+                found
+                    .decode::<AsnRecord>()
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.autonomous_system_number)
+            });
         }
         place
     }
@@ -232,7 +242,11 @@ fn load(path: &Path) -> Result<Loaded, DbError> {
             Err(e) => return Err(corrupt(e.to_string())),
         }
     }
-    Ok(Loaded { reader, stamp })
+    Ok(Loaded {
+        reader,
+        stamp,
+        id: decoded::next_load_id(),
+    })
 }
 
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -259,6 +273,21 @@ struct CityRecord<'a> {
     continent: Option<ContinentCode<'a>>,
     #[serde(default)]
     location: Option<LocationRecord>,
+}
+
+impl CityRecord<'_> {
+    /// The record as a place without an ASN (that comes from the other database).
+    fn place(self) -> Place {
+        let country = self.country.or(self.registered_country);
+        Place {
+            country: country.and_then(|c| c.iso_code).and_then(Code::new),
+            continent: self.continent.and_then(|c| c.code).and_then(Code::new),
+            location: self
+                .location
+                .and_then(|l| Coordinates::new(l.latitude?, l.longitude?).ok()),
+            asn: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]

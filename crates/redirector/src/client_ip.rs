@@ -91,12 +91,26 @@ impl TrustedProxies {
 /// nothing; with trusted proxies, the rightmost address that is not a trusted
 /// proxy is the player (`Forwarded` if present, else `X-Forwarded-For`).
 pub fn client_ip(peer: IpAddr, headers: &[Header<'_>], trusted: &TrustedProxies) -> IpAddr {
-    let mut client = canonical(peer);
+    let client = canonical(peer);
     if !trusted.contains(client) {
         return client;
     }
-    let hops = forwarded_hops(headers);
-    for hop in hops.iter().rev() {
+    // The hop lists are walked from the right where they lie, never collected.
+    if has(headers, FORWARDED) {
+        nearest_untrusted(client, forwarded_params(headers, "for").rev(), trusted)
+    } else {
+        nearest_untrusted(client, header_list(headers, X_FORWARDED_FOR).rev(), trusted)
+    }
+}
+
+/// Walks `hops` (newest first) from the trusted `client` while each address
+/// vouched for is a trusted proxy; the first that is not is the player.
+fn nearest_untrusted<'a>(
+    mut client: IpAddr,
+    hops: impl Iterator<Item = &'a str>,
+    trusted: &TrustedProxies,
+) -> IpAddr {
+    for hop in hops {
         if !trusted.contains(client) {
             break;
         }
@@ -109,23 +123,17 @@ pub fn client_ip(peer: IpAddr, headers: &[Header<'_>], trusted: &TrustedProxies)
     client
 }
 
-/// The hop list, oldest first: `for=` of every `Forwarded` element, else every
-/// `X-Forwarded-For` entry, across repeated headers in order.
-fn forwarded_hops<'a>(headers: &[Header<'a>]) -> Vec<&'a str> {
-    if has(headers, FORWARDED) {
-        forwarded_params(headers, "for").collect()
-    } else {
-        header_list(headers, X_FORWARDED_FOR).collect()
-    }
-}
-
 /// Whether a header called `name` is there.
 fn has(headers: &[Header<'_>], name: &str) -> bool {
     headers.iter().any(|h| h.name.eq_ignore_ascii_case(name))
 }
 
-/// The entries of a comma-separated header, across repeated headers in order.
-fn header_list<'a>(headers: &[Header<'a>], name: &'static str) -> impl Iterator<Item = &'a str> {
+/// The entries of a comma-separated header, across repeated headers in order
+/// (or, reversed, newest first).
+fn header_list<'a>(
+    headers: &[Header<'a>],
+    name: &'static str,
+) -> impl DoubleEndedIterator<Item = &'a str> {
     headers
         .iter()
         .filter(move |h| h.name.eq_ignore_ascii_case(name))
@@ -138,7 +146,7 @@ fn header_list<'a>(headers: &[Header<'a>], name: &'static str) -> impl Iterator<
 fn forwarded_params<'a>(
     headers: &[Header<'a>],
     key: &'static str,
-) -> impl Iterator<Item = &'a str> {
+) -> impl DoubleEndedIterator<Item = &'a str> {
     header_list(headers, FORWARDED).filter_map(move |element| {
         element.split(';').find_map(|pair| {
             let (k, value) = pair.split_once('=')?;

@@ -82,6 +82,11 @@ pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64) -> Reply {
             "The balancer has no data about the servers yet. Please try again later.\n",
         );
     };
+    let Some(stream) = view.streams.get(route.stream) else {
+        // Only streams of the fleet become label values, never what a stranger typed.
+        app.metrics.request(None, "not_found");
+        return Reply::text(Status::NotFound, "No such stream.\n");
+    };
     let (client, scheme) = (head.client, head.scheme);
     let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
     // A HEAD request is a probe, not a player: it takes no slot.
@@ -96,7 +101,7 @@ pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64) -> Reply {
         .selector
         .decide(
             &view,
-            route.stream,
+            stream,
             client,
             scheme,
             route.format,
@@ -111,16 +116,15 @@ pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64) -> Reply {
             .selection_seconds
             .observe(started.elapsed().as_secs_f64());
     }
-    let outcome = match &decision {
-        Decision::Redirect(_) => "redirect",
-        Decision::Playlist(_) => "playlist",
-        Decision::NotFound => "not_found",
-        Decision::Denied => "denied",
-        Decision::Full => "full",
+    let outcomes = stream
+        .outcomes
+        .get_or_init(|| app.metrics.stream_outcomes(&stream.name));
+    match &decision {
+        Decision::Redirect(_) => outcomes.redirect.inc(),
+        Decision::Playlist(_) => outcomes.playlist.inc(),
+        Decision::Denied => outcomes.denied.inc(),
+        Decision::Full => outcomes.full.inc(),
     };
-    // Only streams of the fleet become label values, never what a stranger typed.
-    let stream = view.streams.get(route.stream).map(|s| &s.name);
-    app.metrics.request(stream, outcome);
     match decision {
         Decision::Redirect(url) => redirect(url, head.query),
         Decision::Playlist(urls) => {
@@ -132,7 +136,6 @@ pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64) -> Reply {
                 ..Reply::text(Status::Ok, "")
             }
         }
-        Decision::NotFound => Reply::text(Status::NotFound, "No such stream.\n"),
         Decision::Denied => Reply::text(
             Status::LegalReasons,
             "This stream is not available in your country.\n",

@@ -22,6 +22,7 @@ pub mod http;
 pub mod index;
 pub mod metrics;
 pub mod playlist;
+mod rankings;
 pub mod reserve;
 pub mod route;
 pub mod select;

@@ -28,6 +28,20 @@ struct ResultLabel {
     result: &'static str,
 }
 
+/// `icb_requests_total` of one stream, by the outcomes of a selection
+/// ([`RedirectorMetrics::stream_outcomes`]).
+#[derive(Debug, Clone)]
+pub struct StreamOutcomes {
+    /// Answered with a redirect.
+    pub redirect: Counter,
+    /// Answered with a playlist.
+    pub playlist: Counter,
+    /// Not licensed in the player's country.
+    pub denied: Counter,
+    /// No free slot.
+    pub full: Counter,
+}
+
 /// A redirector's metrics; cheap to clone.
 #[derive(Clone)]
 pub struct RedirectorMetrics {
@@ -118,6 +132,26 @@ impl RedirectorMetrics {
             metrics.redis_errors.clone(),
         );
         metrics
+    }
+
+    /// The request counters of `stream` of the fleet, one per outcome a
+    /// selection has, taken once per view so that counting a redirect is one
+    /// atomic addition (not a label hash and a lock per request).
+    pub fn stream_outcomes(&self, stream: &Arc<str>) -> StreamOutcomes {
+        let counter = |outcome| {
+            self.requests
+                .get_or_create(&OutcomeLabels {
+                    stream: Arc::clone(stream),
+                    outcome,
+                })
+                .clone()
+        };
+        StreamOutcomes {
+            redirect: counter("redirect"),
+            playlist: counter("playlist"),
+            denied: counter("denied"),
+            full: counter("full"),
+        }
     }
 
     /// Counts one answered request for `stream` of the fleet (`None`: for

@@ -22,8 +22,6 @@ pub enum Decision {
     Redirect(Arc<str>),
     /// A playlist of these URLs, best (and reserved) first.
     Playlist(Vec<Arc<str>>),
-    /// No such stream: 404.
-    NotFound,
     /// Not licensed in the player's country: 451.
     Denied,
     /// No free slot anywhere, fallbacks included: 503.
@@ -130,13 +128,13 @@ impl Selector {
     }
 
     /// Decides the answer for `client`, who arrived over `scheme`, asking
-    /// for `stream` as `format`. With `reserve` false (a HEAD probe, not a
-    /// player), no slot is taken.
+    /// for `first` (a stream of `view`) as `format`. With `reserve` false (a
+    /// HEAD probe, not a player), no slot is taken.
     #[allow(clippy::too_many_arguments)]
     pub async fn decide(
         &self,
         view: &FleetView,
-        stream: &str,
+        first: &StreamView,
         client: IpAddr,
         scheme: Scheme,
         format: Format,
@@ -144,9 +142,6 @@ impl Selector {
         rng: &mut fastrand::Rng,
         now_ms: i64,
     ) -> Decision {
-        let Some(first) = view.streams.get(stream) else {
-            return Decision::NotFound;
-        };
         let place = self.geo.lookup(client);
         if !first.rule.permits(place.country) {
             return Decision::Denied;
@@ -158,13 +153,10 @@ impl Selector {
             },
             scheme,
         };
-        let mut name = stream;
+        let mut current = first;
         // Follow fallbacks at most once per stream: the config forbids cycles,
         // this guards against a bad snapshot.
         for _ in 0..view.streams.len() {
-            let Some(current) = view.streams.get(name) else {
-                break;
-            };
             if current.rule.permits(place.country)
                 && let Some(decision) = self
                     .choose(view, current, &player, format, reserve, rng, now_ms)
@@ -172,8 +164,12 @@ impl Selector {
             {
                 return decision;
             }
-            match &current.fallback {
-                Some(next) => name = next,
+            match current
+                .fallback
+                .as_deref()
+                .and_then(|next| view.streams.get(next))
+            {
+                Some(next) => current = next,
                 None => break,
             }
         }
@@ -190,7 +186,7 @@ impl Selector {
                     )
                 })
                 .collect();
-            tracing::debug!(stream, ?reasons, "no free slot");
+            tracing::debug!(stream = %first.name, ?reasons, "no free slot");
         }
         Decision::Full
     }
@@ -212,14 +208,9 @@ impl Selector {
         let (client, scheme) = (&player.client, player.scheme);
         // Indices into the stream's mounts, best first.
         let order = if fresh {
-            // The usual case: no data is stale, the prepared candidates are exact.
-            rank_top(
-                client,
-                &stream.candidates[scheme.index()],
-                &self.policy,
-                rng,
-                SPARES,
-            )
+            // The usual case: no data is stale, the prepared candidates are
+            // exact, and so is a ranking of them kept from an earlier player.
+            crate::rankings::top(view, stream, scheme, client, &self.policy, rng, SPARES)
         } else {
             let all = &|_| false;
             self.ranked(view, stream, player, Tier::Soft, now_ms, rng, SPARES, all)

@@ -287,7 +287,7 @@ impl Connection {
     /// holds and what follows.
     async fn run(mut self, mut input: Vec<u8>, pending: Vec<u8>, close_after: bool) {
         let (mut now, mut now_ms) = clock_now();
-        let mut deadline = now + self.header_timeout;
+        let deadline = now + self.header_timeout;
         if !pending.is_empty() {
             let written = tokio::time::timeout_at(deadline, self.stream.write_all(&pending)).await;
             if close_after || !matches!(written, Ok(Ok(()))) {
@@ -296,6 +296,10 @@ impl Connection {
         }
         input.reserve(READ_ROOM);
         let mut output: Vec<u8> = Vec::with_capacity(1024);
+        // One timer for the connection's life, moved on as requests come:
+        // moving a registered timer later costs less than a new one per read.
+        let idle = tokio::time::sleep_until(deadline);
+        tokio::pin!(idle);
         loop {
             let (consumed, end) = self.answer_all(&input, now_ms, &mut output).await;
             if consumed == input.len() {
@@ -304,8 +308,11 @@ impl Connection {
                 input.drain(..consumed);
             }
             if !output.is_empty() {
-                let written =
-                    tokio::time::timeout(self.header_timeout, self.stream.write_all(&output)).await;
+                let written = tokio::time::timeout_at(
+                    now + self.header_timeout,
+                    self.stream.write_all(&output),
+                )
+                .await;
                 output.clear();
                 if !matches!(written, Ok(Ok(()))) {
                     return;
@@ -318,23 +325,25 @@ impl Connection {
             }
             if consumed > 0 && input.is_empty() {
                 // Ready for the next request: it has the whole timeout.
-                deadline = now + self.header_timeout;
+                idle.as_mut().reset(now + self.header_timeout);
             }
             if input.capacity() - input.len() < READ_ROOM / 2 {
                 input.reserve(READ_ROOM);
             }
-            let idle = input.is_empty();
+            let waiting = input.is_empty();
             tokio::select! {
                 biased;
-                read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut input)) => {
+                read = self.stream.read_buf(&mut input) => {
                     match read {
-                        Ok(Ok(n)) if n > 0 => (now, now_ms) = clock_now(),
-                        // Closed, failed, or too slow: a head still arriving
-                        // after the timeout, or an idle connection, is cut off.
+                        Ok(n) if n > 0 => (now, now_ms) = clock_now(),
+                        // Closed or failed.
                         _ => return,
                     }
                 }
-                _ = self.stopped.changed(), if idle => return,
+                // Too slow: a head still arriving after the timeout, or an
+                // idle connection, is cut off.
+                () = &mut idle => return,
+                _ = self.stopped.changed(), if waiting => return,
             }
         }
     }

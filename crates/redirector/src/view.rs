@@ -41,6 +41,10 @@ pub enum Unusable {
 
 /// One snapshot, ready for selection. Immutable; swapped whole when a newer one arrives.
 pub struct FleetView {
+    /// Unique to this view in this process (views of one snapshot version
+    /// may differ, e.g. after GeoIP is reloaded): what is derived from a view
+    /// and kept elsewhere is keyed by it.
+    pub id: u64,
     /// The snapshot's version.
     pub version: u64,
     /// When the poller published it (ms since the epoch).
@@ -100,6 +104,8 @@ pub struct StreamView {
     pub fallback: Option<String>,
     /// Where it may be played.
     pub rule: CountryRule,
+    /// Its request counters, taken by the first request that counts one.
+    pub outcomes: std::sync::OnceLock<crate::metrics::StreamOutcomes>,
     /// Its name in the public index, from the fleet file; empty when not set.
     pub title: String,
     /// Its description in the public index, from the fleet file; empty when not set.
@@ -245,13 +251,16 @@ impl FleetView {
                     oldest_observation_ms,
                     fallback: Some(stream.fallback.clone()).filter(|f| !f.is_empty()),
                     rule,
+                    outcomes: std::sync::OnceLock::new(),
                     title: stream.title.clone(),
                     description: stream.description.clone(),
                 };
                 (stream.name.clone(), view)
             })
             .collect();
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         FleetView {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             version: snapshot.version,
             published_at_ms: snapshot.published_at_ms,
             servers,

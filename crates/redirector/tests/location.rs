@@ -180,6 +180,10 @@ async fn location_only_ever_points_into_the_fleet() {
             let Some(route) = route(&path, "/icecast_balancer") else {
                 continue;
             };
+            // A name that is no stream of the fleet is answered 404 before selection.
+            let Some(stream) = view.streams.get(route.stream) else {
+                continue;
+            };
             let query = Some(random_text(&mut rng));
             let client = format!("127.0.{}.{}", rng.u8(..), rng.u8(..))
                 .parse()
@@ -188,7 +192,7 @@ async fn location_only_ever_points_into_the_fleet() {
             let decision = selector
                 .decide(
                     &view,
-                    route.stream,
+                    stream,
                     client,
                     scheme,
                     Format::Redirect,

@@ -92,7 +92,7 @@ async fn crowd(
         let decision = selector
             .decide(
                 view,
-                "s",
+                &view.streams["s"],
                 client,
                 scheme,
                 Format::Redirect,

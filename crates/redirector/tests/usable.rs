@@ -112,7 +112,7 @@ async fn players_only_go_to_mounts_that_can_take_them() {
             let decision = selector
                 .decide(
                     &view,
-                    "s",
+                    &view.streams["s"],
                     client,
                     Scheme::Http,
                     Format::Redirect,

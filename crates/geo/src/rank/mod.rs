@@ -18,7 +18,7 @@
 //! capacity and weight alone decide.
 
 use crate::coordinates::{chord_to_km, km_to_chord};
-use crate::{Coordinates, Place};
+use crate::{Code, Coordinates, Place};
 
 /// Free slots counted for weighting are capped, so an unlimited mount does not
 /// starve everything else of players.
@@ -31,6 +31,45 @@ pub struct Client {
     pub place: Place,
     /// Whether it connected over IPv6 (and so may have no IPv4).
     pub ipv6: bool,
+}
+
+impl Client {
+    /// What ranking sees of the client, as a key: two clients with equal keys
+    /// get the same [`Ranking`] of the same candidates.
+    pub fn key(&self) -> ClientKey {
+        let place = &self.place;
+        let code = |code: Option<Code>| code.map_or(0, |c| u64::from(c.bits()));
+        let known = [
+            place.country.is_some(),
+            place.continent.is_some(),
+            place.location.is_some(),
+            place.asn.is_some(),
+            self.ipv6,
+        ]
+        .iter()
+        .enumerate()
+        .fold(0u64, |flags, (bit, &set)| flags | (u64::from(set) << bit));
+        ClientKey([
+            code(place.country) | (code(place.continent) << 16) | (known << 32),
+            place.asn.map_or(0, u64::from),
+            place.location.map_or(0, |l| l.lat().to_bits()),
+            place.location.map_or(0, |l| l.lon().to_bits()),
+        ])
+    }
+}
+
+/// A [`Client`] reduced to what ranking uses (country, continent, location
+/// bit for bit, network, address family), packed in four words: the key of
+/// rankings kept for reuse, hashed and compared in a few instructions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientKey([u64; 4]);
+
+impl std::hash::Hash for ClientKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for word in self.0 {
+            state.write_u64(word);
+        }
+    }
 }
 
 /// One server (mount) the player could be sent to.
@@ -100,89 +139,243 @@ pub fn rank_top(
     rng: &mut fastrand::Rng,
     k: usize,
 ) -> Vec<usize> {
-    // Sized once: a filtered collect would grow (and copy) the vector several times.
-    let mut scored: Vec<Scored> = Vec::with_capacity(candidates.len());
-    scored.extend(
-        candidates
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.free_slots > 0 && c.weight > 0 && reachable(client, c))
-            .map(|(index, c)| Scored {
-                index,
-                tier: tier(&client.place, &c.place),
-                chord: chord(client.place.location, c.place.location),
-                capacity: f64::from(c.free_slots.min(CAPACITY_CAP)) * f64::from(c.weight),
-            }),
-    );
-    let Some(best) = scored.iter().min_by(|a, b| by_tier_and_chord(a, b)) else {
-        return Vec::new();
-    };
-    let (best_tier, best_chord) = (best.tier, best.chord);
-    // The band in kilometres, converted once to a chord to compare with.
-    let limit = if best_chord.is_infinite() {
-        f64::INFINITY
-    } else {
-        km_to_chord(chord_to_km(best_chord) * policy.distance_band + policy.band_slack_km)
-    };
-    // Move the best group to the front.
-    let mut group = 0;
-    for i in 0..scored.len() {
-        if scored[i].tier == best_tier && (limit.is_infinite() || scored[i].chord <= limit) {
-            scored.swap(group, i);
-            group += 1;
-        }
-    }
-    // Free slots and limits of the group; an unlimited member is never nearly full.
-    let mut room = Room::default();
-    for s in &scored[..group] {
-        room.add(&candidates[s.index]);
-    }
-    let mut rest_sorted = false;
-    if room.nearly_full(policy) && group < scored.len() {
-        // Little room nearby: the next-best candidates join the group.
-        scored[group..].sort_by(by_tier_and_chord);
-        rest_sorted = true;
-        while room.nearly_full(policy) && group < scored.len() {
-            room.add(&candidates[scored[group].index]);
-            group += 1;
-        }
-    }
-    // Draw the group's first places at random, each in proportion to capacity.
-    let draws = k.min(group);
-    let mut remaining: f64 = scored[..group].iter().map(|s| s.capacity).sum();
-    for place in 0..draws {
-        let mut target = rng.f64() * remaining;
-        let mut pick = group - 1;
-        for (i, s) in scored[place..group].iter().enumerate() {
-            target -= s.capacity;
-            if target < 0.0 {
-                pick = place + i;
-                break;
+    Ranking::new(client, candidates, policy, k).top(rng, k)
+}
+
+/// The part of a ranking that the player's place and the candidates fix: the
+/// best group (each member with its capacity) and the candidates after it, in
+/// order. Only the draw among the group is random. Built once, it answers any
+/// number of draws: the redirector keeps one per place and snapshot, so a
+/// crowd at one place pays for the scoring and sorting once, not per player.
+#[derive(Debug, Clone, Default)]
+pub struct Ranking {
+    /// The best group, in candidate order: index into the candidates and capacity.
+    group: Vec<(usize, f64)>,
+    /// Where each member's share of the group's capacity ends: the sums of
+    /// the capacities up to and including it, so a draw is a binary search.
+    ends: Vec<f64>,
+    /// The sum of the group's capacities.
+    total: f64,
+    /// The candidates after the group, best first: as many as `depth` asked for.
+    rest: Vec<usize>,
+}
+
+impl Ranking {
+    /// Scores `candidates` for `client` and orders as many as [`Ranking::top`]
+    /// will be asked for (`depth`). Candidates without free slots or
+    /// unreachable over the player's address family are left out.
+    pub fn new(
+        client: &Client,
+        candidates: &[Candidate],
+        policy: &RankPolicy,
+        depth: usize,
+    ) -> Ranking {
+        // Sized once: a filtered collect would grow (and copy) the vector several times.
+        let mut scored: Vec<Scored> = Vec::with_capacity(candidates.len());
+        scored.extend(
+            candidates
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.free_slots > 0 && c.weight > 0 && reachable(client, c))
+                .map(|(index, c)| Scored {
+                    index,
+                    tier: tier(&client.place, &c.place),
+                    chord: chord(client.place.location, c.place.location),
+                    capacity: f64::from(c.free_slots.min(CAPACITY_CAP)) * f64::from(c.weight),
+                }),
+        );
+        let Some(best) = scored.iter().min_by(|a, b| by_tier_and_chord(a, b)) else {
+            return Ranking::default();
+        };
+        let (best_tier, best_chord) = (best.tier, best.chord);
+        // The band in kilometres, converted once to a chord to compare with.
+        let limit = if best_chord.is_infinite() {
+            f64::INFINITY
+        } else {
+            km_to_chord(chord_to_km(best_chord) * policy.distance_band + policy.band_slack_km)
+        };
+        // Move the best group to the front, in candidate order.
+        let mut group = 0;
+        for i in 0..scored.len() {
+            if scored[i].tier == best_tier && (limit.is_infinite() || scored[i].chord <= limit) {
+                scored.swap(group, i);
+                group += 1;
             }
         }
-        remaining -= scored[pick].capacity;
-        scored.swap(place, pick);
-    }
-    let mut order: Vec<usize> = scored[..draws].iter().map(|s| s.index).collect();
-    if k > draws {
-        // The rest of the group by capacity, then everyone else by tier and distance;
-        // only as many as asked for are put in order.
-        scored[draws..group].sort_by(|a, b| {
-            b.capacity
-                .total_cmp(&a.capacity)
-                .then(a.index.cmp(&b.index))
-        });
-        let wanted = (k - draws).saturating_sub(group - draws);
+        // Free slots and limits of the group; an unlimited member is never nearly full.
+        let mut room = Room::default();
+        for s in &scored[..group] {
+            room.add(&candidates[s.index]);
+        }
+        let mut rest_sorted = false;
+        if room.nearly_full(policy) && group < scored.len() {
+            // Little room nearby: the next-best candidates join the group.
+            scored[group..].sort_by(by_tier_and_chord);
+            rest_sorted = true;
+            while room.nearly_full(policy) && group < scored.len() {
+                room.add(&candidates[scored[group].index]);
+                group += 1;
+            }
+        }
+        // Everyone after the group by tier and distance; only as many as asked for.
+        let wanted = depth.saturating_sub(group);
         let rest = &mut scored[group..];
         if !rest_sorted && wanted > 0 && wanted < rest.len() {
             rest.select_nth_unstable_by(wanted - 1, by_tier_and_chord);
             rest[..wanted].sort_by(by_tier_and_chord);
-        } else if !rest_sorted {
+        } else if !rest_sorted && wanted > 0 {
             rest.sort_by(by_tier_and_chord);
         }
-        order.extend(scored[draws..].iter().take(k - draws).map(|s| s.index));
+        let rest = rest.iter().take(wanted).map(|s| s.index).collect();
+        let group: Vec<(usize, f64)> = scored[..group]
+            .iter()
+            .map(|s| (s.index, s.capacity))
+            .collect();
+        let ends: Vec<f64> = group
+            .iter()
+            .scan(0.0, |sum, &(_, capacity)| {
+                *sum += capacity;
+                Some(*sum)
+            })
+            .collect();
+        Ranking {
+            total: ends.last().copied().unwrap_or(0.0),
+            ends,
+            group,
+            rest,
+        }
     }
-    order
+
+    /// The first `k` candidates to try, best first (no more than the `depth`
+    /// the ranking was built for): the group's places drawn at random, each in
+    /// proportion to capacity among the members not drawn yet, then the rest
+    /// in order. The ranking itself is left as it is, so one serves many
+    /// players, and a draw costs a binary search, however large the group.
+    pub fn top(&self, rng: &mut fastrand::Rng, k: usize) -> Vec<usize> {
+        let draws = k.min(self.group.len());
+        let mut order = Vec::with_capacity(k.min(self.group.len() + self.rest.len()));
+        let mut drawn = Drawn::new(draws);
+        let mut remaining = self.total;
+        for _ in 0..draws {
+            // A point on the capacities not drawn yet, moved past the shares
+            // of the members drawn before it: a point on all capacities.
+            let mut target = rng.f64() * remaining;
+            for &position in drawn.positions() {
+                if self.start(position) <= target {
+                    target += self.group[position].1;
+                } else {
+                    break;
+                }
+            }
+            let found = self.ends.partition_point(|&end| end <= target);
+            let pick = drawn.nearest_free(found.min(self.group.len() - 1), self.group.len());
+            drawn.insert(pick);
+            remaining -= self.group[pick].1;
+            order.push(self.group[pick].0);
+        }
+        order.extend(self.rest.iter().take(k - order.len()));
+        order
+    }
+
+    /// Where the share of group member `position` starts.
+    fn start(&self, position: usize) -> f64 {
+        match position {
+            0 => 0.0,
+            _ => self.ends[position - 1],
+        }
+    }
+}
+
+/// Rankings are equal when their groups (members and capacities, bit for
+/// bit) and their rests are: players at different places often get the same
+/// ranking (everyone far away from the fleet, for one), and a process that
+/// keeps rankings keeps each only once.
+impl PartialEq for Ranking {
+    fn eq(&self, other: &Self) -> bool {
+        self.rest == other.rest
+            && self.group.len() == other.group.len()
+            && self
+                .group
+                .iter()
+                .zip(&other.group)
+                .all(|(a, b)| a.0 == b.0 && a.1.to_bits() == b.1.to_bits())
+    }
+}
+
+impl Eq for Ranking {}
+
+impl std::hash::Hash for Ranking {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_usize(self.group.len());
+        for &(index, capacity) in &self.group {
+            state.write_usize(index);
+            state.write_u64(capacity.to_bits());
+        }
+        state.write_usize(self.rest.len());
+        for &index in &self.rest {
+            state.write_usize(index);
+        }
+    }
+}
+
+/// The group members drawn so far, as positions in ascending order: inline
+/// for a few (a redirect draws three), so a redirect's draws allocate nothing.
+enum Drawn {
+    Few {
+        positions: [usize; FEW],
+        len: usize,
+    },
+    /// `Explain` orders the whole group.
+    Many(Vec<usize>),
+}
+
+/// How many draws [`Drawn`] keeps inline.
+const FEW: usize = 4;
+
+impl Drawn {
+    /// Room for `draws` draws.
+    fn new(draws: usize) -> Drawn {
+        if draws <= FEW {
+            Drawn::Few {
+                positions: [0; FEW],
+                len: 0,
+            }
+        } else {
+            Drawn::Many(Vec::with_capacity(draws))
+        }
+    }
+
+    fn positions(&self) -> &[usize] {
+        match self {
+            Drawn::Few { positions, len } => &positions[..*len],
+            Drawn::Many(positions) => positions,
+        }
+    }
+
+    fn insert(&mut self, position: usize) {
+        let at = self.positions().partition_point(|&p| p < position);
+        match self {
+            Drawn::Few { positions, len } => {
+                positions.copy_within(at..*len, at + 1);
+                positions[at] = position;
+                *len += 1;
+            }
+            Drawn::Many(positions) => positions.insert(at, position),
+        }
+    }
+
+    /// `position`, or when rounding landed on a member already drawn, the
+    /// next one not drawn (the previous one at the end of a group of `members`).
+    fn nearest_free(&self, position: usize, members: usize) -> usize {
+        let taken = |p: usize| self.positions().binary_search(&p).is_ok();
+        if !taken(position) {
+            return position;
+        }
+        (position + 1..members)
+            .chain((0..position).rev())
+            .find(|&p| !taken(p))
+            .unwrap_or(position)
+    }
 }
 
 /// Free slots and listener limits of a group of candidates.

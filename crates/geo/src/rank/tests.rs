@@ -351,3 +351,87 @@ fn the_same_network_needs_a_compatible_country() {
         "ranking sorts by the same rule"
     );
 }
+
+#[test]
+fn later_draws_follow_the_capacity_left_and_never_repeat() {
+    // An unknown player: one group; capacities 1 to 4 (times the same weight).
+    let candidates: Vec<Candidate> = (1..=4)
+        .map(|free| Candidate {
+            limit: None,
+            ..server(at(VIENNA), free)
+        })
+        .collect();
+    let ranking = Ranking::new(
+        &client(Place::default()),
+        &candidates,
+        &RankPolicy::default(),
+        4,
+    );
+    let mut rng = fastrand::Rng::with_seed(31);
+    let draws = 40_000;
+    let mut pairs = [[0u32; 4]; 4];
+    for _ in 0..draws {
+        let order = ranking.top(&mut rng, 4);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [0, 1, 2, 3], "every member once: {order:?}");
+        pairs[order[0]][order[1]] += 1;
+    }
+    // P(first a, then b) = c_a / 10 * c_b / (10 - c_a).
+    for (a, seconds) in pairs.iter().enumerate() {
+        for (b, &seen) in seconds.iter().enumerate() {
+            if a == b {
+                continue;
+            }
+            let (ca, cb) = (a as f64 + 1.0, b as f64 + 1.0);
+            let expected = ca / 10.0 * cb / (10.0 - ca) * f64::from(draws);
+            let seen = f64::from(seen);
+            assert!(
+                (seen - expected).abs() < 0.1 * expected + 40.0,
+                "first {a}, then {b}: {seen} draws, expected {expected:.0}"
+            );
+        }
+    }
+}
+
+#[test]
+fn client_keys_differ_in_every_part_ranking_uses() {
+    let mut vienna = at(VIENNA);
+    vienna.asn = Some(64_500);
+    let base = client(vienna);
+    let variants = [
+        Client { ipv6: true, ..base },
+        client(Place {
+            country: None,
+            ..vienna
+        }),
+        client(Place {
+            country: Code::new("DE"),
+            ..vienna
+        }),
+        client(Place {
+            continent: None,
+            ..vienna
+        }),
+        client(Place {
+            location: None,
+            ..vienna
+        }),
+        client(Place {
+            location: Coordinates::new(VIENNA.0, VIENNA.1 + 1e-9).ok(),
+            ..vienna
+        }),
+        client(Place {
+            asn: None,
+            ..vienna
+        }),
+        client(Place {
+            asn: Some(0),
+            ..vienna
+        }),
+    ];
+    assert_eq!(base.key(), client(vienna).key());
+    for (i, variant) in variants.iter().enumerate() {
+        assert_ne!(variant.key(), base.key(), "variant {i}");
+    }
+}

@@ -13,6 +13,10 @@
 //! `--limit N` sets every mount's `max_listeners` (default 100); `--geoip PATH`
 //! also writes a City database placing all of 127.0.0.0/8 in Vienna, and gives
 //! the servers locations across Europe, so a redirector has real ranking work.
+//! The database also places a crowd: 198.18.0.0/15 (the benchmarking range) in
+//! 2,048 networks of 64 addresses, each at its own spot around one of the
+//! cities in `CROWD`, for load that arrives through a proxy from many places
+//! ([`crowd_address`] names its addresses).
 //! `--players on` makes the servers behave like Icecast towards players: a GET
 //! of a mount is a listener (200, kept open and counted in the stats) until
 //! it hangs up, or a 403 when the mount is at its limit; counts then start at
@@ -144,12 +148,27 @@ async fn main() -> std::process::ExitCode {
         fleet.push_str("]\n");
     }
     if let Some(path) = &options.geoip {
-        let db = balancer_testkit::geoip::city_db(&[balancer_testkit::geoip::CityNet {
+        let crowd: Vec<(String, usize)> = (0..CROWD_NETWORKS)
+            .map(|network| (format!("{}/26", crowd_address(network, 0)), network))
+            .collect();
+        let mut networks = vec![balancer_testkit::geoip::CityNet {
             network: "127.0.0.0/8",
             country: "AT",
             continent: "EU",
             location: (48.21, 16.37),
-        }]);
+        }];
+        networks.extend(crowd.iter().map(|(network, index)| {
+            let (country, continent, lat, lon) = CROWD[index % CROWD.len()];
+            // Each network at its own spot, up to about 40 km from its city.
+            let spread = (index / CROWD.len()) as f64 * 0.005;
+            balancer_testkit::geoip::CityNet {
+                network,
+                country,
+                continent,
+                location: (lat + spread, lon - spread),
+            }
+        }));
+        let db = balancer_testkit::geoip::city_db(&networks);
         if let Err(e) = std::fs::write(path, db) {
             eprintln!("icecast-sim: cannot write {path}: {e}");
             return std::process::ExitCode::from(73);
@@ -177,6 +196,53 @@ const PLACES: [(&str, f64, f64); 8] = [
     ("FR", 48.86, 2.35),
     ("IT", 45.46, 9.19),
     ("NL", 52.37, 4.90),
+];
+
+/// Networks of the crowd in the GeoIP database.
+const CROWD_NETWORKS: usize = 2_048;
+
+/// Address `host` (0..64) of crowd network `network` (0..2048), in
+/// 198.18.0.0/15. The benchmark's load generator computes the same addresses.
+fn crowd_address(network: usize, host: usize) -> std::net::Ipv4Addr {
+    let offset = (network * 64 + host % 64) as u32;
+    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + offset)
+}
+
+/// Where the crowd comes from: the servers' countries and their neighbours,
+/// and some players from far away.
+const CROWD: [(&str, &str, f64, f64); 32] = [
+    ("AT", "EU", 48.21, 16.37),
+    ("AT", "EU", 47.07, 15.44),
+    ("AT", "EU", 47.80, 13.04),
+    ("AT", "EU", 47.27, 11.40),
+    ("AT", "EU", 48.31, 14.29),
+    ("DE", "EU", 52.52, 13.40),
+    ("DE", "EU", 48.14, 11.58),
+    ("DE", "EU", 53.55, 9.99),
+    ("DE", "EU", 50.94, 6.96),
+    ("DE", "EU", 50.11, 8.68),
+    ("CH", "EU", 47.37, 8.54),
+    ("CH", "EU", 46.20, 6.14),
+    ("FR", "EU", 48.86, 2.35),
+    ("FR", "EU", 45.76, 4.84),
+    ("IT", "EU", 45.46, 9.19),
+    ("IT", "EU", 41.90, 12.50),
+    ("NL", "EU", 52.37, 4.90),
+    ("BE", "EU", 50.85, 4.35),
+    ("CZ", "EU", 50.08, 14.44),
+    ("HU", "EU", 47.50, 19.04),
+    ("PL", "EU", 52.23, 21.01),
+    ("SK", "EU", 48.15, 17.11),
+    ("SI", "EU", 46.06, 14.51),
+    ("HR", "EU", 45.81, 15.98),
+    ("DK", "EU", 55.68, 12.57),
+    ("SE", "EU", 59.33, 18.07),
+    ("ES", "EU", 40.42, -3.70),
+    ("GB", "EU", 51.51, -0.13),
+    ("US", "NA", 40.71, -74.01),
+    ("CA", "NA", 43.65, -79.38),
+    ("BR", "SA", -23.55, -46.63),
+    ("AU", "OC", -33.87, 151.21),
 ];
 
 /// When the simulator started.
