@@ -70,7 +70,8 @@ async fn standalone_redirects_without_redis() {
     // The embedded poller's metrics are on the same /metrics as the redirector's.
     let samples = crate::control::scrape(redirector.admin).await;
     let up = crate::control::sample(&samples, "icb_server_up", &["server=\"ice\""]);
-    let requests = crate::control::sample(&samples, "icb_requests_total", &[]);
+    let requests =
+        crate::control::sample(&samples, "icb_requests_total", &["outcome=\"redirect\""]);
     assert_eq!(up, 1.0, "poller metrics in standalone mode");
     assert!(requests > 0.0, "and the redirector's");
 }
