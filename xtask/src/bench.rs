@@ -695,7 +695,10 @@ init = function(args)
     local offset = network * 64 + host
     local address = string.format("198.%d.%d.%d", 18 + math.floor(offset / 65536),
       math.floor(offset / 256) % 256, offset % 256)
-    requests[player + 1] = wrk.format(nil, nil, { ["X-Forwarded-For"] = address })
+    -- wrk.format takes these headers instead of the command line's, so they are copied in.
+    local headers = { ["X-Forwarded-For"] = address }
+    for name, value in pairs(wrk.headers) do headers[name] = value end
+    requests[player + 1] = wrk.format(nil, nil, headers)
   end
 end
 request = function()
