@@ -184,7 +184,9 @@ fn geo_case() -> anyhow::Result<String> {
          Command: `cargo xtask bench` (runs `cargo bench -p balancer-geo --bench lookup_and_rank` on CPU 0).\n\
          Machine: {machine}. Run: {date}. Goal: lookup + ranking under 2 µs per request on one core.\n\n\
          A City database of 16,384 networks whose records carry names in eight languages, like\n\
-         GeoLite2's, plus an ASN database; 50 candidates in 8 countries; 1,024 client addresses.\n\
+         GeoLite2's, plus an ASN database; 50 candidates in 8 countries; 1,024 client addresses,\n\
+         whose records each thread decodes once and then finds by offset (`lookup`); the second\n\
+         row decodes every record, as for a player from a place the thread has not seen yet.\n\
          `rank_top(3)` is what a redirect does (the first choice and two spares); the full order is\n\
          for `Explain` and playlists of every candidate.\n\n\
          | case | median per request | spread |\n|---|---|---|\n{rows}",
