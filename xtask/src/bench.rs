@@ -663,7 +663,10 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
          only, 3 alternating rounds per mode, medians. The redirector follows a poller publishing a\n\
          snapshot of 100 simulated servers x 5 mounts (icecast-sim, CPU 1) through redis-server\n\
          (CPU 1): 5 streams, each on one mount of every server, so a request ranks 100 candidates.\n\
-         A GeoIP City database, geo ranking and reservations are on; nginx answers a\n\
+         A GeoIP City database, geo ranking and reservations are on. The load is a crowd: each\n\
+         request carries `X-Forwarded-For` with one of 8,192 addresses in 2,048 networks, each\n\
+         network at its own place (32 cities in Europe and beyond), and the redirector trusts\n\
+         the loopback proxy, so it places and ranks each player where it is. nginx answers a\n\
          static `return 302` with 1 worker and unlimited keep-alive requests, on one port as\n\
          installed and on another with `listen ... deferred` (TCP_DEFER_ACCEPT, which the redirector\n\
          sets). CPU per request is user+system time from /proc over the run (the user-space part in\n\
