@@ -224,41 +224,21 @@ mod tests {
         };
         let client = Client::default();
         let mut kept = Kept::default();
-        assert_eq!(
+        let mut top = |kept: &mut Kept, view: u64, candidates: &[Candidate]| {
             kept.top(
-                1,
+                view,
                 key(1, &client, 3),
-                &[vienna(0), vienna(5)],
+                candidates,
                 &client,
                 &policy,
-                &mut rng
-            ),
-            [1]
-        );
+                &mut rng,
+            )
+        };
+        assert_eq!(top(&mut kept, 1, &[vienna(0), vienna(5)]), [1]);
         // Same view, same key: the kept ranking, even if handed other candidates.
-        assert_eq!(
-            kept.top(
-                1,
-                key(1, &client, 3),
-                &[vienna(5), vienna(0)],
-                &client,
-                &policy,
-                &mut rng
-            ),
-            [1]
-        );
+        assert_eq!(top(&mut kept, 1, &[vienna(5), vienna(0)]), [1]);
         // Another view: ranked again.
-        assert_eq!(
-            kept.top(
-                2,
-                key(1, &client, 3),
-                &[vienna(5), vienna(0)],
-                &client,
-                &policy,
-                &mut rng
-            ),
-            [0]
-        );
+        assert_eq!(top(&mut kept, 2, &[vienna(5), vienna(0)]), [0]);
         assert_eq!(kept.rankings.len(), 1);
         // Another place with the same ranking: kept once.
         let elsewhere = Client {
