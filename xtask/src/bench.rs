@@ -505,7 +505,7 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
     let redirector_port = free_port()?;
     let redirector = start_redirector(&services, redirector_port, &redis_url, Some(&geoip))?;
     let crowd = dir.join(CROWD_SCRIPT);
-    fs::write(&crowd, crowd_script())?;
+    fs::write(&crowd, CROWD_LUA)?;
     wait_for(
         || status_of(redirector_port, "GET", "/sim0") == Some(302),
         "the redirector to answer 302",
@@ -690,8 +690,7 @@ const CROWD_SCRIPT: &str = "crowd.lua";
 /// of 64 addresses, each network at its own place), four per network, in
 /// turn. The redirector trusts the loopback proxy, so it looks up and ranks
 /// for each player where it is; nginx ignores the header.
-fn crowd_script() -> &'static str {
-    r#"local requests = {}
+const CROWD_LUA: &str = r#"local requests = {}
 local next_request = 0
 init = function(args)
   for player = 0, 8191 do
@@ -710,8 +709,7 @@ request = function()
   next_request = next_request % #requests + 1
   return requests[next_request]
 end
-"#
-}
+"#;
 
 /// Runs wrk once against `port` with `script`, measuring the CPU of `pids` and of Redis.
 fn wrk(
@@ -1035,7 +1033,7 @@ fn start_redirector(
         &format!("127.0.0.1:{port}"),
         "--admin",
         "127.0.0.1:0",
-        // The load generator speaks for a crowd (`crowd_script`).
+        // The load generator speaks for a crowd (`CROWD_LUA`).
         "--trusted-proxy",
         "127.0.0.1/32",
     ]);

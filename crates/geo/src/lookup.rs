@@ -125,12 +125,8 @@ impl GeoDb {
                     .map(CityRecord::place)
                     .unwrap_or_default()
             });
-            place = Place {
-                country: city.country,
-                continent: city.continent,
-                location: city.location,
-                asn: None,
-            };
+            // The City database has no ASN; the ASN database adds it below.
+            place = city;
         }
         if let Some(asn) = &current.asn
             && let Ok(found) = asn.reader.lookup(ip)

@@ -67,7 +67,7 @@ impl<'b> Request<'b> {
 /// batch of requests). Never fails: every problem is a status code.
 pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64) -> Reply {
     if head.method == Method::Other {
-        app.metrics.request(None, "method_not_allowed");
+        app.metrics.request_without_stream("method_not_allowed");
         return method_not_allowed();
     }
     if let Some(page) = index::page(head.path, &app.prefix) {
@@ -84,7 +84,7 @@ pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64) -> Reply {
     };
     let Some(stream) = view.streams.get(route.stream) else {
         // Only streams of the fleet become label values, never what a stranger typed.
-        app.metrics.request(None, "not_found");
+        app.metrics.request_without_stream("not_found");
         return Reply::text(Status::NotFound, "No such stream.\n");
     };
     let (client, scheme) = (head.client, head.scheme);
@@ -163,7 +163,7 @@ fn index_page(app: &App, page: IndexPage) -> Reply {
     if app.index == IndexMode::Off {
         return Reply::text(Status::NotFound, "No such stream.\n");
     }
-    app.metrics.request(None, "index");
+    app.metrics.request_without_stream("index");
     let (content_type, body) = match page {
         IndexPage::Css => (
             "text/css; charset=utf-8",

@@ -154,10 +154,12 @@ impl RedirectorMetrics {
         }
     }
 
-    /// Counts one answered request for `stream` of the fleet (`None`: for
-    /// something else, counted as `-`; never what a stranger typed).
-    pub fn request(&self, stream: Option<&Arc<str>>, outcome: &'static str) {
-        let stream = Arc::clone(stream.unwrap_or(&self.unknown_stream));
+    /// Counts one answered request that names no stream of the fleet (an
+    /// unknown stream, another method, the index), as stream `-`: a label is
+    /// never what a stranger typed. A stream's own outcomes are counted
+    /// through [`RedirectorMetrics::stream_outcomes`].
+    pub fn request_without_stream(&self, outcome: &'static str) {
+        let stream = Arc::clone(&self.unknown_stream);
         self.requests
             .get_or_create(&OutcomeLabels { stream, outcome })
             .inc();

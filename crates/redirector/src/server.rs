@@ -372,7 +372,9 @@ impl Connection {
                 Step::Refused(refusal, method) => {
                     // Other methods get 405, even with the body we refuse to read.
                     let reply = if refusal == Refusal::Body && method == Method::Other {
-                        self.app.metrics.request(None, "method_not_allowed");
+                        self.app
+                            .metrics
+                            .request_without_stream("method_not_allowed");
                         method_not_allowed()
                     } else {
                         refusal.reply()
