@@ -23,5 +23,5 @@ pub use coordinates::{Coordinates, CoordinatesError};
 pub use key_hasher::KeyHasher;
 pub use lookup::{DbError, GeoDb, Place};
 pub use rank::{
-    Candidate, Client, ClientKey, Closeness, RankPolicy, Ranking, closeness, rank, rank_top,
+    Candidate, Client, ClientKey, Closeness, Order, RankPolicy, Ranking, closeness, rank, rank_top,
 };

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::rc::Rc;
 
-use balancer_geo::{Candidate, Client, ClientKey, KeyHasher, RankPolicy, Ranking};
+use balancer_geo::{Candidate, Client, ClientKey, KeyHasher, Order, RankPolicy, Ranking};
 
 use crate::client_ip::Scheme;
 use crate::view::{FleetView, StreamView};
@@ -38,7 +38,7 @@ pub(crate) fn top(
     policy: &RankPolicy,
     rng: &mut fastrand::Rng,
     k: usize,
-) -> Vec<usize> {
+) -> Order {
     let key = Key {
         // The view holds its streams in place until it is dropped, and the
         // table forgets every key when the view changes: the address names
@@ -78,7 +78,7 @@ impl Kept {
         client: &Client,
         policy: &RankPolicy,
         rng: &mut fastrand::Rng,
-    ) -> Vec<usize> {
+    ) -> Order {
         if self.view != view {
             self.view = view;
             self.rankings.clear();
@@ -203,7 +203,7 @@ mod tests {
                     &policy,
                     &mut fastrand::Rng::with_seed(seed),
                 );
-                assert_eq!(reused, fresh, "view {view}, k {k}, {client:?}");
+                assert_eq!(reused[..], fresh[..], "view {view}, k {k}, {client:?}");
             }
             assert!(kept.rankings.len() <= 8 * 3, "one per place and k");
             assert!(kept.distinct.len() <= kept.rankings.len());
@@ -233,6 +233,7 @@ mod tests {
                 &policy,
                 &mut rng,
             )
+            .to_vec()
         };
         assert_eq!(top(&mut kept, 1, &[vienna(0), vienna(5)]), [1]);
         // Same view, same key: the kept ranking, even if handed other candidates.

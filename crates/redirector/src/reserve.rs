@@ -182,7 +182,11 @@ impl PoolState {
     fn drop_expired(&mut self, now_ms: i64) {
         // Strictly before the expiry: `now_ms` is a whole millisecond that may
         // lag the real time by up to one.
-        self.leases.retain(|l| l.expires_ms > now_ms && l.left > 0);
+        // Leases are kept soonest expiry first, and one that runs out is
+        // removed when it does: the expired ones are at the front.
+        while self.leases.front().is_some_and(|l| l.expires_ms <= now_ms) {
+            self.leases.pop_front();
+        }
     }
 
     fn held(&self) -> u32 {

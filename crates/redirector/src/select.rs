@@ -207,13 +207,14 @@ impl Selector {
         let fresh = now_ms - stream.oldest_observation_ms <= self.max_age_ms;
         let (client, scheme) = (&player.client, player.scheme);
         // Indices into the stream's mounts, best first.
-        let order = if fresh {
+        let order: balancer_geo::Order = if fresh {
             // The usual case: no data is stale, the prepared candidates are
             // exact, and so is a ranking of them kept from an earlier player.
             crate::rankings::top(view, stream, scheme, client, &self.policy, rng, SPARES)
         } else {
             let all = &|_| false;
             self.ranked(view, stream, player, Tier::Soft, now_ms, rng, SPARES, all)
+                .into()
         };
         if let Some(position) = self
             .first_taken(view, stream, &order, reserve, Tier::Soft, now_ms)

@@ -300,6 +300,13 @@ impl Connection {
         // moving a registered timer later costs less than a new one per read.
         let idle = tokio::time::sleep_until(deadline);
         tokio::pin!(idle);
+        // Likewise one wait for the server to stop, registered once.
+        let mut stopped = self.stopped.clone();
+        let stop = async move {
+            // A dropped sender stops the server too.
+            let _ = stopped.changed().await;
+        };
+        tokio::pin!(stop);
         loop {
             let (consumed, end) = self.answer_all(&input, now_ms, &mut output).await;
             if consumed == input.len() {
@@ -308,15 +315,24 @@ impl Connection {
                 input.drain(..consumed);
             }
             if !output.is_empty() {
-                let written = tokio::time::timeout_at(
-                    now + self.header_timeout,
-                    self.stream.write_all(&output),
-                )
-                .await;
-                output.clear();
-                if !matches!(written, Ok(Ok(()))) {
-                    return;
+                // The socket nearly always takes the whole answer at once:
+                // only what it cannot take yet waits, under the timeout.
+                let sent = match self.stream.try_write(&output) {
+                    Ok(sent) => sent,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+                    Err(_) => return,
+                };
+                if sent < output.len() {
+                    let written = tokio::time::timeout_at(
+                        now + self.header_timeout,
+                        self.stream.write_all(&output[sent..]),
+                    )
+                    .await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        return;
+                    }
                 }
+                output.clear();
             }
             match end {
                 End::Open => {}
@@ -343,7 +359,7 @@ impl Connection {
                 // Too slow: a head still arriving after the timeout, or an
                 // idle connection, is cut off.
                 () = &mut idle => return,
-                _ = self.stopped.changed(), if waiting => return,
+                () = &mut stop, if waiting => return,
             }
         }
     }

@@ -2,10 +2,11 @@
 //! places looked up once, reservation pools attached to their mounts.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use balancer_geo::{Candidate, Code, Coordinates, CountryRule, GeoDb, Place};
+use balancer_geo::{Candidate, Code, Coordinates, CountryRule, GeoDb, KeyHasher, Place};
 use balancer_proto::snapshot::v1::{MountInfo, MountState, ServerState, Snapshot};
 
 use crate::client_ip::Scheme;
@@ -51,8 +52,10 @@ pub struct FleetView {
     pub published_at_ms: i64,
     /// Servers, in snapshot order.
     pub servers: Vec<ServerView>,
-    /// Streams by name.
-    pub streams: HashMap<String, StreamView>,
+    /// Streams by name. Every request looks its stream up here, so the
+    /// names are hashed with [`KeyHasher`] rather than SipHash: the table is
+    /// built from the fleet file, and a player's name only looks it up.
+    pub streams: HashMap<String, StreamView, BuildHasherDefault<KeyHasher>>,
     /// The public stream index, rendered on first use.
     index: std::sync::OnceLock<crate::index::StreamIndex>,
 }

@@ -139,8 +139,14 @@ pub fn rank_top(
     rng: &mut fastrand::Rng,
     k: usize,
 ) -> Vec<usize> {
-    Ranking::new(client, candidates, policy, k).top(rng, k)
+    Ranking::new(client, candidates, policy, k)
+        .top(rng, k)
+        .into_vec()
 }
+
+/// The first places of an order, as [`Ranking::top`] draws them: inline for
+/// the few a redirect needs, so that drawing them allocates nothing.
+pub type Order = smallvec::SmallVec<[usize; 4]>;
 
 /// The part of a ranking that the player's place and the candidates fix: the
 /// best group (each member with its capacity) and the candidates after it, in
@@ -251,9 +257,9 @@ impl Ranking {
     /// proportion to capacity among the members not drawn yet, then the rest
     /// in order. The ranking itself is left as it is, so one serves many
     /// players, and a draw costs a binary search, however large the group.
-    pub fn top(&self, rng: &mut fastrand::Rng, k: usize) -> Vec<usize> {
+    pub fn top(&self, rng: &mut fastrand::Rng, k: usize) -> Order {
         let draws = k.min(self.group.len());
-        let mut order = Vec::with_capacity(k.min(self.group.len() + self.rest.len()));
+        let mut order = Order::with_capacity(k.min(self.group.len() + self.rest.len()));
         let mut drawn = Drawn::new(draws);
         let mut remaining = self.total;
         for _ in 0..draws {
@@ -273,7 +279,7 @@ impl Ranking {
             remaining -= self.group[pick].1;
             order.push(self.group[pick].0);
         }
-        order.extend(self.rest.iter().take(k - order.len()));
+        order.extend(self.rest.iter().copied().take(k - order.len()));
         order
     }
 
