@@ -45,11 +45,11 @@ impl Views {
                 );
             }
         }
-        self.current.store(Some(Arc::new(FleetView::build(
-            snapshot,
-            geo,
-            reservations,
-        ))));
+        let mut view = FleetView::build(snapshot, geo, reservations);
+        if let Some(previous) = self.current.load().as_ref() {
+            view.continue_lineages(previous);
+        }
+        self.current.store(Some(Arc::new(view)));
         true
     }
 }

@@ -5,8 +5,16 @@
 //! is done once per place, stream and snapshot; each player still gets its own
 //! random draw among the best group (see [`balancer_geo::Ranking`]).
 //!
+//! A new snapshot usually changes only free slots. Then a kept ranking is
+//! rebased to the new capacities ([`Ranking::rebase`], a pass over its group
+//! and spares) when its place asks again, instead of scoring every mount
+//! again: otherwise every place would be ranked anew after every poll, which
+//! for a replica with fewer players per place than polls is most requests.
+//! A stream whose mounts changed otherwise starts a new lineage
+//! ([`StreamView::lineages`]) and is ranked afresh.
+//!
 //! Each thread keeps its own table, so requests never wait for one another. A
-//! new snapshot empties it; a full one starts over.
+//! full table starts over.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -40,11 +48,7 @@ pub(crate) fn top(
     k: usize,
 ) -> Order {
     let key = Key {
-        // The view holds its streams in place until it is dropped, and the
-        // table forgets every key when the view changes: the address names
-        // the stream.
-        stream: std::ptr::from_ref(stream) as usize,
-        scheme: scheme.index(),
+        lineage: stream.lineages[scheme.index()],
         k,
         client: client.key(),
     };
@@ -55,16 +59,18 @@ pub(crate) fn top(
     })
 }
 
-/// The rankings of one view.
+/// A thread's rankings.
 #[derive(Default)]
 struct Kept {
-    /// [`FleetView::id`] of the view they were made for.
+    /// [`FleetView::id`] of the view served last.
     view: u64,
-    /// The ranking for each place (and stream, scheme and depth) seen.
-    rankings: HashMap<Key, Rc<Ranking>, BuildHasherDefault<KeyHasher>>,
-    /// Each distinct ranking once. Far fewer than places: players far from
-    /// every server, or in one country's cities, often share theirs. Shared,
-    /// they stay in the processor's cache, where a copy per place would not.
+    /// The ranking for each place (and lineage and depth) seen, with the
+    /// [`FleetView::id`] of the view whose free slots it has.
+    rankings: HashMap<Key, (u64, Rc<Ranking>), BuildHasherDefault<KeyHasher>>,
+    /// Each distinct ranking of the view served last, once. Far fewer than
+    /// places: players far from every server, or in one country's cities,
+    /// often share theirs. Shared, they stay in the processor's cache, where
+    /// a copy per place would not.
     distinct: HashSet<Rc<Ranking>, BuildHasherDefault<KeyHasher>>,
 }
 
@@ -81,45 +87,61 @@ impl Kept {
     ) -> Order {
         if self.view != view {
             self.view = view;
-            self.rankings.clear();
             self.distinct.clear();
         }
-        if let Some(ranking) = self.rankings.get(&key) {
+        let Kept {
+            rankings, distinct, ..
+        } = self;
+        if let Some((made_for, ranking)) = rankings.get_mut(&key) {
+            if *made_for != view {
+                // Made for an earlier view of the lineage: the same mounts,
+                // other free slots.
+                let next = ranking
+                    .rebase(candidates, policy)
+                    .unwrap_or_else(|| Ranking::new(client, candidates, policy, key.k));
+                *ranking = shared(distinct, next);
+                *made_for = view;
+            }
             return ranking.top(rng, key.k);
         }
-        if self.rankings.len() >= CAPACITY {
-            self.rankings.clear();
-            self.distinct.clear();
+        if rankings.len() >= CAPACITY {
+            rankings.clear();
+            distinct.clear();
         }
-        let ranking = Ranking::new(client, candidates, policy, key.k);
-        let ranking = match self.distinct.get(&ranking) {
-            Some(same) => Rc::clone(same),
-            None => {
-                let ranking = Rc::new(ranking);
-                self.distinct.insert(Rc::clone(&ranking));
-                ranking
-            }
-        };
+        let ranking = shared(distinct, Ranking::new(client, candidates, policy, key.k));
         let order = ranking.top(rng, key.k);
-        self.rankings.insert(key, ranking);
+        rankings.insert(key, (view, ranking));
         order
     }
 }
 
-/// What makes two rankings the same, within one view.
+/// `ranking`, or the equal one already in `distinct`.
+fn shared(
+    distinct: &mut HashSet<Rc<Ranking>, BuildHasherDefault<KeyHasher>>,
+    ranking: Ranking,
+) -> Rc<Ranking> {
+    if let Some(same) = distinct.get(&ranking) {
+        return Rc::clone(same);
+    }
+    let ranking = Rc::new(ranking);
+    distinct.insert(Rc::clone(&ranking));
+    ranking
+}
+
+/// What makes two rankings the same, up to free slots: the stream's
+/// candidates for the player's scheme (their lineage), the depth, and what
+/// ranking sees of the player.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Key {
-    stream: usize,
-    scheme: usize,
+    lineage: u64,
     k: usize,
     client: ClientKey,
 }
 
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // Scheme (0 or 1) and k (a handful) share a word.
-        state.write_u64(self.stream as u64);
-        state.write_u64(((self.k as u64) << 1) | self.scheme as u64);
+        state.write_u64(self.lineage);
+        state.write_u64(self.k as u64);
         self.client.hash(state);
     }
 }
@@ -151,10 +173,9 @@ mod tests {
         }
     }
 
-    fn key(stream: usize, client: &Client, k: usize) -> Key {
+    fn key(lineage: u64, client: &Client, k: usize) -> Key {
         Key {
-            stream,
-            scheme: 0,
+            lineage,
             k,
             client: client.key(),
         }
@@ -165,25 +186,40 @@ mod tests {
         let mut cases = fastrand::Rng::with_seed(21);
         let mut kept = Kept::default();
         let policy = RankPolicy::default();
-        for view in 1..=20 {
-            // A new view: other mounts, other free slots.
-            let candidates: Vec<Candidate> = (0..cases.usize(1..60))
-                .map(|_| Candidate {
-                    place: place(&mut cases),
-                    free_slots: cases.u32(0..50),
-                    limit: Some(50),
-                    weight: 100,
-                    ipv4: true,
-                    ipv6: cases.bool(),
-                })
-                .collect();
-            // A crowd from a few places, each place seen many times.
-            let clients: Vec<Client> = (0..8)
-                .map(|_| Client {
-                    place: place(&mut cases),
-                    ipv6: cases.bool(),
-                })
-                .collect();
+        let (mut candidates, mut clients, mut lineage) =
+            (Vec::<Candidate>::new(), Vec::<Client>::new(), 0);
+        let (mut new_lineages, mut rebased) = (0, 0);
+        for view in 1..=40 {
+            if lineage > 0 && cases.bool() {
+                // A new view of the same mounts: other free slots, none
+                // where there were none. Kept rankings are rebased.
+                for candidate in &mut candidates {
+                    if candidate.free_slots > 0 {
+                        candidate.free_slots = cases.u32(1..50);
+                    }
+                }
+            } else {
+                // Other mounts: a new lineage.
+                candidates = (0..cases.usize(1..60))
+                    .map(|_| Candidate {
+                        place: place(&mut cases),
+                        free_slots: cases.u32(0..50),
+                        limit: Some(50),
+                        weight: 100,
+                        ipv4: true,
+                        ipv6: cases.bool(),
+                    })
+                    .collect();
+                // A crowd from a few places, each place seen many times.
+                clients = (0..8)
+                    .map(|_| Client {
+                        place: place(&mut cases),
+                        ipv6: cases.bool(),
+                    })
+                    .collect();
+                lineage += 1;
+                new_lineages += 1;
+            }
             for _ in 0..200 {
                 let client = clients[cases.usize(..clients.len())];
                 let k = [1, 3, 3, 3, 60][cases.usize(..5)];
@@ -195,9 +231,11 @@ mod tests {
                     &mut fastrand::Rng::with_seed(seed),
                     k,
                 );
+                let made_for = kept.rankings.get(&key(lineage, &client, k)).map(|e| e.0);
+                rebased += usize::from(made_for.is_some_and(|made_for| made_for != view));
                 let reused = kept.top(
                     view,
-                    key(7, &client, k),
+                    key(lineage, &client, k),
                     &candidates,
                     &client,
                     &policy,
@@ -205,9 +243,17 @@ mod tests {
                 );
                 assert_eq!(reused[..], fresh[..], "view {view}, k {k}, {client:?}");
             }
-            assert!(kept.rankings.len() <= 8 * 3, "one per place and k");
+            assert!(
+                kept.rankings.len() <= 8 * 3 * new_lineages,
+                "one per place, k and lineage"
+            );
             assert!(kept.distinct.len() <= kept.rankings.len());
         }
+        // Many rankings were carried into a later view, many made anew.
+        assert!(
+            rebased > 100 && new_lineages > 10,
+            "{rebased} rebased, {new_lineages} lineages"
+        );
     }
 
     #[test]
@@ -224,10 +270,10 @@ mod tests {
         };
         let client = Client::default();
         let mut kept = Kept::default();
-        let mut top = |kept: &mut Kept, view: u64, candidates: &[Candidate]| {
+        let mut top = |kept: &mut Kept, view: u64, lineage: u64, candidates: &[Candidate]| {
             kept.top(
                 view,
-                key(1, &client, 3),
+                key(lineage, &client, 3),
                 candidates,
                 &client,
                 &policy,
@@ -235,12 +281,18 @@ mod tests {
             )
             .to_vec()
         };
-        assert_eq!(top(&mut kept, 1, &[vienna(0), vienna(5)]), [1]);
+        assert_eq!(top(&mut kept, 1, 1, &[vienna(0), vienna(5)]), [1]);
         // Same view, same key: the kept ranking, even if handed other candidates.
-        assert_eq!(top(&mut kept, 1, &[vienna(5), vienna(0)]), [1]);
-        // Another view: ranked again.
-        assert_eq!(top(&mut kept, 2, &[vienna(5), vienna(0)]), [0]);
-        assert_eq!(kept.rankings.len(), 1);
+        assert_eq!(top(&mut kept, 1, 1, &[vienna(5), vienna(0)]), [1]);
+        // Another view of another lineage: ranked again.
+        assert_eq!(top(&mut kept, 2, 2, &[vienna(5), vienna(0)]), [0]);
+        // The same lineage in a later view: rebased to the new free slots.
+        let ranking = |kept: &Kept| Rc::clone(&kept.rankings[&key(2, &client, 3)].1);
+        let before = ranking(&kept);
+        assert_eq!(top(&mut kept, 3, 2, &[vienna(1), vienna(0)]), [0]);
+        assert!(!Rc::ptr_eq(&before, &ranking(&kept)), "a new ranking");
+        assert_eq!(kept.rankings[&key(2, &client, 3)].0, 3, "for view 3");
+        assert_eq!(kept.rankings.len(), 2);
         // Another place with the same ranking: kept once.
         let elsewhere = Client {
             place: Place {
@@ -249,20 +301,20 @@ mod tests {
             },
             ipv6: false,
         };
-        let candidates = [vienna(5), vienna(0)];
+        let candidates = [vienna(1), vienna(0)];
         kept.top(
-            2,
-            key(1, &elsewhere, 3),
+            3,
+            key(2, &elsewhere, 3),
             &candidates,
             &elsewhere,
             &policy,
             &mut rng,
         );
-        assert_eq!((kept.rankings.len(), kept.distinct.len()), (2, 1));
-        for stream in 0..CAPACITY + 3 {
+        assert_eq!((kept.rankings.len(), kept.distinct.len()), (3, 1));
+        for lineage in 0..CAPACITY as u64 + 3 {
             kept.top(
-                2,
-                key(stream, &client, 3),
+                3,
+                key(lineage + 10, &client, 3),
                 &[vienna(5)],
                 &client,
                 &policy,

@@ -97,6 +97,12 @@ pub struct StreamView {
     /// source, full, no URL for the scheme) has no free slots here, so
     /// ranking skips it.
     pub candidates: [Vec<Candidate>; 2],
+    /// Per scheme, the lineage of `candidates`: an id shared with this
+    /// stream in earlier views for as long as its candidates changed in
+    /// nothing but free slots (see [`Candidate::differs_only_in_free_slots`]).
+    /// Rankings kept for an earlier view of the lineage are rebased to the
+    /// new free slots rather than made anew (see `rankings`).
+    pub lineages: [u64; 2],
     /// Whether any mount keeps headroom, so a second tier may be tried.
     pub has_headroom: bool,
     /// The oldest observation among the servers of mounts with free slots in
@@ -250,6 +256,7 @@ impl FleetView {
                     name: Arc::from(stream.name.as_str()),
                     mounts,
                     candidates,
+                    lineages: [next_id(), next_id()],
                     has_headroom,
                     oldest_observation_ms,
                     fallback: Some(stream.fallback.clone()).filter(|f| !f.is_empty()),
@@ -261,14 +268,37 @@ impl FleetView {
                 (stream.name.clone(), view)
             })
             .collect();
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         FleetView {
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: next_id(),
             version: snapshot.version,
             published_at_ms: snapshot.published_at_ms,
             servers,
             streams,
             index: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Continues the lineages of `previous`'s streams whose candidates
+    /// changed in nothing but free slots: called before the view is shared.
+    pub fn continue_lineages(&mut self, previous: &FleetView) {
+        for (name, stream) in &mut self.streams {
+            let Some(before) = previous.streams.get(name) else {
+                continue;
+            };
+            for scheme in Scheme::ALL {
+                let (old, new) = (
+                    &before.candidates[scheme.index()],
+                    &stream.candidates[scheme.index()],
+                );
+                if old.len() == new.len()
+                    && old
+                        .iter()
+                        .zip(new)
+                        .all(|(old, new)| old.differs_only_in_free_slots(new))
+                {
+                    stream.lineages[scheme.index()] = before.lineages[scheme.index()];
+                }
+            }
         }
     }
 
@@ -397,6 +427,12 @@ pub fn candidate_of(server: &ServerView, mount: &MountView, tier: Tier) -> Candi
 
 /// A snapshot from a poller that predates per-scheme URLs: its one public
 /// URL serves every player, as it always did.
+/// A new id for a view or a lineage, unique in this process.
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 fn legacy_urls(server: &balancer_proto::snapshot::v1::Server) -> bool {
     server.public_url_http.is_empty() && server.public_url_https.is_empty()
 }

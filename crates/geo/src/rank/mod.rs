@@ -89,6 +89,21 @@ pub struct Candidate {
     pub ipv6: bool,
 }
 
+impl Candidate {
+    /// Whether `newer` is this candidate in a later poll that changed
+    /// nothing ranking looks at but its free slots, and left it some if it
+    /// had some and none if it had none: the condition for
+    /// [`Ranking::rebase`].
+    pub fn differs_only_in_free_slots(&self, newer: &Candidate) -> bool {
+        self.place == newer.place
+            && self.limit == newer.limit
+            && self.weight == newer.weight
+            && self.ipv4 == newer.ipv4
+            && self.ipv6 == newer.ipv6
+            && (self.free_slots > 0) == (newer.free_slots > 0)
+    }
+}
+
 /// Tuning of the ranking.
 #[derive(Debug, Clone, Copy)]
 pub struct RankPolicy {
@@ -164,6 +179,15 @@ pub struct Ranking {
     total: f64,
     /// The candidates after the group, best first: as many as `depth` asked for.
     rest: Vec<usize>,
+    /// The tier and chord of each of `rest`, to order them again by new capacities.
+    rest_closeness: Vec<(u8, f64)>,
+    /// How many candidates were ranked (reachable, with free slots).
+    ranked: usize,
+    /// Whether new free slots alone cannot change which candidates are in
+    /// the group and the rest: the group did not take in the next-best for
+    /// lack of room, and no candidate left out of the rest ties with its
+    /// last on tier and distance (capacity would then pick between them).
+    rebasable: bool,
 }
 
 impl Ranking {
@@ -187,7 +211,7 @@ impl Ranking {
                     index,
                     tier: tier(&client.place, &c.place),
                     chord: chord(client.place.location, c.place.location),
-                    capacity: f64::from(c.free_slots.min(CAPACITY_CAP)) * f64::from(c.weight),
+                    capacity: capacity(c),
                 }),
         );
         let Some(best) = scored.iter().min_by(|a, b| by_tier_and_chord(a, b)) else {
@@ -232,6 +256,18 @@ impl Ranking {
         } else if !rest_sorted && wanted > 0 {
             rest.sort_by(by_tier_and_chord);
         }
+        // A candidate left out that ties with the last one kept: capacity chose.
+        let cut_tie = wanted > 0
+            && rest.len() > wanted
+            && rest[wanted..].iter().any(|s| {
+                s.tier == rest[wanted - 1].tier
+                    && s.chord.to_bits() == rest[wanted - 1].chord.to_bits()
+            });
+        let rest_closeness = rest
+            .iter()
+            .take(wanted)
+            .map(|s| (s.tier, s.chord))
+            .collect();
         let rest = rest.iter().take(wanted).map(|s| s.index).collect();
         let group: Vec<(usize, f64)> = scored[..group]
             .iter()
@@ -249,7 +285,65 @@ impl Ranking {
             ends,
             group,
             rest,
+            rest_closeness,
+            ranked: scored.len(),
+            rebasable: !rest_sorted && !cut_tie,
         }
+    }
+
+    /// This ranking for `candidates`, a newer version of the candidates it
+    /// was made of that differ only in free slots, with free slots where they
+    /// had some and none where they had none: what [`Ranking::new`] would
+    /// make of them, for a pass over the group and the rest instead of
+    /// scoring every candidate. `None` when the new free slots could change
+    /// more than the capacities and the order of the rest (the group is, or
+    /// was, short of room), and the ranking must be made anew.
+    pub fn rebase(&self, candidates: &[Candidate], policy: &RankPolicy) -> Option<Ranking> {
+        if !self.rebasable {
+            return None;
+        }
+        let mut room = Room::default();
+        for &(index, _) in &self.group {
+            room.add(candidates.get(index)?);
+        }
+        if room.nearly_full(policy) && self.group.len() < self.ranked {
+            return None;
+        }
+        let group: Vec<(usize, f64)> = self
+            .group
+            .iter()
+            .map(|&(index, _)| (index, capacity(&candidates[index])))
+            .collect();
+        let ends: Vec<f64> = group
+            .iter()
+            .scan(0.0, |sum, &(_, capacity)| {
+                *sum += capacity;
+                Some(*sum)
+            })
+            .collect();
+        let mut rest: Vec<Scored> = self
+            .rest
+            .iter()
+            .zip(&self.rest_closeness)
+            .map(|(&index, &(tier, chord))| {
+                Some(Scored {
+                    index,
+                    tier,
+                    chord,
+                    capacity: capacity(candidates.get(index)?),
+                })
+            })
+            .collect::<Option<_>>()?;
+        rest.sort_by(by_tier_and_chord);
+        Some(Ranking {
+            total: ends.last().copied().unwrap_or(0.0),
+            ends,
+            group,
+            rest: rest.iter().map(|s| s.index).collect(),
+            rest_closeness: rest.iter().map(|s| (s.tier, s.chord)).collect(),
+            ranked: self.ranked,
+            rebasable: true,
+        })
     }
 
     /// The first `k` candidates to try, best first (no more than the `depth`
@@ -413,6 +507,11 @@ impl Room {
         self.limit
             .is_some_and(|limit| self.free < policy.nearly_full * limit)
     }
+}
+
+/// What a candidate weighs in a draw: free slots (capped) times weight.
+fn capacity(candidate: &Candidate) -> f64 {
+    f64::from(candidate.free_slots.min(CAPACITY_CAP)) * f64::from(candidate.weight)
 }
 
 fn by_tier_and_chord(a: &Scored, b: &Scored) -> std::cmp::Ordering {

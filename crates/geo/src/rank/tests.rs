@@ -435,3 +435,58 @@ fn client_keys_differ_in_every_part_ranking_uses() {
         assert_ne!(variant.key(), base.key(), "variant {i}");
     }
 }
+
+#[test]
+fn property_a_rebased_ranking_is_the_ranking_of_the_new_free_slots() {
+    let policy = RankPolicy::default();
+    let mut cases = fastrand::Rng::with_seed(17);
+    let (mut rebased, mut refused) = (0, 0);
+    for case in 0..3000 {
+        let (client, mut candidates) = random_case(&mut cases);
+        if case % 2 == 0 && !candidates.is_empty() {
+            // Servers in a few cities: ties on tier and distance, which
+            // capacity breaks, are common.
+            let cities: Vec<Place> = (0..3)
+                .map(|_| candidates[cases.usize(..candidates.len())].place)
+                .collect();
+            for candidate in &mut candidates {
+                candidate.place = cities[cases.usize(..cities.len())];
+            }
+        }
+        // The next poll: other free slots, none where there were none; now
+        // and then a crowd leaves the servers nearly full.
+        let crowd = cases.u8(..4) == 0;
+        let next: Vec<Candidate> = candidates
+            .iter()
+            .map(|c| Candidate {
+                free_slots: match c.free_slots {
+                    0 => 0,
+                    _ if crowd => cases.u32(1..50),
+                    _ => cases.u32(1..2000),
+                },
+                ..*c
+            })
+            .collect();
+        for k in [1, 3, 60] {
+            let old = Ranking::new(&client, &candidates, &policy, k);
+            match old.rebase(&next, &policy) {
+                Some(ranking) => {
+                    let fresh = Ranking::new(&client, &next, &policy, k);
+                    assert_eq!(
+                        format!("{ranking:?}"),
+                        format!("{fresh:?}"),
+                        "case {case}, k {k}"
+                    );
+                    rebased += 1;
+                }
+                None => refused += 1,
+            }
+        }
+    }
+    // Both ways are taken, and rebasing is the common one.
+    assert!(
+        rebased > 2 * refused,
+        "{rebased} rebased, {refused} refused"
+    );
+    assert!(refused > 100, "{rebased} rebased, {refused} refused");
+}
