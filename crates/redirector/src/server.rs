@@ -287,7 +287,7 @@ impl Connection {
     /// holds and what follows.
     async fn run(mut self, mut input: Vec<u8>, pending: Vec<u8>, close_after: bool) {
         let (mut now, mut now_ms) = clock_now();
-        let deadline = now + self.header_timeout;
+        let mut deadline = now + self.header_timeout;
         if !pending.is_empty() {
             let written = tokio::time::timeout_at(deadline, self.stream.write_all(&pending)).await;
             if close_after || !matches!(written, Ok(Ok(()))) {
@@ -296,8 +296,9 @@ impl Connection {
         }
         input.reserve(READ_ROOM);
         let mut output: Vec<u8> = Vec::with_capacity(1024);
-        // One timer for the connection's life, moved on as requests come:
-        // moving a registered timer later costs less than a new one per read.
+        // One timer for the connection's life. Requests move `deadline` on;
+        // the timer follows only when it fires before it, so a busy
+        // connection touches the timer wheel once per timeout, not per request.
         let idle = tokio::time::sleep_until(deadline);
         tokio::pin!(idle);
         // Likewise one wait for the server to stop, registered once.
@@ -341,7 +342,7 @@ impl Connection {
             }
             if consumed > 0 && input.is_empty() {
                 // Ready for the next request: it has the whole timeout.
-                idle.as_mut().reset(now + self.header_timeout);
+                deadline = now + self.header_timeout;
             }
             if input.capacity() - input.len() < READ_ROOM / 2 {
                 input.reserve(READ_ROOM);
@@ -358,7 +359,12 @@ impl Connection {
                 }
                 // Too slow: a head still arriving after the timeout, or an
                 // idle connection, is cut off.
-                () = &mut idle => return,
+                () = &mut idle => {
+                    if Instant::now() >= deadline {
+                        return;
+                    }
+                    idle.as_mut().reset(deadline);
+                }
                 () = &mut stop, if waiting => return,
             }
         }
@@ -374,6 +380,10 @@ impl Connection {
     ) -> (usize, End) {
         let mut consumed = 0;
         loop {
+            if consumed == input.len() {
+                // All answered: nothing to parse until more is read.
+                return (consumed, End::Open);
+            }
             match next_request(&input[consumed..], self.peer, &self.app) {
                 Step::Partial => return (consumed, End::Open),
                 Step::Request(request, length, keep) => {
@@ -436,7 +446,7 @@ enum Step<'b> {
 /// are looked at here and dropped, so they never become part of the
 /// connection's future (which tokio moves when it spawns it).
 fn next_request<'b>(input: &'b [u8], peer: SocketAddr, app: &App) -> Step<'b> {
-    let mut headers = [httparse::EMPTY_HEADER; wire::MAX_HEADERS];
+    let mut headers = wire::header_slots();
     match wire::parse(input, &mut headers) {
         Parsed::Partial => Step::Partial,
         Parsed::Refused(refusal, method) => Step::Refused(refusal, method),

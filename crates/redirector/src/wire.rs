@@ -18,6 +18,15 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// The most header lines a head may have; more gets 431.
 pub const MAX_HEADERS: usize = 64;
 
+/// Room for a head's header lines, left uninitialised: httparse writes the
+/// lines it finds, so parsing a request does not clear 2 KiB first.
+pub type HeaderSlots<'b> = [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];
+
+/// Empty [`HeaderSlots`].
+pub fn header_slots<'b>() -> HeaderSlots<'b> {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 /// GET and HEAD are what players send; everything else is answered 405.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -91,12 +100,9 @@ pub enum Parsed<'b, 'h> {
 
 /// Parses the request head at the start of `buffer`, using `headers` as the
 /// storage for its header lines.
-pub fn parse<'b, 'h>(
-    buffer: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
-) -> Parsed<'b, 'h> {
-    let mut request = httparse::Request::new(headers);
-    let length = match request.parse(buffer) {
+pub fn parse<'b, 'h>(buffer: &'b [u8], headers: &'h mut HeaderSlots<'b>) -> Parsed<'b, 'h> {
+    let mut request = httparse::Request::new(&mut []);
+    let length = match request.parse_with_uninit_headers(buffer, headers) {
         Ok(httparse::Status::Complete(length)) if length <= MAX_HEAD_BYTES => length,
         Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
             return Parsed::Refused(Refusal::TooLarge, Method::Other);
@@ -360,7 +366,7 @@ mod tests {
     use super::*;
 
     fn parsed(bytes: &[u8]) -> Result<(Method, String, Option<String>, bool, usize), Refusal> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = header_slots();
         match parse(bytes, &mut headers) {
             Parsed::Request(head, length) => Ok((
                 head.method,
@@ -446,7 +452,7 @@ mod tests {
 
     #[test]
     fn heads_are_bounded() {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = header_slots();
         let mut big = b"GET /s HTTP/1.1\r\nHost: x\r\nX-Filler: ".to_vec();
         big.resize(MAX_HEAD_BYTES + 1, b'a');
         assert!(matches!(
@@ -458,12 +464,12 @@ mod tests {
             many.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = header_slots();
         assert!(matches!(
             parse(&many, &mut headers),
             Parsed::Refused(Refusal::TooLarge, _)
         ));
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = header_slots();
         assert!(matches!(
             parse(b"GET /s HTTP/1.1\r\nHo", &mut headers),
             Parsed::Partial

@@ -60,6 +60,28 @@ async fn strangers_get_clear_errors_and_slow_ones_are_cut_off() {
         "an idle connection stayed open {waited:?}"
     );
 
+    // Each request gives a keep-alive connection the whole timeout again:
+    // requests 0.6 s apart keep it open past the first timeout, and it
+    // closes a timeout after the last.
+    let mut busy = TcpStream::connect(redirector.listen).await.unwrap();
+    let mut answer = [0u8; 1024];
+    for _ in 0..4 {
+        busy.write_all(b"HEAD /s HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let read = busy.read(&mut answer).await.unwrap();
+        assert!(
+            answer[..read].starts_with(b"HTTP/1.1 302"),
+            "closed too early"
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let (_, waited) = read_all(&mut busy, Duration::from_secs(5)).await;
+    assert!(
+        waited < Duration::from_secs(2),
+        "a connection idle after requests stayed open {waited:?}"
+    );
+
     // A head over 16 KiB: 431.
     let mut huge = TcpStream::connect(redirector.listen).await.unwrap();
     let filler = "a".repeat(20 * 1024);
