@@ -59,15 +59,27 @@ impl Scheme {
 /// (outermost) value counts: it is the scheme the player itself connected
 /// with. A value we do not know is ignored.
 pub fn client_scheme(peer: IpAddr, headers: &[Header<'_>], trusted: &TrustedProxies) -> Scheme {
-    if !trusted.contains(canonical(peer)) {
-        return Scheme::Http;
+    client(peer, headers, trusted).1
+}
+
+/// The player's address and scheme, [`client_ip`] and [`client_scheme`]
+/// together, with the peer's trust and the kind of forwarding header looked
+/// up once: what every request needs.
+pub fn client(peer: IpAddr, headers: &[Header<'_>], trusted: &TrustedProxies) -> (IpAddr, Scheme) {
+    let peer = canonical(peer);
+    if !trusted.contains(peer) {
+        return (peer, Scheme::Http);
     }
-    let first = if has(headers, FORWARDED) {
-        forwarded_params(headers, "proto").next()
+    // The hop lists are walked from the right where they lie, never collected.
+    if has(headers, FORWARDED) {
+        let ip = nearest_untrusted(peer, forwarded_params(headers, "for").rev(), trusted);
+        let scheme = forwarded_params(headers, "proto").next();
+        (ip, scheme.and_then(Scheme::parse).unwrap_or(Scheme::Http))
     } else {
-        header_list(headers, X_FORWARDED_PROTO).next()
-    };
-    first.and_then(Scheme::parse).unwrap_or(Scheme::Http)
+        let ip = nearest_untrusted(peer, header_list(headers, X_FORWARDED_FOR).rev(), trusted);
+        let scheme = header_list(headers, X_FORWARDED_PROTO).next();
+        (ip, scheme.and_then(Scheme::parse).unwrap_or(Scheme::Http))
+    }
 }
 
 /// Proxies whose forwarding headers are believed (`--trusted-proxy`).
@@ -91,16 +103,7 @@ impl TrustedProxies {
 /// nothing; with trusted proxies, the rightmost address that is not a trusted
 /// proxy is the player (`Forwarded` if present, else `X-Forwarded-For`).
 pub fn client_ip(peer: IpAddr, headers: &[Header<'_>], trusted: &TrustedProxies) -> IpAddr {
-    let client = canonical(peer);
-    if !trusted.contains(client) {
-        return client;
-    }
-    // The hop lists are walked from the right where they lie, never collected.
-    if has(headers, FORWARDED) {
-        nearest_untrusted(client, forwarded_params(headers, "for").rev(), trusted)
-    } else {
-        nearest_untrusted(client, header_list(headers, X_FORWARDED_FOR).rev(), trusted)
-    }
+    client(peer, headers, trusted).0
 }
 
 /// Walks `hops` (newest first) from the trusted `client` while each address
@@ -110,8 +113,9 @@ fn nearest_untrusted<'a>(
     hops: impl Iterator<Item = &'a str>,
     trusted: &TrustedProxies,
 ) -> IpAddr {
-    for hop in hops {
-        if !trusted.contains(client) {
+    for (nth, hop) in hops.enumerate() {
+        // The first address is the trusted peer.
+        if nth > 0 && !trusted.contains(client) {
             break;
         }
         match parse_hop(hop) {
@@ -125,7 +129,7 @@ fn nearest_untrusted<'a>(
 
 /// Whether a header called `name` is there.
 fn has(headers: &[Header<'_>], name: &str) -> bool {
-    headers.iter().any(|h| h.name.eq_ignore_ascii_case(name))
+    headers.iter().any(|h| crate::wire::header_is(h.name, name))
 }
 
 /// The entries of a comma-separated header, across repeated headers in order
@@ -136,7 +140,7 @@ fn header_list<'a>(
 ) -> impl DoubleEndedIterator<Item = &'a str> {
     headers
         .iter()
-        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .filter(move |h| crate::wire::header_is(h.name, name))
         .filter_map(|h| std::str::from_utf8(h.value).ok())
         .flat_map(|v| v.split(','))
 }

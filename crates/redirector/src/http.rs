@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::client_ip::{Scheme, TrustedProxies, client_ip, client_scheme};
+use crate::client_ip::{Scheme, TrustedProxies, client};
 use crate::follow::Views;
 use crate::index::{self, IndexMode, IndexPage};
 use crate::metrics::RedirectorMetrics;
@@ -53,12 +53,13 @@ pub struct Request<'b> {
 impl<'b> Request<'b> {
     /// The request `head` sent by `peer`.
     pub fn new(head: &Head<'b, '_>, peer: IpAddr, trusted: &TrustedProxies) -> Request<'b> {
+        let (client, scheme) = client(peer, head.headers, trusted);
         Request {
             method: head.method,
             path: head.path,
             query: head.query,
-            client: client_ip(peer, head.headers, trusted),
-            scheme: client_scheme(peer, head.headers, trusted),
+            client,
+            scheme,
         }
     }
 }

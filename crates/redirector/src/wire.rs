@@ -98,6 +98,25 @@ pub enum Parsed<'b, 'h> {
     Refused(Refusal, Method),
 }
 
+/// Whether header `name` is `lowercase` (letters and `-`), regardless of
+/// case. httparse lets only token characters into a name, and of those,
+/// setting bit 0x20 turns exactly the upper-case letters into lower-case ones
+/// and leaves the rest as they are or turns them into something no
+/// `lowercase` name contains (only a CR, never in a name, would become `-`):
+/// one OR per byte instead of `eq_ignore_ascii_case`'s conversion of both sides.
+pub fn header_is(name: &str, lowercase: &str) -> bool {
+    debug_assert!(
+        lowercase
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'-')
+    );
+    name.len() == lowercase.len()
+        && name
+            .bytes()
+            .zip(lowercase.bytes())
+            .all(|(have, want)| have | 0x20 == want)
+}
+
 /// Parses the request head at the start of `buffer`, using `headers` as the
 /// storage for its header lines.
 pub fn parse<'b, 'h>(buffer: &'b [u8], headers: &'h mut HeaderSlots<'b>) -> Parsed<'b, 'h> {
@@ -128,17 +147,17 @@ pub fn parse<'b, 'h>(buffer: &'b [u8], headers: &'h mut HeaderSlots<'b>) -> Pars
     let mut keep_alive = !http10;
     for header in headers {
         let name = header.name;
-        if name.eq_ignore_ascii_case("host") {
+        if header_is(name, "host") {
             hosts += 1;
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if header_is(name, "transfer-encoding") {
             return Parsed::Refused(Refusal::Body, method);
-        } else if name.eq_ignore_ascii_case("content-length") {
+        } else if header_is(name, "content-length") {
             let value = header.value;
             if lengths.is_some_and(|seen| seen != value) || value.trim_ascii() != b"0" {
                 return Parsed::Refused(Refusal::Body, method);
             }
             lengths = Some(value);
-        } else if name.eq_ignore_ascii_case("connection") {
+        } else if header_is(name, "connection") {
             for token in header.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
@@ -378,6 +397,28 @@ mod tests {
             Parsed::Refused(refusal, _) => Err(refusal),
             Parsed::Partial => panic!("partial: {:?}", String::from_utf8_lossy(bytes)),
         }
+    }
+
+    #[test]
+    fn header_names_compare_as_eq_ignore_ascii_case_for_every_token_byte() {
+        // RFC 9110 token characters, the only ones httparse lets into a name.
+        let token: Vec<u8> = (0u8..128)
+            .filter(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+            .collect();
+        let wanted: Vec<u8> = (b'a'..=b'z').chain([b'-']).collect();
+        for &have in &token {
+            for &want in &wanted {
+                let (have, want) = (char::from(have).to_string(), char::from(want).to_string());
+                assert_eq!(
+                    header_is(&have, &want),
+                    have.eq_ignore_ascii_case(&want),
+                    "{have:?} against {want:?}"
+                );
+            }
+        }
+        assert!(header_is("X-Forwarded-For", "x-forwarded-for"));
+        assert!(!header_is("X-Forwarded-Fo", "x-forwarded-for"));
+        assert!(!header_is("X_Forwarded-For", "x-forwarded-for"));
     }
 
     #[test]
