@@ -273,13 +273,7 @@ impl Ranking {
             .iter()
             .map(|s| (s.index, s.capacity))
             .collect();
-        let ends: Vec<f64> = group
-            .iter()
-            .scan(0.0, |sum, &(_, capacity)| {
-                *sum += capacity;
-                Some(*sum)
-            })
-            .collect();
+        let ends = running_sums(&group);
         Ranking {
             total: ends.last().copied().unwrap_or(0.0),
             ends,
@@ -314,13 +308,7 @@ impl Ranking {
             .iter()
             .map(|&(index, _)| (index, capacity(&candidates[index])))
             .collect();
-        let ends: Vec<f64> = group
-            .iter()
-            .scan(0.0, |sum, &(_, capacity)| {
-                *sum += capacity;
-                Some(*sum)
-            })
-            .collect();
+        let ends = running_sums(&group);
         let mut rest: Vec<Scored> = self
             .rest
             .iter()
@@ -507,6 +495,18 @@ impl Room {
         self.limit
             .is_some_and(|limit| self.free < policy.nearly_full * limit)
     }
+}
+
+/// Where each group member's share ends: the sums of the capacities up to
+/// and including it.
+fn running_sums(group: &[(usize, f64)]) -> Vec<f64> {
+    group
+        .iter()
+        .scan(0.0, |sum, &(_, capacity)| {
+            *sum += capacity;
+            Some(*sum)
+        })
+        .collect()
 }
 
 /// What a candidate weighs in a draw: free slots (capped) times weight.
