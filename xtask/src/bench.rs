@@ -13,6 +13,8 @@ use anyhow::{Context as _, bail};
 use crate::packages::{self, Tool};
 use crate::{cargo, run, workspace_root};
 
+mod instructions;
+
 const BENCH_TOOLS: &[Tool] = &[
     Tool {
         program: "redis-server",
@@ -25,7 +27,7 @@ const BENCH_TOOLS: &[Tool] = &[
 ];
 
 /// The benchmark cases, in the order `cargo xtask bench` runs them.
-pub(crate) const CASES: [&str; 4] = ["poller", "geo", "redirector", "saturation"];
+pub(crate) const CASES: [&str; 5] = ["poller", "geo", "redirector", "instructions", "saturation"];
 
 /// Runs the benchmark cases named (all when `only` is None) and records the results.
 pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
@@ -65,6 +67,11 @@ pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
         let redirector = redirector_case()?;
         println!("{redirector}");
         record("redirector", &redirector)?;
+    }
+    if wanted("instructions") {
+        let instructions = instructions::instructions_case()?;
+        println!("{instructions}");
+        record("instructions", &instructions)?;
     }
     if wanted("saturation") {
         let saturation = saturation_case()?;

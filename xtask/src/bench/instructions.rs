@@ -1,0 +1,271 @@
+//! `cargo xtask bench instructions`: the redirector's user-space instructions
+//! per request, counted by callgrind while it serves the crowd with keep-alive.
+//!
+//! Timing on a shared machine moves by more than most changes to the request
+//! path (nginx's own CPU per request varied by 30% between runs of the
+//! redirector case), so this case counts instructions instead: the count
+//! hardly moves between runs, and a change is seen in it even when time
+//! cannot see it. It misses what instructions do not show (cache misses,
+//! the kernel), which is why the redirector case stays the measure of the
+//! goal. Callgrind serves a few thousand requests a second, about what one
+//! core of a busy station sees; at that rate work per snapshot (re-ranking
+//! places) weighs much more per request than at the redirector case's rate.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+use super::{
+    CROWD_LUA, CROWD_SCRIPT, Guard, free_port, machine, pinned, start_poller, start_redis,
+    start_sim, status_of, today, wait_for,
+};
+use crate::packages::{self, Tool};
+
+/// How long the crowd runs before counting starts, and while counting.
+const WARM_UP: &str = "4s";
+const COUNTED: &str = "8s";
+/// The functions listed, by self cost.
+const LISTED: usize = 15;
+
+/// Runs the case and returns its section of BENCHMARKS.md.
+pub(crate) fn instructions_case() -> anyhow::Result<String> {
+    packages::ensure(
+        "the instruction count",
+        &[
+            Tool {
+                program: "valgrind",
+                package: "valgrind",
+            },
+            Tool {
+                program: "wrk",
+                package: "wrk",
+            },
+        ],
+    )?;
+    let dir = std::env::temp_dir().join(format!("xtask-bench-instructions-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let services = super::service_bin_dir();
+    let (_redis, redis_port, _) = start_redis()?;
+    let (fleet, geoip) = (dir.join("fleet.toml"), dir.join("city.mmdb"));
+    let geoip_arg = geoip.to_string_lossy();
+    let _sim = start_sim(
+        &fleet,
+        &[
+            "--servers",
+            "100",
+            "--mounts",
+            "5",
+            "--limit",
+            "1000000",
+            "--geoip",
+            &geoip_arg,
+        ],
+    )?;
+    wait_for(|| geoip.exists(), "icecast-sim to write the GeoIP database")?;
+    let redis_url = format!("redis://127.0.0.1:{redis_port}/");
+    let _poller = start_poller(&services, &fleet, &redis_url)?;
+    let port = free_port()?;
+    let counts = dir.join("callgrind.out");
+    let redirector = Guard(
+        pinned(0, "valgrind")
+            .args(["--tool=callgrind", "--dump-instr=no"])
+            .arg(format!("--callgrind-out-file={}", counts.display()))
+            .arg(services.join("icecast-redirector"))
+            .args([
+                "--threads",
+                "1",
+                "--redis",
+                &redis_url,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin",
+                "127.0.0.1:0",
+                "--trusted-proxy",
+                "127.0.0.1/32",
+                "--geoip-city",
+            ])
+            .arg(&geoip)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start icecast-redirector under callgrind")?,
+    );
+    wait_for(
+        || status_of(port, "GET", "/sim0") == Some(302),
+        "the redirector under callgrind to answer 302",
+    )?;
+    let crowd = dir.join(CROWD_SCRIPT);
+    fs::write(&crowd, CROWD_LUA)?;
+    crowd_for(port, &crowd, WARM_UP)?;
+    let pid = redirector.0.id().to_string();
+    callgrind_control(&["-z", &pid])?;
+    let requests = crowd_for(port, &crowd, COUNTED)?;
+    callgrind_control(&["-d", &pid])?;
+    // The dump is the counting window; the file written at exit is not.
+    let dump = dir.join("callgrind.out.1");
+    wait_for(|| dump.exists(), "callgrind to write its dump")?;
+    let text = fs::read_to_string(&dump).with_context(|| format!("read {}", dump.display()))?;
+    let total = totals(&text).context("callgrind's dump has no totals")?;
+    let functions = by_self_cost(&text);
+    drop(redirector);
+    let _ = fs::remove_dir_all(&dir);
+
+    let per_request = |count: u64| count as f64 / requests as f64;
+    let mut section = format!(
+        "## Redirector: instructions per request\n\n\
+         {machine}, {today}. `cargo xtask bench instructions`: the redirector (one player thread)\n\
+         under `valgrind --tool=callgrind`, following the same snapshot of 100 simulated servers x 5\n\
+         mounts (a new one every second) as the redirector case, serves wrk's crowd (8,192\n\
+         addresses in 2,048 places, 50 keep-alive connections) for {WARM_UP}; then callgrind's\n\
+         counters are zeroed, the crowd runs {COUNTED} more, and the counts are dumped. User-space\n\
+         instructions of all the process's threads, divided by the requests served in the window\n\
+         ({requests}). It moves by a few percent between runs of the same code (with the request\n\
+         rate callgrind reaches: work per snapshot is spread over fewer or more requests), where\n\
+         time moves by tens of percent; it is blind to cache misses and to the kernel.\n\n\
+         **{per:.0} instructions per request.**\n\n\
+         The {LISTED} functions with the most instructions of their own, per request:\n\n```\n",
+        machine = machine(),
+        today = today(),
+        per = per_request(total),
+    );
+    for (count, function) in functions.iter().take(LISTED) {
+        section.push_str(&format!("{:>7.0}  {function}\n", per_request(*count)));
+    }
+    section.push_str("```\n\n");
+    Ok(section)
+}
+
+/// Runs wrk's crowd against `port` for `duration` (CPU 1), keep-alive; returns
+/// the requests answered.
+fn crowd_for(port: u16, crowd: &Path, duration: &str) -> anyhow::Result<u64> {
+    let output = pinned(1, "wrk")
+        .args(["-t1", "-c50", &format!("-d{duration}"), "-s"])
+        .arg(crowd)
+        .arg(format!("http://127.0.0.1:{port}/sim0"))
+        .output()
+        .context("run wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.contains("Non-2xx or 3xx") {
+        bail!("the redirector under callgrind answered other than 302:\n{text}");
+    }
+    text.lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .filter(|&n: &u64| n > 0)
+        .with_context(|| format!("wrk printed no request count:\n{text}"))
+}
+
+fn callgrind_control(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("callgrind_control")
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .context("run callgrind_control")?;
+    if !status.success() {
+        bail!("callgrind_control {args:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// The event total of a callgrind dump (its `totals:` or `summary:` line).
+fn totals(dump: &str) -> Option<u64> {
+    dump.lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Functions by the instructions of their own, most first: (count, function).
+fn by_self_cost(dump: &str) -> Vec<(u64, String)> {
+    let mut costs: Vec<(u64, String)> = self_costs(dump)
+        .into_iter()
+        .map(|(function, count)| (count, function))
+        .collect();
+    costs.sort_unstable_by(|a, b| b.cmp(a));
+    costs
+}
+
+/// Instructions of each function's own, from a callgrind dump: the cost
+/// lines under each `fn=`, except the line after a `calls=`, which is what
+/// the call cost in all. Names are numbered on first use, in `fn=` and
+/// `cfn=` lines alike.
+fn self_costs(dump: &str) -> std::collections::HashMap<String, u64> {
+    let mut names: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut costs: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut current: Option<&str> = None;
+    let mut after_call = false;
+    for line in dump.lines() {
+        if let Some(function) = line.strip_prefix("fn=") {
+            // `(id) name` defines a compressed name, `(id)` uses it.
+            current = Some(match function.split_once(") ") {
+                Some((id, name)) if function.starts_with('(') => {
+                    names.insert(id, name);
+                    name
+                }
+                _ => names
+                    .get(function.trim_end_matches(')'))
+                    .copied()
+                    .unwrap_or(function),
+            });
+            after_call = false;
+        } else if let Some(called) = line.strip_prefix("cfn=") {
+            // Called functions share the names' numbering.
+            if let Some((id, name)) = called.split_once(") ") {
+                names.insert(id, name);
+            }
+        } else if line.starts_with("calls=") {
+            after_call = true;
+        } else if line.starts_with(|c: char| c.is_ascii_digit() || "+-*".contains(c)) {
+            if !after_call
+                && let Some(function) = current
+                && let Some(count) = line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|n| n.parse::<u64>().ok())
+            {
+                *costs.entry(function.to_owned()).or_default() += count;
+            }
+            after_call = false;
+        }
+    }
+    costs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_callgrind_totals_and_self_costs() {
+        assert_eq!(
+            totals("events: Ir\nsummary: 1234\ntotals: 1234\n"),
+            Some(1234)
+        );
+        assert_eq!(totals("events: Ir\n"), None);
+        let dump = "events: Ir\n\
+                    fn=(1) outer\n\
+                    10 5\n\
+                    +1 7\n\
+                    cfn=(2) inner\n\
+                    calls=3 20\n\
+                    11 900\n\
+                    12 1\n\
+                    fn=(2)\n\
+                    20 300\n\
+                    fn=(3) other\n\
+                    * 2\n";
+        assert_eq!(
+            by_self_cost(dump),
+            vec![
+                (300, "inner".to_owned()),
+                (13, "outer".to_owned()),
+                (2, "other".to_owned())
+            ]
+        );
+    }
+}
