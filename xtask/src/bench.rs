@@ -488,31 +488,16 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
         ],
     )?;
     let dir = std::env::temp_dir().join(format!("xtask-bench-redirector-{}", std::process::id()));
-    fs::create_dir_all(&dir)?;
     let services = service_bin_dir();
-    let (_redis, redis_port, redis_pid) = start_redis()?;
-    let (fleet, geoip) = (dir.join("fleet.toml"), dir.join("city.mmdb"));
-    let geoip_arg = geoip.to_string_lossy();
-    let _sim = start_sim(
-        &fleet,
-        &[
-            "--servers",
-            "100",
-            "--mounts",
-            "5",
-            "--limit",
-            "1000000",
-            "--geoip",
-            &geoip_arg,
-        ],
-    )?;
-    wait_for(|| geoip.exists(), "icecast-sim to write the GeoIP database")?;
-    let redis_url = format!("redis://127.0.0.1:{redis_port}/");
-    let _poller = start_poller(&services, &fleet, &redis_url)?;
+    let setup = CrowdSetup::start(&dir, &services)?;
+    let (redis_pid, crowd) = (setup.redis_pid, &setup.crowd);
     let redirector_port = free_port()?;
-    let redirector = start_redirector(&services, redirector_port, &redis_url, Some(&geoip))?;
-    let crowd = dir.join(CROWD_SCRIPT);
-    fs::write(&crowd, CROWD_LUA)?;
+    let redirector = start_redirector(
+        &services,
+        redirector_port,
+        &setup.redis_url,
+        Some(&setup.geoip),
+    )?;
     wait_for(
         || status_of(redirector_port, "GET", "/sim0") == Some(302),
         "the redirector to answer 302",
@@ -563,10 +548,10 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
                 close,
                 &[redirector.0.id()],
                 redis_pid,
-                &crowd,
+                crowd,
             )?);
-            theirs.push(wrk(nginx_port, close, &nginx_pids, redis_pid, &crowd)?);
-            deferred.push(wrk(deferred_port, close, &nginx_pids, redis_pid, &crowd)?);
+            theirs.push(wrk(nginx_port, close, &nginx_pids, redis_pid, crowd)?);
+            deferred.push(wrk(deferred_port, close, &nginx_pids, redis_pid, crowd)?);
         }
         results.push((mode, "icecast-redirector", ours));
         results.push((mode, "nginx return 302", theirs));
@@ -989,6 +974,56 @@ fn service_bin_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/release"))
 }
 
+/// What the redirector cases run against: redis-server, a snapshot of 100
+/// simulated servers x 5 mounts (with their GeoIP database) published by a
+/// poller every second, and wrk's crowd script, all in `dir`.
+struct CrowdSetup {
+    _redis: Guard,
+    _sim: Guard,
+    _poller: Guard,
+    redis_pid: u32,
+    redis_url: String,
+    geoip: std::path::PathBuf,
+    /// `CROWD_LUA`, written to a file for wrk's `-s`.
+    crowd: std::path::PathBuf,
+}
+
+impl CrowdSetup {
+    fn start(dir: &std::path::Path, services: &std::path::Path) -> anyhow::Result<CrowdSetup> {
+        fs::create_dir_all(dir)?;
+        let (redis, redis_port, redis_pid) = start_redis()?;
+        let (fleet, geoip) = (dir.join("fleet.toml"), dir.join("city.mmdb"));
+        let geoip_arg = geoip.to_string_lossy();
+        let sim = start_sim(
+            &fleet,
+            &[
+                "--servers",
+                "100",
+                "--mounts",
+                "5",
+                "--limit",
+                "1000000",
+                "--geoip",
+                &geoip_arg,
+            ],
+        )?;
+        wait_for(|| geoip.exists(), "icecast-sim to write the GeoIP database")?;
+        let redis_url = format!("redis://127.0.0.1:{redis_port}/");
+        let poller = start_poller(services, &fleet, &redis_url)?;
+        let crowd = dir.join(CROWD_SCRIPT);
+        fs::write(&crowd, CROWD_LUA)?;
+        Ok(CrowdSetup {
+            _redis: redis,
+            _sim: sim,
+            _poller: poller,
+            redis_pid,
+            redis_url,
+            geoip,
+            crowd,
+        })
+    }
+}
+
 /// `icecast-sim` on CPU 1 with `args`, polled every second, once it has
 /// written its fleet to `fleet` (removed first, so an old file cannot count).
 fn start_sim(fleet: &std::path::Path, args: &[&str]) -> anyhow::Result<Guard> {
@@ -1032,7 +1067,27 @@ fn start_redirector(
     redis_url: &str,
     geoip_city: Option<&std::path::Path>,
 ) -> anyhow::Result<Guard> {
-    let mut command = pinned(0, &bin_dir.join("icecast-redirector").to_string_lossy());
+    start_redirector_under(&[], bin_dir, port, redis_url, geoip_city)
+}
+
+/// [`start_redirector`] run by `wrapper` (a program and its arguments, such
+/// as valgrind), or directly when `wrapper` is empty.
+fn start_redirector_under(
+    wrapper: &[&str],
+    bin_dir: &std::path::Path,
+    port: u16,
+    redis_url: &str,
+    geoip_city: Option<&std::path::Path>,
+) -> anyhow::Result<Guard> {
+    let program = bin_dir.join("icecast-redirector");
+    let mut command = match wrapper.split_first() {
+        Some((wrapper, args)) => {
+            let mut command = pinned(0, wrapper);
+            command.args(args).arg(&program);
+            command
+        }
+        None => pinned(0, &program.to_string_lossy()),
+    };
     command.args([
         "--redis",
         redis_url,

@@ -71,15 +71,18 @@ pub fn client(peer: IpAddr, headers: &[Header<'_>], trusted: &TrustedProxies) ->
         return (peer, Scheme::Http);
     }
     // The hop lists are walked from the right where they lie, never collected.
-    if has(headers, FORWARDED) {
-        let ip = nearest_untrusted(peer, forwarded_params(headers, "for").rev(), trusted);
-        let scheme = forwarded_params(headers, "proto").next();
-        (ip, scheme.and_then(Scheme::parse).unwrap_or(Scheme::Http))
+    let (ip, scheme) = if has(headers, FORWARDED) {
+        (
+            nearest_untrusted(peer, forwarded_params(headers, "for").rev(), trusted),
+            forwarded_params(headers, "proto").next(),
+        )
     } else {
-        let ip = nearest_untrusted(peer, header_list(headers, X_FORWARDED_FOR).rev(), trusted);
-        let scheme = header_list(headers, X_FORWARDED_PROTO).next();
-        (ip, scheme.and_then(Scheme::parse).unwrap_or(Scheme::Http))
-    }
+        (
+            nearest_untrusted(peer, header_list(headers, X_FORWARDED_FOR).rev(), trusted),
+            header_list(headers, X_FORWARDED_PROTO).next(),
+        )
+    };
+    (ip, scheme.and_then(Scheme::parse).unwrap_or(Scheme::Http))
 }
 
 /// Proxies whose forwarding headers are believed (`--trusted-proxy`).

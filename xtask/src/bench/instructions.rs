@@ -18,8 +18,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, bail};
 
 use super::{
-    CROWD_LUA, CROWD_SCRIPT, Guard, free_port, machine, pinned, start_poller, start_redis,
-    start_sim, status_of, today, wait_for,
+    CrowdSetup, free_port, machine, pinned, start_redirector_under, status_of, today, wait_for,
 };
 use crate::packages::{self, Tool};
 
@@ -45,63 +44,26 @@ pub(crate) fn instructions_case() -> anyhow::Result<String> {
         ],
     )?;
     let dir = std::env::temp_dir().join(format!("xtask-bench-instructions-{}", std::process::id()));
-    fs::create_dir_all(&dir)?;
     let services = super::service_bin_dir();
-    let (_redis, redis_port, _) = start_redis()?;
-    let (fleet, geoip) = (dir.join("fleet.toml"), dir.join("city.mmdb"));
-    let geoip_arg = geoip.to_string_lossy();
-    let _sim = start_sim(
-        &fleet,
-        &[
-            "--servers",
-            "100",
-            "--mounts",
-            "5",
-            "--limit",
-            "1000000",
-            "--geoip",
-            &geoip_arg,
-        ],
-    )?;
-    wait_for(|| geoip.exists(), "icecast-sim to write the GeoIP database")?;
-    let redis_url = format!("redis://127.0.0.1:{redis_port}/");
-    let _poller = start_poller(&services, &fleet, &redis_url)?;
+    let setup = CrowdSetup::start(&dir, &services)?;
     let port = free_port()?;
     let counts = dir.join("callgrind.out");
-    let redirector = Guard(
-        pinned(0, "valgrind")
-            .args(["--tool=callgrind", "--dump-instr=no"])
-            .arg(format!("--callgrind-out-file={}", counts.display()))
-            .arg(services.join("icecast-redirector"))
-            .args([
-                "--threads",
-                "1",
-                "--redis",
-                &redis_url,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin",
-                "127.0.0.1:0",
-                "--trusted-proxy",
-                "127.0.0.1/32",
-                "--geoip-city",
-            ])
-            .arg(&geoip)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start icecast-redirector under callgrind")?,
-    );
+    let out_file = format!("--callgrind-out-file={}", counts.display());
+    let redirector = start_redirector_under(
+        &["valgrind", "--tool=callgrind", "--dump-instr=no", &out_file],
+        &services,
+        port,
+        &setup.redis_url,
+        Some(&setup.geoip),
+    )?;
     wait_for(
         || status_of(port, "GET", "/sim0") == Some(302),
         "the redirector under callgrind to answer 302",
     )?;
-    let crowd = dir.join(CROWD_SCRIPT);
-    fs::write(&crowd, CROWD_LUA)?;
-    crowd_for(port, &crowd, WARM_UP)?;
+    crowd_for(port, &setup.crowd, WARM_UP)?;
     let pid = redirector.0.id().to_string();
     callgrind_control(&["-z", &pid])?;
-    let requests = crowd_for(port, &crowd, COUNTED)?;
+    let requests = crowd_for(port, &setup.crowd, COUNTED)?;
     callgrind_control(&["-d", &pid])?;
     // The dump is the counting window; the file written at exit is not.
     let dump = dir.join("callgrind.out.1");
@@ -109,7 +71,7 @@ pub(crate) fn instructions_case() -> anyhow::Result<String> {
     let text = fs::read_to_string(&dump).with_context(|| format!("read {}", dump.display()))?;
     let total = totals(&text).context("callgrind's dump has no totals")?;
     let functions = by_self_cost(&text);
-    drop(redirector);
+    drop((redirector, setup));
     let _ = fs::remove_dir_all(&dir);
 
     let per_request = |count: u64| count as f64 / requests as f64;
