@@ -3,7 +3,7 @@
 //! And the scheme the player used: http (the player port has no TLS), unless
 //! a trusted proxy says otherwise.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use httparse::Header;
 use ipnet::IpNet;
@@ -70,19 +70,53 @@ pub fn client(peer: IpAddr, headers: &[Header<'_>], trusted: &TrustedProxies) ->
     if !trusted.contains(peer) {
         return (peer, Scheme::Http);
     }
+    let present = Present::in_headers(headers);
     // The hop lists are walked from the right where they lie, never collected.
-    let (ip, scheme) = if has(headers, FORWARDED) {
+    let (ip, scheme) = if present.forwarded {
         (
             nearest_untrusted(peer, forwarded_params(headers, "for").rev(), trusted),
             forwarded_params(headers, "proto").next(),
         )
     } else {
-        (
-            nearest_untrusted(peer, header_list(headers, X_FORWARDED_FOR).rev(), trusted),
-            header_list(headers, X_FORWARDED_PROTO).next(),
-        )
+        let ip = if present.x_forwarded_for {
+            nearest_untrusted(peer, x_forwarded_for_hops(headers), trusted)
+        } else {
+            peer
+        };
+        let scheme = if present.x_forwarded_proto {
+            header_list(headers, X_FORWARDED_PROTO).next()
+        } else {
+            None
+        };
+        (ip, scheme)
     };
     (ip, scheme.and_then(Scheme::parse).unwrap_or(Scheme::Http))
+}
+
+/// Which forwarding headers a request has, found in one pass over its
+/// header names (most requests have none of them, or only one).
+#[derive(Default)]
+struct Present {
+    forwarded: bool,
+    x_forwarded_for: bool,
+    x_forwarded_proto: bool,
+}
+
+impl Present {
+    fn in_headers(headers: &[Header<'_>]) -> Present {
+        let mut present = Present::default();
+        for header in headers {
+            // The length first: most names are none of the three.
+            let name = header.name;
+            match name.len() {
+                9 => present.forwarded |= crate::wire::header_is(name, FORWARDED),
+                15 => present.x_forwarded_for |= crate::wire::header_is(name, X_FORWARDED_FOR),
+                17 => present.x_forwarded_proto |= crate::wire::header_is(name, X_FORWARDED_PROTO),
+                _ => {}
+            }
+        }
+        present
+    }
 }
 
 /// Proxies whose forwarding headers are believed (`--trusted-proxy`).
@@ -111,9 +145,9 @@ pub fn client_ip(peer: IpAddr, headers: &[Header<'_>], trusted: &TrustedProxies)
 
 /// Walks `hops` (newest first) from the trusted `client` while each address
 /// vouched for is a trusted proxy; the first that is not is the player.
-fn nearest_untrusted<'a>(
+fn nearest_untrusted<H: Hop>(
     mut client: IpAddr,
-    hops: impl Iterator<Item = &'a str>,
+    hops: impl Iterator<Item = H>,
     trusted: &TrustedProxies,
 ) -> IpAddr {
     for (nth, hop) in hops.enumerate() {
@@ -121,7 +155,7 @@ fn nearest_untrusted<'a>(
         if nth > 0 && !trusted.contains(client) {
             break;
         }
-        match parse_hop(hop) {
+        match hop.parse() {
             Some(ip) => client = ip,
             // Garbage or an obfuscated identifier: the last address we can vouch for stands.
             None => break,
@@ -130,9 +164,65 @@ fn nearest_untrusted<'a>(
     client
 }
 
-/// Whether a header called `name` is there.
-fn has(headers: &[Header<'_>], name: &str) -> bool {
-    headers.iter().any(|h| crate::wire::header_is(h.name, name))
+/// One entry of a forwarding header's list: an address, perhaps with a port,
+/// brackets or quotes.
+trait Hop {
+    /// The address, if the entry is one.
+    fn parse(self) -> Option<IpAddr>;
+}
+
+impl Hop for &str {
+    fn parse(self) -> Option<IpAddr> {
+        parse_hop(self)
+    }
+}
+
+/// An `X-Forwarded-For` entry as sent: the usual plain IPv4 address is read
+/// straight from the bytes, anything else as text.
+impl Hop for &[u8] {
+    fn parse(self) -> Option<IpAddr> {
+        let hop = self.trim_ascii();
+        match dotted_quad(hop) {
+            Some(v4) => Some(IpAddr::V4(v4)),
+            None => parse_hop(std::str::from_utf8(hop).ok()?),
+        }
+    }
+}
+
+/// The entries of every `X-Forwarded-For` header, newest (rightmost, last
+/// header) first, as bytes: split without decoding, so a plain address costs
+/// no more than its digits. A header that is not UTF-8 is left out, as
+/// [`header_list`] does.
+fn x_forwarded_for_hops<'a>(headers: &[Header<'a>]) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .iter()
+        .rev()
+        .filter(|h| crate::wire::header_is(h.name, X_FORWARDED_FOR))
+        .filter(|h| h.value.is_ascii() || std::str::from_utf8(h.value).is_ok())
+        .flat_map(|h| h.value.rsplit(|&b| b == b','))
+}
+
+/// `a.b.c.d` exactly as Rust's own parser accepts it (decimal, each part 0 to
+/// 255 without a leading zero), read from bytes; `None` for anything else,
+/// which then goes through [`parse_hop`].
+fn dotted_quad(text: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = text.split(|&b| b == b'.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
+            return None;
+        }
+        let mut value: u16 = 0;
+        for &digit in part {
+            if !digit.is_ascii_digit() {
+                return None;
+            }
+            value = value * 10 + u16::from(digit - b'0');
+        }
+        *octet = u8::try_from(value).ok()?;
+    }
+    parts.next().is_none().then_some(Ipv4Addr::from(octets))
 }
 
 /// The entries of a comma-separated header, across repeated headers in order
@@ -297,6 +387,55 @@ mod tests {
             "10.0.0.1",
             "no trusted proxies: headers ignored"
         );
+    }
+
+    #[test]
+    fn dotted_quads_read_from_bytes_exactly_as_rust_parses_them() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let alphabet = b"0123456789.....0012559 :x";
+        let mut accepted = 0;
+        for _ in 0..200_000 {
+            let text: String = if rng.bool() {
+                (0..rng.usize(0..18))
+                    .map(|_| char::from(alphabet[rng.usize(..alphabet.len())]))
+                    .collect()
+            } else {
+                // Near misses: 3 to 5 parts of 0 to 4 digits.
+                let parts: Vec<String> = (0..rng.usize(3..=5))
+                    .map(|_| (0..rng.usize(0..=4)).map(|_| rng.digit(10)).collect())
+                    .collect();
+                parts.join(".")
+            };
+            let fast = dotted_quad(text.as_bytes());
+            assert_eq!(fast, text.parse::<Ipv4Addr>().ok(), "{text:?}");
+            accepted += usize::from(fast.is_some());
+        }
+        // Random addresses, each octet over its whole range.
+        for _ in 0..100_000 {
+            let ip = Ipv4Addr::from(rng.u32(..));
+            assert_eq!(dotted_quad(ip.to_string().as_bytes()), Some(ip));
+        }
+        assert!(
+            accepted > 500,
+            "the random texts held too few addresses: {accepted}"
+        );
+    }
+
+    #[test]
+    fn a_forwarded_for_header_that_is_not_utf8_is_left_out() {
+        let trusted = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let headers = [
+            Header {
+                name: "X-Forwarded-For",
+                value: b"1.1.1.1",
+            },
+            Header {
+                name: "x-forwarded-for",
+                value: b"2.2.2.\xff",
+            },
+        ];
+        let ip = client_ip("10.0.0.1".parse().unwrap(), &headers, &trusted);
+        assert_eq!(ip, "1.1.1.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -34,10 +34,12 @@ thread_local! {
     static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
 }
 
-/// The first `k` mounts of `stream` (indices into its mounts and its prepared
-/// candidates) for `client`, who arrived over `scheme`: [`balancer_geo::rank_top`]
-/// of the stream's candidates, with the ranking reused from an earlier player
-/// at the same place in the same view.
+/// The first `draws` of the `depth` best mounts of `stream` (indices into its
+/// mounts and its prepared candidates) for `client`, who arrived over
+/// `scheme`: [`balancer_geo::rank_top`] of the stream's candidates, with the
+/// ranking of depth `depth` reused from an earlier player at the same place in
+/// the same view.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn top(
     view: &FleetView,
     stream: &StreamView,
@@ -45,17 +47,18 @@ pub(crate) fn top(
     client: &Client,
     policy: &RankPolicy,
     rng: &mut fastrand::Rng,
-    k: usize,
+    depth: usize,
+    draws: usize,
 ) -> Order {
     let key = Key {
         lineage: stream.lineages[scheme.index()],
-        k,
+        k: depth,
         client: client.key(),
     };
     let candidates = &stream.candidates[scheme.index()];
     KEPT.with(|kept| {
         kept.borrow_mut()
-            .top(view.id, key, candidates, client, policy, rng)
+            .top(view.id, key, candidates, client, policy, rng, draws)
     })
 }
 
@@ -76,6 +79,7 @@ struct Kept {
 
 impl Kept {
     /// [`top`] of `candidates` (which `key` names) in view `view`.
+    #[allow(clippy::too_many_arguments)]
     fn top(
         &mut self,
         view: u64,
@@ -84,6 +88,7 @@ impl Kept {
         client: &Client,
         policy: &RankPolicy,
         rng: &mut fastrand::Rng,
+        draws: usize,
     ) -> Order {
         if self.view != view {
             self.view = view;
@@ -102,14 +107,14 @@ impl Kept {
                 *ranking = shared(distinct, next);
                 *made_for = view;
             }
-            return ranking.top(rng, key.k);
+            return ranking.top(rng, draws);
         }
         if rankings.len() >= CAPACITY {
             rankings.clear();
             distinct.clear();
         }
         let ranking = shared(distinct, Ranking::new(client, candidates, policy, key.k));
-        let order = ranking.top(rng, key.k);
+        let order = ranking.top(rng, draws);
         rankings.insert(key, (view, ranking));
         order
     }
@@ -233,6 +238,8 @@ mod tests {
                 );
                 let made_for = kept.rankings.get(&key(lineage, &client, k)).map(|e| e.0);
                 rebased += usize::from(made_for.is_some_and(|made_for| made_for != view));
+                // A redirect draws only its first choice: the start of the same draw.
+                let draws = if cases.bool() { k } else { cases.usize(1..=k) };
                 let reused = kept.top(
                     view,
                     key(lineage, &client, k),
@@ -240,8 +247,13 @@ mod tests {
                     &client,
                     &policy,
                     &mut fastrand::Rng::with_seed(seed),
+                    draws,
                 );
-                assert_eq!(reused[..], fresh[..], "view {view}, k {k}, {client:?}");
+                assert_eq!(
+                    reused[..],
+                    fresh[..draws.min(fresh.len())],
+                    "view {view}, k {k}, draws {draws}, {client:?}"
+                );
             }
             assert!(
                 kept.rankings.len() <= 8 * 3 * new_lineages,
@@ -278,6 +290,7 @@ mod tests {
                 &client,
                 &policy,
                 &mut rng,
+                3,
             )
             .to_vec()
         };
@@ -309,6 +322,7 @@ mod tests {
             &elsewhere,
             &policy,
             &mut rng,
+            3,
         );
         assert_eq!((kept.rankings.len(), kept.distinct.len()), (3, 1));
         for lineage in 0..CAPACITY as u64 + 3 {
@@ -319,6 +333,7 @@ mod tests {
                 &client,
                 &policy,
                 &mut rng,
+                3,
             );
         }
         assert!(kept.rankings.len() <= CAPACITY);

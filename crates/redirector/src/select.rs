@@ -207,19 +207,61 @@ impl Selector {
         let fresh = now_ms - stream.oldest_observation_ms <= self.max_age_ms;
         let (client, scheme) = (&player.client, player.scheme);
         // Indices into the stream's mounts, best first.
-        let order: balancer_geo::Order = if fresh {
+        let mut order: balancer_geo::Order = if fresh {
             // The usual case: no data is stale, the prepared candidates are
             // exact, and so is a ranking of them kept from an earlier player.
-            crate::rankings::top(view, stream, scheme, client, &self.policy, rng, SPARES)
+            // A redirect needs one mount, and the first drawn nearly always
+            // has a slot: its spares are drawn only when it has none.
+            let draws = if format == Format::Redirect {
+                1
+            } else {
+                SPARES
+            };
+            crate::rankings::top(
+                view,
+                stream,
+                scheme,
+                client,
+                &self.policy,
+                rng,
+                SPARES,
+                draws,
+            )
         } else {
             let all = &|_| false;
             self.ranked(view, stream, player, Tier::Soft, now_ms, rng, SPARES, all)
                 .into()
         };
-        if let Some(position) = self
+        let mut taken = self
             .first_taken(view, stream, &order, reserve, Tier::Soft, now_ms)
-            .await
-        {
+            .await;
+        if taken.is_none() && reserve && order.len() < SPARES && fresh {
+            // The first choice had no slot: the spares. Drawn anew, without
+            // the mounts tried, they are drawn as they would have been with
+            // it: what is left of a draw in proportion to capacity is such a
+            // draw of the rest (Luce's choice axiom).
+            let tried = order.len();
+            let again = crate::rankings::top(
+                view,
+                stream,
+                scheme,
+                client,
+                &self.policy,
+                rng,
+                SPARES,
+                SPARES,
+            );
+            for index in again {
+                if !order[..tried].contains(&index) {
+                    order.push(index);
+                }
+            }
+            taken = self
+                .first_taken(view, stream, &order[tried..], reserve, Tier::Soft, now_ms)
+                .await
+                .map(|position| tried + position);
+        }
+        if let Some(position) = taken {
             return Some(answer(format, view, stream, scheme, &order[position..]));
         }
         if !reserve {
