@@ -6,7 +6,8 @@
 //! [`client_ip`] (who asks), [`select`] (usable mounts, geo ranking,
 //! a slot from [`reserve`]), [`http`] (the answer). [`follow`] keeps the
 //! [`view`] current; [`server`] accepts connections and [`wire`] reads and
-//! writes HTTP/1.1 on them; [`service`] wires it all.
+//! writes HTTP/1.1 on them, with each thread's deadlines and stop in
+//! `watchdog`; [`service`] wires it all.
 //! [`index`] lists the streams at `/` and `/streams.json`.
 //!
 //! Architecture invariant: no request waits for Redis except to lease slots,
@@ -29,4 +30,5 @@ pub mod select;
 pub mod server;
 pub mod service;
 pub mod view;
+mod watchdog;
 pub mod wire;

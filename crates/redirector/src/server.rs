@@ -33,6 +33,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::http::{App, Request, handle, method_not_allowed};
+use crate::watchdog::{self, Watched};
 use crate::wire::{self, DateCache, Method, Next, Parsed, Refusal, Reply};
 
 /// The largest request head accepted; a bigger one gets 431.
@@ -67,10 +68,11 @@ pub async fn serve(
         AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)
             .map_err(std::io::Error::from)?
     };
-    let (stop, stopped) = watch::channel(false);
+    // Deadlines and the stop, watched per thread (see `watchdog`).
+    watchdog::start();
+    let sweeper = tokio::spawn(watchdog::sweep(watchdog::tick(header_timeout)));
     let acceptor = Acceptor {
         app,
-        stopped,
         header_timeout,
         open: Arc::new(OpenConnections::default()),
     };
@@ -103,7 +105,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let _ = stop.send(true);
+    watchdog::stop();
     // Idle connections close at once, busy ones after their answer; what is
     // left after the grace period is dropped with this thread's runtime.
     if tokio::time::timeout(grace, acceptor.open.all_closed())
@@ -115,13 +117,13 @@ pub async fn serve(
             "connections still open after the grace period; closing them"
         );
     }
+    sweeper.abort();
     Ok(())
 }
 
 /// What a player thread needs to take a new connection.
 struct Acceptor {
     app: Arc<App>,
-    stopped: watch::Receiver<bool>,
     header_timeout: Duration,
     open: Arc<OpenConnections>,
 }
@@ -165,7 +167,7 @@ impl Acceptor {
         if length != input.len() {
             return Inline::NotNow;
         }
-        let next = unless_stopped(keep, &self.stopped);
+        let next = unless_stopped(keep);
         // Pending only while waiting for a slot lease: then the task asks again.
         let Some(reply) = handle(&self.app, &request, now_ms).now_or_never() else {
             return Inline::NotNow;
@@ -206,7 +208,6 @@ impl Acceptor {
             stream,
             peer,
             app: self.app.clone(),
-            stopped: self.stopped.clone(),
             header_timeout: self.header_timeout,
         };
         let open = OpenConnections::enter(&self.open);
@@ -275,9 +276,6 @@ struct Connection {
     stream: TcpStream,
     peer: SocketAddr,
     app: Arc<App>,
-    /// Turns true when the server stops: idle connections close, busy ones
-    /// close after their answer.
-    stopped: watch::Receiver<bool>,
     header_timeout: Duration,
 }
 
@@ -287,7 +285,7 @@ impl Connection {
     /// holds and what follows.
     async fn run(mut self, mut input: Vec<u8>, pending: Vec<u8>, close_after: bool) {
         let (mut now, mut now_ms) = clock_now();
-        let mut deadline = now + self.header_timeout;
+        let deadline = now + self.header_timeout;
         if !pending.is_empty() {
             let written = tokio::time::timeout_at(deadline, self.stream.write_all(&pending)).await;
             if close_after || !matches!(written, Ok(Ok(()))) {
@@ -296,18 +294,9 @@ impl Connection {
         }
         input.reserve(READ_ROOM);
         let mut output: Vec<u8> = Vec::with_capacity(1024);
-        // One timer for the connection's life. Requests move `deadline` on;
-        // the timer follows only when it fires before it, so a busy
-        // connection touches the timer wheel once per timeout, not per request.
-        let idle = tokio::time::sleep_until(deadline);
-        tokio::pin!(idle);
-        // Likewise one wait for the server to stop, registered once.
-        let mut stopped = self.stopped.clone();
-        let stop = async move {
-            // A dropped sender stops the server too.
-            let _ = stopped.changed().await;
-        };
-        tokio::pin!(stop);
+        // The header and idle deadline, and the server's stop: a look into
+        // the thread's table per wait, no timer or channel per connection.
+        let watched = Watched::new(deadline);
         loop {
             let (consumed, end) = self.answer_all(&input, now_ms, &mut output).await;
             if consumed == input.len() {
@@ -342,7 +331,7 @@ impl Connection {
             }
             if consumed > 0 && input.is_empty() {
                 // Ready for the next request: it has the whole timeout.
-                deadline = now + self.header_timeout;
+                watched.set_deadline(now + self.header_timeout);
             }
             if input.capacity() - input.len() < READ_ROOM / 2 {
                 input.reserve(READ_ROOM);
@@ -357,15 +346,10 @@ impl Connection {
                         _ => return,
                     }
                 }
-                // Too slow: a head still arriving after the timeout, or an
-                // idle connection, is cut off.
-                () = &mut idle => {
-                    if Instant::now() >= deadline {
-                        return;
-                    }
-                    idle.as_mut().reset(deadline);
-                }
-                () = &mut stop, if waiting => return,
+                // Too slow (a head still arriving after the timeout, or an
+                // idle connection), or the server stops while the connection
+                // is between requests: closed.
+                _ = watched.interrupted(waiting) => return,
             }
         }
     }
@@ -387,7 +371,7 @@ impl Connection {
             match next_request(&input[consumed..], self.peer, &self.app) {
                 Step::Partial => return (consumed, End::Open),
                 Step::Request(request, length, keep) => {
-                    let next = unless_stopped(keep, &self.stopped);
+                    let next = unless_stopped(keep);
                     let reply = handle(&self.app, &request, now_ms).await;
                     encode(&reply, request.method, next, now_ms, output);
                     consumed += length;
@@ -513,8 +497,12 @@ fn encode(reply: &Reply, method: Method, next: Next, now_ms: i64, output: &mut V
 
 /// `keep`, unless the server is stopping: then the connection closes after
 /// this answer.
-fn unless_stopped(keep: Next, stopped: &watch::Receiver<bool>) -> Next {
-    if *stopped.borrow() { Next::Close } else { keep }
+fn unless_stopped(keep: Next) -> Next {
+    if watchdog::stopping() {
+        Next::Close
+    } else {
+        keep
+    }
 }
 
 /// Binds `threads` listening sockets to `address`, all with `SO_REUSEPORT`

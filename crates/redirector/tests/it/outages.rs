@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use balancer_testkit::{IcecastServer, IcecastSpec, MountSpec, Player, RedisServer};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::support::*;
 
@@ -245,21 +246,51 @@ async fn two_player_threads_both_answer_and_sigterm_drains_both() {
         before.iter().all(|&n| n > 0.0),
         "both threads must take connections: {before:?}"
     );
+    // Kept-alive connections idle between requests, on both threads: the
+    // stop closes them at once, not at their idle timeout (10 s) or at the
+    // end of the grace period.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        let mut connection = tokio::net::TcpStream::connect(redirector.listen)
+            .await
+            .unwrap();
+        connection
+            .write_all(b"HEAD /s HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 1024];
+        let read = connection.read(&mut answer).await.unwrap();
+        assert!(answer[..read].starts_with(b"HTTP/1.1 302"));
+        idle.push(connection);
+    }
+    let with_idle = per_thread(&scrape(redirector.admin).await);
     redirector.process.signal(libc::SIGTERM);
+    let signalled = Instant::now();
     wait_health(&redirector, false).await;
     // Draining: both threads still answer until the drain delay ends.
     assert_eq!(burst(100).await, 100, "answered while draining");
     let during = per_thread(&scrape(redirector.admin).await);
     assert!(
-        during.iter().zip(before).all(|(d, b)| *d > b),
-        "both threads answered during the drain: {before:?} then {during:?}"
+        during.iter().zip(with_idle).all(|(d, b)| *d > b),
+        "both threads answered during the drain: {with_idle:?} then {during:?}"
     );
+    for mut connection in idle {
+        let mut rest = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(5), connection.read(&mut rest))
+            .await
+            .expect("an idle connection closed by the stop");
+        assert!(matches!(closed, Ok(0)), "{closed:?}");
+    }
     let status = redirector
         .process
         .wait_exit(Duration::from_secs(10))
         .await
         .expect("exits within 10 s");
     assert!(status.success(), "{status}");
+    // The drain delay (1 s), then no wait for idle connections.
+    let exited = signalled.elapsed();
+    println!("exited {exited:?} after SIGTERM with 40 idle connections");
+    assert!(exited < Duration::from_secs(4), "{exited:?}");
 }
 
 #[tokio::test]
