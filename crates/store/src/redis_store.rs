@@ -3,8 +3,9 @@
 //! server (`redis://`, `rediss://`) or the master Sentinel names
 //! (`redis+sentinel://`), followed across failovers.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -122,18 +123,60 @@ pub struct RedisStore {
 struct Link {
     client: redis::Client,
     connection: ConnectionManager,
+    timeout: Duration,
 }
 
 impl Link {
     fn new(client: redis::Client, timeout: Duration) -> Result<Link, StoreError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-        Ok(Link { client, connection })
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config(timeout))?;
+        Ok(Link {
+            client,
+            connection,
+            timeout,
+        })
     }
+
+    /// This thread's own connection to the same Redis, made on first use.
+    ///
+    /// Slot leases are asked for from the redirector's player threads, one
+    /// current-thread runtime each. Through the shared connection, whose
+    /// driver task lives on the control runtime, every lease would cross
+    /// threads twice (the request to the driver, the answer back), each a
+    /// wake-up of another thread on the player's core. A connection of the
+    /// thread's own is driven by the thread's own runtime, like its players.
+    /// Must be called from within a tokio runtime (it spawns there).
+    fn own_connection(self: &Arc<Self>) -> Result<ConnectionManager, StoreError> {
+        OWN_CONNECTION.with(|own| {
+            let mut own = own.borrow_mut();
+            if let Some((link, connection)) = own.as_ref()
+                && std::ptr::eq(link.as_ptr(), Arc::as_ptr(self))
+            {
+                return Ok(connection.clone());
+            }
+            let connection =
+                ConnectionManager::new_lazy_with_config(self.client.clone(), config(self.timeout))?;
+            *own = Some((Arc::downgrade(self), connection.clone()));
+            Ok(connection)
+        })
+    }
+}
+
+thread_local! {
+    /// [`Link::own_connection`]: the link it was made for (a failover makes
+    /// a new link, and so a new connection; the `Weak` keeps the old link's
+    /// address from being reused meanwhile), and the connection.
+    static OWN_CONNECTION: RefCell<Option<(Weak<Link>, ConnectionManager)>> =
+        const { RefCell::new(None) };
+}
+
+/// How every connection to Redis behaves: each attempt and answer bounded by
+/// `timeout`, one retry, reconnecting with backoff up to 2 s.
+fn config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(2))
 }
 
 impl RedisStore {
@@ -245,9 +288,10 @@ impl RedisStore {
     }
 
     /// Leases up to `request.want` slots of a mount (see `slots.rs`), bounded
-    /// by the store's operation timeout.
+    /// by the store's operation timeout, over the calling thread's own
+    /// connection (see `Link::own_connection`).
     pub async fn reserve(&self, request: &ReserveRequest) -> Result<Grant, StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.link().await?.own_connection()?;
         let mut call = self
             .reserve
             .key(self.keys.reservations(&request.server, &request.mount));

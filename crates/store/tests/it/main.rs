@@ -448,3 +448,58 @@ async fn through_sentinel_the_store_finds_the_master_and_unreachable_sentinels_f
         "{error}"
     );
 }
+
+/// Clients connected to `redis` (the asking connection included).
+async fn connected_clients(redis: &RedisServer) -> u32 {
+    let info = redis.info("clients").await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no connected_clients in {info}"))
+}
+
+/// A redirector asks for leases from its player threads, each running its own
+/// runtime: each thread leases over a connection of its own (made once and
+/// kept), so an answer never has to wake another thread. Were the leases sent
+/// over the store's shared connection, Redis would see no new client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn each_thread_leases_over_a_connection_of_its_own() {
+    use std::sync::{Arc, Barrier};
+    let redis = RedisServer::start().await;
+    let store = store(&redis);
+    first_publication(&store).await;
+    let before = connected_clients(&redis).await;
+    let (leased, done) = (Arc::new(Barrier::new(3)), Arc::new(Barrier::new(3)));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, leased, done) = (store.clone(), leased.clone(), done.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let grants: Vec<_> = (0..3)
+                    .map(|n| runtime.block_on(store.reserve(&reserve(10_000 + n, 9_000, 100, 1))))
+                    .collect();
+                // Reached whatever the grants were, so the test cannot hang here.
+                leased.wait();
+                done.wait();
+                grants
+            })
+        })
+        .collect();
+    let wait = |barrier: Arc<Barrier>| tokio::task::spawn_blocking(move || barrier.wait());
+    wait(leased).await.unwrap();
+    let during = connected_clients(&redis).await;
+    wait(done).await.unwrap();
+    for thread in threads {
+        for grant in thread.join().unwrap() {
+            assert_eq!(grant.unwrap().granted, 1);
+        }
+    }
+    assert_eq!(
+        during,
+        before + 2,
+        "two threads, three leases each: one new connection per thread"
+    );
+}
