@@ -64,10 +64,9 @@ fn cached<T: Copy + Default + 'static>(
         return T::default();
     };
     // A data section over 4 GiB has no key here (no real database is that large).
-    let Ok(offset) = u32::try_from(offset) else {
+    let Some(key) = key(load, offset) else {
         return decode();
     };
-    let key = (u64::from(load) << 32) | u64::from(offset);
     table.with(|table| {
         if let Some(value) = table.borrow().map.get(&key) {
             return *value;
@@ -80,6 +79,13 @@ fn cached<T: Copy + Default + 'static>(
         table.map.insert(key, value);
         value
     })
+}
+
+/// The key of the record at `offset` of load `load`: never 0 (load ids start
+/// at 1); `None` for an offset past 4 GiB (no real database is that large).
+pub(crate) fn key(load: u32, offset: usize) -> Option<u64> {
+    let offset = u32::try_from(offset).ok()?;
+    Some((u64::from(load) << 32) | u64::from(offset))
 }
 
 /// Decoded records by load and offset.

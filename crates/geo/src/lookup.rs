@@ -45,6 +45,46 @@ pub enum DbError {
     },
 }
 
+/// Which records of the loaded databases an address maps to: an identity of
+/// its [`Place`] that costs a walk of the trees but no decoding. Addresses
+/// with equal `Records` are at equal places; a reloaded database gives its
+/// records new identities. So a caller can keep what it derives from a place
+/// (the redirector: rankings) by `Records`, and skip the place itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Records {
+    /// The City record's [`decoded::key`], 0 for none.
+    city: u64,
+    /// The ASN record's, 0 for none.
+    asn: u64,
+}
+
+impl Records {
+    /// Records of a test's choosing, for tables keyed by them.
+    pub fn from_parts(city: u64, asn: u64) -> Records {
+        Records { city, asn }
+    }
+}
+
+/// The load id of `db` and the record `ip` maps to in it, if any.
+fn found(
+    db: &Option<Arc<Loaded>>,
+    ip: IpAddr,
+) -> Option<(u32, maxminddb::LookupResult<'_, Vec<u8>>)> {
+    let db = db.as_deref()?;
+    Some((db.id, db.reader.lookup(ip).ok()?))
+}
+
+/// The identity of the record `found` in load `load` (0: no record, or no
+/// database); `None` if it has none (a data section over 4 GiB).
+fn record_id<S: AsRef<[u8]>>(found: &Option<(u32, maxminddb::LookupResult<'_, S>)>) -> Option<u64> {
+    match found {
+        None => Some(0),
+        Some((load, found)) => found
+            .offset()
+            .map_or(Some(0), |offset| decoded::key(*load, offset)),
+    }
+}
+
 /// A database read fully into memory, with the file's identity at read time.
 struct Loaded {
     reader: Reader<Vec<u8>>,
@@ -111,35 +151,51 @@ impl GeoDb {
     /// Where `ip` is, as far as the databases know. Never fails: what cannot
     /// be found is unknown. IPv4-mapped IPv6 addresses are looked up as IPv4.
     pub fn lookup(&self, ip: IpAddr) -> Place {
+        self.lookup_records(ip, |_, place| place())
+    }
+
+    /// [`lookup`](Self::lookup) for a caller that keeps what it derives from
+    /// a place in a table of its own: `with` gets the [`Records`] `ip` maps
+    /// to, found by walking the trees without decoding anything (`None` when
+    /// they cannot be named, for a data section over 4 GiB), and a function
+    /// returning the place, to call only if the caller does not know it yet.
+    pub fn lookup_records<R>(
+        &self,
+        ip: IpAddr,
+        with: impl FnOnce(Option<Records>, &mut dyn FnMut() -> Place) -> R,
+    ) -> R {
         let ip = canonical(ip);
         let current = self.current.load();
-        let mut place = Place::default();
-        if let Some(city) = &current.city
-            && let Ok(found) = city.reader.lookup(ip)
-        {
-            let city = decoded::city(city.id, &found, || {
-                found
-                    .decode::<CityRecord<'_>>()
-                    .ok()
-                    .flatten()
-                    .map(CityRecord::place)
-                    .unwrap_or_default()
-            });
-            // The City database has no ASN; the ASN database adds it below.
-            place = city;
-        }
-        if let Some(asn) = &current.asn
-            && let Ok(found) = asn.reader.lookup(ip)
-        {
-            place.asn = decoded::asn(asn.id, &found, || {
-                found
-                    .decode::<AsnRecord>()
-                    .ok()
-                    .flatten()
-                    .and_then(|r| r.autonomous_system_number)
-            });
-        }
-        place
+        let (city, asn) = (found(&current.city, ip), found(&current.asn, ip));
+        let records = match (record_id(&city), record_id(&asn)) {
+            (Some(city), Some(asn)) => Some(Records { city, asn }),
+            _ => None,
+        };
+        let mut place = || {
+            let mut place = Place::default();
+            if let Some((load, found)) = &city {
+                // The City database has no ASN; the ASN database adds it below.
+                place = decoded::city(*load, found, || {
+                    found
+                        .decode::<CityRecord<'_>>()
+                        .ok()
+                        .flatten()
+                        .map(CityRecord::place)
+                        .unwrap_or_default()
+                });
+            }
+            if let Some((load, found)) = &asn {
+                place.asn = decoded::asn(*load, found, || {
+                    found
+                        .decode::<AsnRecord>()
+                        .ok()
+                        .flatten()
+                        .and_then(|r| r.autonomous_system_number)
+                });
+            }
+            place
+        };
+        with(records, &mut place)
     }
 
     /// Where a server is: the fleet config's location and country when given,

@@ -1,9 +1,17 @@
-//! Rankings kept per thread for the snapshot being served. A crowd comes from
-//! far fewer places than addresses: every player GeoIP puts in one city, on one
-//! network, gets the same ranking of a stream's mounts until the next snapshot.
-//! Scoring and sorting a hundred mounts is most of what a redirect costs, so it
-//! is done once per place, stream and snapshot; each player still gets its own
-//! random draw among the best group (see [`balancer_geo::Ranking`]).
+//! Places and their rankings, kept per thread for the snapshot being served.
+//! A crowd comes from far fewer places than addresses: every player whose
+//! address GeoIP maps to the same records (one city, one network) is at the
+//! same place, and gets the same ranking of a stream's mounts until the next
+//! snapshot. Scoring and sorting a hundred mounts is most of what a redirect
+//! costs, so it is done once per place, stream and snapshot; each player
+//! still gets its own random draw among the best group (see
+//! [`balancer_geo::Ranking`]).
+//!
+//! A place is known by its GeoIP records ([`balancer_geo::Records`], found
+//! by walking the trees, without decoding) and its address family, and one
+//! entry holds both the place and its rankings: a redirect finds them with
+//! one probe of one table, where a table of decoded places and another of
+//! rankings by place cost a cache miss each.
 //!
 //! A new snapshot usually changes only free slots. Then a kept ranking is
 //! rebased to the new capacities ([`Ranking::rebase`], a pass over its group
@@ -18,58 +26,114 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::BuildHasherDefault;
+use std::net::IpAddr;
 use std::rc::Rc;
 
-use balancer_geo::{Candidate, Client, ClientKey, KeyHasher, Order, RankPolicy, Ranking};
+use balancer_geo::{
+    Candidate, Client, GeoDb, KeyHasher, Order, Place, RankPolicy, Ranking, Records,
+};
 
 use crate::client_ip::Scheme;
 use crate::view::{FleetView, StreamView};
 
 /// Rankings kept per thread. One costs a few hundred bytes to a few KiB (the
-/// best group and the spares), so a full table stays within a few MiB.
-const CAPACITY: usize = 4_096;
+/// best group and the spares), and places that rank alike share one, so a
+/// full table stays within a few MiB.
+const RANKINGS: usize = 4_096;
+/// Places kept per thread, about 128 bytes each (without their rankings).
+const PLACES: usize = 16_384;
 
 thread_local! {
     static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
 }
 
+/// What a player's place is known by in a thread's table: the GeoIP records
+/// its address maps to, and its address family (ranking looks at both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct PlaceKey {
+    records: Records,
+    ipv6: bool,
+}
+
+/// Where the player at `ip` is, and the key of that place in this thread's
+/// table (`None` when its records have no name, see
+/// [`GeoDb::lookup_records`]): decoded from GeoIP only the first time this
+/// thread sees the place.
+pub(crate) fn locate(geo: &GeoDb, ip: IpAddr) -> (Client, Option<PlaceKey>) {
+    let ipv6 = ip.is_ipv6();
+    geo.lookup_records(ip, |records, place| match records {
+        Some(records) => {
+            let key = PlaceKey { records, ipv6 };
+            let place = KEPT.with(|kept| kept.borrow_mut().place(key, place));
+            (Client { place, ipv6 }, Some(key))
+        }
+        None => (
+            Client {
+                place: place(),
+                ipv6,
+            },
+            None,
+        ),
+    })
+}
+
 /// The first `draws` of the `depth` best mounts of `stream` (indices into its
-/// mounts and its prepared candidates) for `client`, who arrived over
-/// `scheme`: [`balancer_geo::rank_top`] of the stream's candidates, with the
-/// ranking of depth `depth` reused from an earlier player at the same place in
-/// the same view.
+/// mounts and its prepared candidates) for `client`, placed at `key` by
+/// [`locate`], who arrived over `scheme`: [`balancer_geo::rank_top`] of the
+/// stream's candidates, with the ranking of depth `depth` reused from an
+/// earlier player at the same place in the same view.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn top(
     view: &FleetView,
     stream: &StreamView,
     scheme: Scheme,
     client: &Client,
+    key: Option<PlaceKey>,
     policy: &RankPolicy,
     rng: &mut fastrand::Rng,
     depth: usize,
     draws: usize,
 ) -> Order {
-    let key = Key {
-        lineage: stream.lineages[scheme.index()],
-        k: depth,
-        client: client.key(),
-    };
+    let lineage = stream.lineages[scheme.index()];
     let candidates = &stream.candidates[scheme.index()];
-    KEPT.with(|kept| {
-        kept.borrow_mut()
-            .top(view.id, key, candidates, client, policy, rng, draws)
-    })
+    match key {
+        Some(key) => KEPT.with(|kept| {
+            kept.borrow_mut().top(
+                view.id,
+                Kind {
+                    key,
+                    lineage,
+                    depth,
+                },
+                candidates,
+                client,
+                policy,
+                rng,
+                draws,
+            )
+        }),
+        None => Ranking::new(client, candidates, policy, depth).top(rng, draws),
+    }
 }
 
-/// A thread's rankings.
+/// Which ranking: of the place `key`, of the candidates of lineage
+/// `lineage`, `depth` deep.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
+    key: PlaceKey,
+    lineage: u64,
+    depth: usize,
+}
+
+/// A thread's places and rankings.
 #[derive(Default)]
 struct Kept {
     /// [`FleetView::id`] of the view served last.
     view: u64,
-    /// The ranking for each place (and lineage and depth) seen, with the
-    /// [`FleetView::id`] of the view whose free slots it has.
-    rankings: HashMap<Key, (u64, Rc<Ranking>), BuildHasherDefault<KeyHasher>>,
+    places: HashMap<PlaceKey, Entry, BuildHasherDefault<KeyHasher>>,
+    /// Rankings held by the places, for the bound.
+    rankings: usize,
     /// Each distinct ranking of the view served last, once. Far fewer than
     /// places: players far from every server, or in one country's cities,
     /// often share theirs. Shared, they stay in the processor's cache, where
@@ -77,13 +141,74 @@ struct Kept {
     distinct: HashSet<Rc<Ranking>, BuildHasherDefault<KeyHasher>>,
 }
 
+/// One place: what GeoIP says of it, and its rankings (usually one: most
+/// players ask for one stream; the first is inline, beside the place).
+struct Entry {
+    place: Place,
+    first: Option<KeptRanking>,
+    more: Vec<KeptRanking>,
+}
+
+/// A ranking of lineage `lineage`, `depth` deep, with the free slots of the
+/// view `made_for` ([`FleetView::id`]).
+struct KeptRanking {
+    lineage: u64,
+    depth: usize,
+    made_for: u64,
+    ranking: Rc<Ranking>,
+}
+
+impl Entry {
+    fn new(place: Place) -> Entry {
+        Entry {
+            place,
+            first: None,
+            more: Vec::new(),
+        }
+    }
+
+    fn ranking(&mut self, lineage: u64, depth: usize) -> Option<&mut KeptRanking> {
+        let of = |kept: &&mut KeptRanking| kept.lineage == lineage && kept.depth == depth;
+        self.first
+            .as_mut()
+            .filter(of)
+            .or_else(|| self.more.iter_mut().find(of))
+    }
+
+    fn keep(&mut self, kept: KeptRanking) {
+        match self.first {
+            None => self.first = Some(kept),
+            Some(_) => self.more.push(kept),
+        }
+    }
+}
+
 impl Kept {
-    /// [`top`] of `candidates` (which `key` names) in view `view`.
+    /// The place `key`, from `place` the first time.
+    fn place(&mut self, key: PlaceKey, place: &mut dyn FnMut() -> Place) -> Place {
+        if let Some(entry) = self.places.get(&key) {
+            return entry.place;
+        }
+        let place = place();
+        if self.places.len() >= PLACES {
+            self.start_over();
+        }
+        self.places.insert(key, Entry::new(place));
+        place
+    }
+
+    fn start_over(&mut self) {
+        self.places.clear();
+        self.distinct.clear();
+        self.rankings = 0;
+    }
+
+    /// [`top`] of `candidates` (of `kind`'s lineage) in view `view`.
     #[allow(clippy::too_many_arguments)]
     fn top(
         &mut self,
         view: u64,
-        key: Key,
+        kind: Kind,
         candidates: &[Candidate],
         client: &Client,
         policy: &RankPolicy,
@@ -95,27 +220,46 @@ impl Kept {
             self.distinct.clear();
         }
         let Kept {
-            rankings, distinct, ..
+            places, distinct, ..
         } = self;
-        if let Some((made_for, ranking)) = rankings.get_mut(&key) {
-            if *made_for != view {
+        if let Some(kept) = places
+            .get_mut(&kind.key)
+            .and_then(|entry| entry.ranking(kind.lineage, kind.depth))
+        {
+            if kept.made_for != view {
                 // Made for an earlier view of the lineage: the same mounts,
                 // other free slots.
-                let next = ranking
+                let next = kept
+                    .ranking
                     .rebase(candidates, policy)
-                    .unwrap_or_else(|| Ranking::new(client, candidates, policy, key.k));
-                *ranking = shared(distinct, next);
-                *made_for = view;
+                    .unwrap_or_else(|| Ranking::new(client, candidates, policy, kind.depth));
+                kept.ranking = shared(distinct, next);
+                kept.made_for = view;
             }
-            return ranking.top(rng, draws);
+            return kept.ranking.top(rng, draws);
         }
-        if rankings.len() >= CAPACITY {
-            rankings.clear();
-            distinct.clear();
+        let full = self.rankings >= RANKINGS
+            || (self.places.len() >= PLACES && !self.places.contains_key(&kind.key));
+        if full {
+            self.start_over();
         }
-        let ranking = shared(distinct, Ranking::new(client, candidates, policy, key.k));
+        let ranking = shared(
+            &mut self.distinct,
+            Ranking::new(client, candidates, policy, kind.depth),
+        );
         let order = ranking.top(rng, draws);
-        rankings.insert(key, (view, ranking));
+        // The place is normally there (`locate` put it), unless the table
+        // started over since.
+        self.places
+            .entry(kind.key)
+            .or_insert_with(|| Entry::new(client.place))
+            .keep(KeptRanking {
+                lineage: kind.lineage,
+                depth: kind.depth,
+                made_for: view,
+                ranking,
+            });
+        self.rankings += 1;
         order
     }
 }
@@ -133,31 +277,13 @@ fn shared(
     ranking
 }
 
-/// What makes two rankings the same, up to free slots: the stream's
-/// candidates for the player's scheme (their lineage), the depth, and what
-/// ranking sees of the player.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Key {
-    lineage: u64,
-    k: usize,
-    client: ClientKey,
-}
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.lineage);
-        state.write_u64(self.k as u64);
-        self.client.hash(state);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The table against ranking from scratch. Selection as a whole (views
     //! built from snapshots, draws, reservations) is tested end to end.
 
     use super::*;
-    use balancer_geo::{Code, Coordinates, Place, rank_top};
+    use balancer_geo::{Code, Coordinates, rank_top};
 
     const CITIES: [(&str, &str, f64, f64); 6] = [
         ("AT", "EU", 48.21, 16.37),
@@ -178,11 +304,29 @@ mod tests {
         }
     }
 
-    fn key(lineage: u64, client: &Client, k: usize) -> Key {
-        Key {
+    /// The key of the place whose City record is `city`.
+    fn at(city: u64, client: &Client) -> PlaceKey {
+        PlaceKey {
+            records: Records::from_parts(city, 0),
+            ipv6: client.ipv6,
+        }
+    }
+
+    fn kind(key: PlaceKey, lineage: u64, depth: usize) -> Kind {
+        Kind {
+            key,
             lineage,
-            k,
-            client: client.key(),
+            depth,
+        }
+    }
+
+    impl Kept {
+        /// The kept ranking of `kind`, if any.
+        fn kept(&mut self, kind: Kind) -> Option<&KeptRanking> {
+            self.places
+                .get_mut(&kind.key)?
+                .ranking(kind.lineage, kind.depth)
+                .map(|kept| &*kept)
         }
     }
 
@@ -226,7 +370,10 @@ mod tests {
                 new_lineages += 1;
             }
             for _ in 0..200 {
-                let client = clients[cases.usize(..clients.len())];
+                let which = cases.usize(..clients.len());
+                let client = clients[which];
+                // Each lineage's clients at records of their own.
+                let key = at(lineage * 100 + which as u64, &client);
                 let k = [1, 3, 3, 3, 60][cases.usize(..5)];
                 let seed = cases.u64(..);
                 let fresh = rank_top(
@@ -236,13 +383,14 @@ mod tests {
                     &mut fastrand::Rng::with_seed(seed),
                     k,
                 );
-                let made_for = kept.rankings.get(&key(lineage, &client, k)).map(|e| e.0);
+                assert_eq!(kept.place(key, &mut || client.place), client.place);
+                let made_for = kept.kept(kind(key, lineage, k)).map(|r| r.made_for);
                 rebased += usize::from(made_for.is_some_and(|made_for| made_for != view));
                 // A redirect draws only its first choice: the start of the same draw.
                 let draws = if cases.bool() { k } else { cases.usize(1..=k) };
                 let reused = kept.top(
                     view,
-                    key(lineage, &client, k),
+                    kind(key, lineage, k),
                     &candidates,
                     &client,
                     &policy,
@@ -256,16 +404,48 @@ mod tests {
                 );
             }
             assert!(
-                kept.rankings.len() <= 8 * 3 * new_lineages,
+                kept.rankings <= 8 * 3 * new_lineages,
                 "one per place, k and lineage"
             );
-            assert!(kept.distinct.len() <= kept.rankings.len());
+            assert!(kept.places.len() <= 8 * new_lineages);
+            assert!(kept.distinct.len() <= kept.rankings);
         }
         // Many rankings were carried into a later view, many made anew.
         assert!(
             rebased > 100 && new_lineages > 10,
             "{rebased} rebased, {new_lineages} lineages"
         );
+    }
+
+    #[test]
+    fn a_place_is_looked_up_once_and_a_full_table_starts_over() {
+        let mut kept = Kept::default();
+        let client = Client::default();
+        let vienna = place(&mut fastrand::Rng::with_seed(0));
+        let lookups = std::cell::Cell::new(0);
+        let mut lookup = || {
+            lookups.set(lookups.get() + 1);
+            vienna
+        };
+        assert_eq!(kept.place(at(1, &client), &mut lookup), vienna);
+        assert_eq!(kept.place(at(1, &client), &mut lookup), vienna);
+        assert_eq!(
+            lookups.get(),
+            1,
+            "the second player at the records is not looked up"
+        );
+        let ipv6 = PlaceKey {
+            ipv6: true,
+            ..at(1, &client)
+        };
+        kept.place(ipv6, &mut lookup);
+        kept.place(at(2, &client), &mut lookup);
+        assert_eq!(lookups.get(), 3, "another family or other records are");
+        for city in 0..PLACES as u64 + 3 {
+            kept.place(at(city + 10, &client), &mut || Place::default());
+        }
+        assert!(kept.places.len() <= PLACES);
+        assert!(!kept.places.is_empty());
     }
 
     #[test]
@@ -281,11 +461,12 @@ mod tests {
             ipv6: true,
         };
         let client = Client::default();
+        let here = at(1, &client);
         let mut kept = Kept::default();
         let mut top = |kept: &mut Kept, view: u64, lineage: u64, candidates: &[Candidate]| {
             kept.top(
                 view,
-                key(lineage, &client, 3),
+                kind(here, lineage, 3),
                 candidates,
                 &client,
                 &policy,
@@ -295,17 +476,26 @@ mod tests {
             .to_vec()
         };
         assert_eq!(top(&mut kept, 1, 1, &[vienna(0), vienna(5)]), [1]);
-        // Same view, same key: the kept ranking, even if handed other candidates.
+        // Same view, same place and lineage: the kept ranking, even if handed
+        // other candidates.
         assert_eq!(top(&mut kept, 1, 1, &[vienna(5), vienna(0)]), [1]);
         // Another view of another lineage: ranked again.
         assert_eq!(top(&mut kept, 2, 2, &[vienna(5), vienna(0)]), [0]);
         // The same lineage in a later view: rebased to the new free slots.
-        let ranking = |kept: &Kept| Rc::clone(&kept.rankings[&key(2, &client, 3)].1);
-        let before = ranking(&kept);
+        let ranking = |kept: &mut Kept| Rc::clone(&kept.kept(kind(here, 2, 3)).unwrap().ranking);
+        let before = ranking(&mut kept);
         assert_eq!(top(&mut kept, 3, 2, &[vienna(1), vienna(0)]), [0]);
-        assert!(!Rc::ptr_eq(&before, &ranking(&kept)), "a new ranking");
-        assert_eq!(kept.rankings[&key(2, &client, 3)].0, 3, "for view 3");
-        assert_eq!(kept.rankings.len(), 2);
+        assert!(!Rc::ptr_eq(&before, &ranking(&mut kept)), "a new ranking");
+        assert_eq!(
+            kept.kept(kind(here, 2, 3)).unwrap().made_for,
+            3,
+            "for view 3"
+        );
+        assert_eq!(
+            (kept.rankings, kept.places.len()),
+            (2, 1),
+            "one place, two lineages"
+        );
         // Another place with the same ranking: kept once.
         let elsewhere = Client {
             place: Place {
@@ -317,18 +507,18 @@ mod tests {
         let candidates = [vienna(1), vienna(0)];
         kept.top(
             3,
-            key(2, &elsewhere, 3),
+            kind(at(2, &elsewhere), 2, 3),
             &candidates,
             &elsewhere,
             &policy,
             &mut rng,
             3,
         );
-        assert_eq!((kept.rankings.len(), kept.distinct.len()), (3, 1));
-        for lineage in 0..CAPACITY as u64 + 3 {
+        assert_eq!((kept.rankings, kept.distinct.len()), (3, 1));
+        for lineage in 0..RANKINGS as u64 + 3 {
             kept.top(
                 3,
-                key(lineage + 10, &client, 3),
+                kind(here, lineage + 10, 3),
                 &[vienna(5)],
                 &client,
                 &policy,
@@ -336,7 +526,7 @@ mod tests {
                 3,
             );
         }
-        assert!(kept.rankings.len() <= CAPACITY);
-        assert!(!kept.rankings.is_empty());
+        assert!(kept.rankings <= RANKINGS);
+        assert!(kept.rankings > 0 && !kept.places.is_empty());
     }
 }

@@ -142,15 +142,14 @@ impl Selector {
         rng: &mut fastrand::Rng,
         now_ms: i64,
     ) -> Decision {
-        let place = self.geo.lookup(client);
+        let (client, place_key) = crate::rankings::locate(&self.geo, client);
+        let place = client.place;
         if !first.rule.permits(place.country) {
             return Decision::Denied;
         }
         let player = Player {
-            client: Client {
-                place,
-                ipv6: client.is_ipv6(),
-            },
+            client,
+            place_key,
             scheme,
         };
         let mut current = first;
@@ -222,6 +221,7 @@ impl Selector {
                 stream,
                 scheme,
                 client,
+                player.place_key,
                 &self.policy,
                 rng,
                 SPARES,
@@ -246,6 +246,7 @@ impl Selector {
                 stream,
                 scheme,
                 client,
+                player.place_key,
                 &self.policy,
                 rng,
                 SPARES,
@@ -441,6 +442,8 @@ impl Selector {
 /// A player as selection sees it: where it is, and the scheme it arrived over.
 struct Player {
     client: Client,
+    /// Where the client's place and rankings are kept ([`crate::rankings`]).
+    place_key: Option<crate::rankings::PlaceKey>,
     scheme: Scheme,
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use balancer_geo::{Code, GeoDb, Place};
+use balancer_geo::{Code, GeoDb, Place, Records};
 use balancer_testkit::geoip::{CityNet, asn_db, city_db};
 
 fn networks(country: &'static str) -> Vec<CityNet<'static>> {
@@ -86,6 +86,49 @@ fn ipv4_ipv6_and_asn_lookups() {
         }
     );
     assert_eq!(db.lookup(ip("2001:db9::1")), Place::default());
+}
+
+/// What `lookup_records` names an address's place by: equal for addresses
+/// at the same records (and then at the same place), different for another
+/// record, and new after a reload; the place is decoded only when asked for.
+#[test]
+fn records_name_a_place_without_decoding_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let city = write(dir.path(), "city.mmdb", &city_db(&networks("AT")));
+    let asn = write(dir.path(), "asn.mmdb", &asn_db(&[("127.0.0.0/16", 64500)]));
+    let (db, errors) = GeoDb::open(Some(city), Some(asn));
+    assert!(errors.is_empty(), "{errors:?}");
+    let records = |text: &str| {
+        let mut asked = false;
+        let records = db.lookup_records(ip(text), |records, _| {
+            asked = true;
+            records.unwrap()
+        });
+        assert!(asked);
+        records
+    };
+    let with_place = |text: &str| db.lookup_records(ip(text), |records, place| (records, place()));
+    // One network, one City record: the same records, the same place.
+    assert_eq!(records("127.0.1.1"), records("127.0.1.200"));
+    assert_eq!(with_place("127.0.1.1").1, db.lookup(ip("127.0.1.200")));
+    // Another City record, the same ASN record: other records.
+    assert_ne!(records("127.0.1.1"), records("127.0.0.2"));
+    assert_eq!(with_place("127.0.0.2").1, db.lookup(ip("127.0.0.2")));
+    // Nothing known: the records of nothing, the unknown place.
+    assert_eq!(records("10.9.9.9"), records("10.1.1.1"));
+    assert_eq!(with_place("10.9.9.9").1, Place::default());
+    assert_eq!(records("10.9.9.9"), Records::default());
+    // A reload gives every record a new identity, the same place.
+    let before = records("127.0.1.1");
+    assert!(db.reload().is_empty());
+    assert_ne!(records("127.0.1.1"), before);
+    assert_eq!(with_place("127.0.1.1").1, db.lookup(ip("127.0.1.1")));
+    // No database: every address at the records of nothing.
+    let off = GeoDb::disabled();
+    assert_eq!(
+        off.lookup_records(ip("127.0.1.1"), |r, _| r),
+        Some(Records::default())
+    );
 }
 
 #[test]
