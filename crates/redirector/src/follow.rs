@@ -46,10 +46,14 @@ impl Views {
             }
         }
         let mut view = FleetView::build(snapshot, geo, reservations);
+        crate::view::yield_core();
         if let Some(previous) = self.current.load().as_ref() {
             view.continue_lineages(previous);
         }
-        self.current.store(Some(Arc::new(view)));
+        let previous = self.current.swap(Some(Arc::new(view)));
+        // Dropping the previous view is a part of its own.
+        crate::view::yield_core();
+        drop(previous);
         true
     }
 }
@@ -70,6 +74,8 @@ pub async fn follow_redis(
     let fetch = || async {
         match store.latest_snapshot().await {
             Ok(Some(snapshot)) => {
+                // Decoded: a player thread on this core goes first.
+                crate::view::yield_core();
                 if views.apply(&snapshot, &geo, &reservations) {
                     tracing::debug!(version = snapshot.version, "snapshot applied");
                 }

@@ -252,6 +252,9 @@ impl SlotPool {
     }
 }
 
+type Pools = HashMap<String, HashMap<String, [Arc<SlotPool>; 2], ByName>, ByName>;
+type ByName = std::hash::BuildHasherDefault<balancer_geo::KeyHasher>;
+
 /// This replica's reservations.
 pub struct Reservations {
     store: Arc<dyn SlotStore>,
@@ -259,7 +262,11 @@ pub struct Reservations {
     timings: Timings,
     breaker_until_ms: Arc<AtomicI64>,
     replicas: AtomicU32,
-    pools: Mutex<HashMap<(String, String, Tier), Arc<SlotPool>>>,
+    /// By server, then mount, one per tier: looked up by `&str` and hashed
+    /// with a multiply per word (the names come from the fleet config, not
+    /// from players), so attaching the pools to every mount of every
+    /// snapshot allocates nothing and costs little.
+    pools: Mutex<Pools>,
     metrics: Option<crate::metrics::RedirectorMetrics>,
 }
 
@@ -272,7 +279,7 @@ impl Reservations {
             timings,
             breaker_until_ms: Arc::new(AtomicI64::new(0)),
             replicas: AtomicU32::new(1),
-            pools: Mutex::new(HashMap::new()),
+            pools: Mutex::new(Pools::default()),
             metrics: None,
         }
     }
@@ -312,9 +319,23 @@ impl Reservations {
     /// entry, each against its own bound (the soft tier's is lower), so
     /// every lease counts against the mount's free slots whichever tier took it.
     pub fn pool(&self, server: &str, mount: &str, tier: Tier) -> Arc<SlotPool> {
+        let [soft, headroom] = self.pools(server, mount);
+        match tier {
+            Tier::Soft => soft,
+            Tier::Headroom => headroom,
+        }
+    }
+
+    /// [`Reservations::pool`] of both tiers (soft, headroom), in one lookup.
+    pub fn pools(&self, server: &str, mount: &str) -> [Arc<SlotPool>; 2] {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(both) = pools.get(server).and_then(|mounts| mounts.get(mount)) {
+            return both.clone();
+        }
         pools
-            .entry((server.to_owned(), mount.to_owned(), tier))
+            .entry(server.to_owned())
+            .or_default()
+            .entry(mount.to_owned())
             .or_default()
             .clone()
     }
