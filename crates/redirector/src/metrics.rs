@@ -61,6 +61,10 @@ pub struct RedirectorMetrics {
     refused: Counter,
     /// Redis calls that failed or timed out on the request path.
     pub redis_errors: Counter,
+    /// Requests that found their mount's pool empty and waited for a lease
+    /// from Redis (or the in-process ledger): where Redis's latency reaches
+    /// players. A pool's first requests wait; a steady crowd should not.
+    pub reservation_waits: Counter,
     connections: Family<ThreadLabel, Counter>,
 }
 
@@ -93,6 +97,7 @@ impl RedirectorMetrics {
             granted,
             refused,
             redis_errors: Counter::default(),
+            reservation_waits: Counter::default(),
             connections: Family::default(),
         };
         let r = registry;
@@ -125,6 +130,11 @@ impl RedirectorMetrics {
             "icb_reservations",
             "Slots asked for, by result (granted, refused)",
             metrics.reservations.clone(),
+        );
+        r.register(
+            "icb_reservation_waits",
+            "Requests that waited for a lease from Redis (their mount's pool was empty)",
+            metrics.reservation_waits.clone(),
         );
         r.register(
             "icb_redis_errors",

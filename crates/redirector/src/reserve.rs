@@ -405,6 +405,11 @@ impl Reservations {
                 let waited_from = tokio::time::Instant::now();
                 let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(0));
                 let _ = tokio::time::timeout(wait, notified).await;
+                // Counted once waited: a player thread's first try, dropped
+                // at the wait, is not a wait.
+                if let Some(metrics) = &self.metrics {
+                    metrics.reservation_waits.inc();
+                }
                 // Leases are judged at the moment of the handout, after the wait.
                 // Rounded up, so a lease is never judged younger than it is.
                 now_ms += millis(waited_from.elapsed() + Duration::from_micros(999));
@@ -670,6 +675,29 @@ mod tests {
             granted += u32::from(r.take(&pool, &observed(T0, 7), T0 + 100 + i).await);
         }
         assert_eq!(granted, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_waits_for_a_lease_is_counted_once() {
+        use futures_util::FutureExt as _;
+        let ledger = Ledger::new(Duration::from_millis(5));
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = crate::metrics::RedirectorMetrics::register(&mut registry);
+        let r = Reservations::new(Arc::new(Handle(ledger.clone())), Mode::Shared, TIMINGS)
+            .with_metrics(metrics.clone());
+        let poll = observed(T0, 1000);
+        // A first try dropped at the wait (as a player thread does before
+        // handing the request to a task) is not counted.
+        let other = r.pool("s", "/other", Tier::Soft);
+        assert!(r.take(&other, &poll, T0 + 100).now_or_never().is_none());
+        assert_eq!(metrics.reservation_waits.get(), 0);
+        // An empty pool: the request waits for the refill, once.
+        let pool = r.pool("s", "/m", Tier::Soft);
+        assert!(r.take(&pool, &poll, T0 + 100).await);
+        assert_eq!(metrics.reservation_waits.get(), 1);
+        // The batch is held now: the next request takes a slot at once.
+        assert!(r.take(&pool, &poll, T0 + 101).await);
+        assert_eq!(metrics.reservation_waits.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
