@@ -18,11 +18,6 @@ impl Code {
         }
     }
 
-    /// The two letters as one number, for packed keys.
-    pub(crate) fn bits(self) -> u16 {
-        u16::from_le_bytes(self.0)
-    }
-
     /// The code as text.
     pub fn as_str(&self) -> &str {
         // Always two ASCII letters, so always UTF-8.

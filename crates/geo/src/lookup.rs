@@ -76,7 +76,7 @@ fn found(
 
 /// The identity of the record `found` in load `load` (0: no record, or no
 /// database); `None` if it has none (a data section over 4 GiB).
-fn record_id<S: AsRef<[u8]>>(found: &Option<(u32, maxminddb::LookupResult<'_, S>)>) -> Option<u64> {
+fn record_id(found: &Option<(u32, maxminddb::LookupResult<'_, Vec<u8>>)>) -> Option<u64> {
     match found {
         None => Some(0),
         Some((load, found)) => found

@@ -461,7 +461,6 @@ fn base_urls(server: &balancer_proto::snapshot::v1::Server) -> [Option<&str>; 2]
     ]
 }
 
-/// The IP address in a URL's host, if the host is a literal address.
 /// Lets a player thread waiting for this core have it before the next part
 /// of a snapshot's preparation.
 ///
@@ -477,6 +476,7 @@ pub(crate) fn yield_core() {
     std::thread::yield_now();
 }
 
+/// The IP address in a URL's host, if the host is a literal address.
 fn host_address(url: &str) -> Option<IpAddr> {
     let host = url::Url::parse(url).ok()?.host()?.to_owned();
     match host {

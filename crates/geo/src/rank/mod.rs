@@ -18,7 +18,7 @@
 //! capacity and weight alone decide.
 
 use crate::coordinates::{chord_to_km, km_to_chord};
-use crate::{Code, Coordinates, Place};
+use crate::{Coordinates, Place};
 
 /// Free slots counted for weighting are capped, so an unlimited mount does not
 /// starve everything else of players.
@@ -31,45 +31,6 @@ pub struct Client {
     pub place: Place,
     /// Whether it connected over IPv6 (and so may have no IPv4).
     pub ipv6: bool,
-}
-
-impl Client {
-    /// What ranking sees of the client, as a key: two clients with equal keys
-    /// get the same [`Ranking`] of the same candidates.
-    pub fn key(&self) -> ClientKey {
-        let place = &self.place;
-        let code = |code: Option<Code>| code.map_or(0, |c| u64::from(c.bits()));
-        let known = [
-            place.country.is_some(),
-            place.continent.is_some(),
-            place.location.is_some(),
-            place.asn.is_some(),
-            self.ipv6,
-        ]
-        .iter()
-        .enumerate()
-        .fold(0u64, |flags, (bit, &set)| flags | (u64::from(set) << bit));
-        ClientKey([
-            code(place.country) | (code(place.continent) << 16) | (known << 32),
-            place.asn.map_or(0, u64::from),
-            place.location.map_or(0, |l| l.lat().to_bits()),
-            place.location.map_or(0, |l| l.lon().to_bits()),
-        ])
-    }
-}
-
-/// A [`Client`] reduced to what ranking uses (country, continent, location
-/// bit for bit, network, address family), packed in four words: the key of
-/// rankings kept for reuse, hashed and compared in a few instructions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientKey([u64; 4]);
-
-impl std::hash::Hash for ClientKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        for word in self.0 {
-            state.write_u64(word);
-        }
-    }
 }
 
 /// One server (mount) the player could be sent to.

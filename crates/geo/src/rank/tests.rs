@@ -395,48 +395,6 @@ fn later_draws_follow_the_capacity_left_and_never_repeat() {
 }
 
 #[test]
-fn client_keys_differ_in_every_part_ranking_uses() {
-    let mut vienna = at(VIENNA);
-    vienna.asn = Some(64_500);
-    let base = client(vienna);
-    let variants = [
-        Client { ipv6: true, ..base },
-        client(Place {
-            country: None,
-            ..vienna
-        }),
-        client(Place {
-            country: Code::new("DE"),
-            ..vienna
-        }),
-        client(Place {
-            continent: None,
-            ..vienna
-        }),
-        client(Place {
-            location: None,
-            ..vienna
-        }),
-        client(Place {
-            location: Coordinates::new(VIENNA.0, VIENNA.1 + 1e-9).ok(),
-            ..vienna
-        }),
-        client(Place {
-            asn: None,
-            ..vienna
-        }),
-        client(Place {
-            asn: Some(0),
-            ..vienna
-        }),
-    ];
-    assert_eq!(base.key(), client(vienna).key());
-    for (i, variant) in variants.iter().enumerate() {
-        assert_ne!(variant.key(), base.key(), "variant {i}");
-    }
-}
-
-#[test]
 fn property_a_rebased_ranking_is_the_ranking_of_the_new_free_slots() {
     let policy = RankPolicy::default();
     let mut cases = fastrand::Rng::with_seed(17);
