@@ -30,9 +30,11 @@ fn start(args: &Args) -> Result<(), Failure> {
         return Ok(());
     }
     // The control plane (admin, snapshots, heartbeats, the standalone poller)
-    // is light; players get threads of their own (`--threads`).
+    // is light; players get threads of their own (`--threads`), and the
+    // control plane's threads give way to them.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .on_thread_start(give_way_to_players)
         .enable_all()
         .build()
         .map_err(|e| Failure::unavailable(format!("cannot start the runtime: {e}")))?;
@@ -57,6 +59,24 @@ fn start(args: &Args) -> Result<(), Failure> {
             .map_err(|e| Failure::unavailable(format!("cannot listen for signals: {e}")))?;
         service::run(settings, source, Process::real(), listeners, admin, signals).await
     })
+}
+
+/// How much lower than the player threads the control plane's threads run
+/// (a nice value: each step is about 1.25x less CPU when the core is contended).
+const CONTROL_PLANE_NICENESS: libc::c_int = 10;
+
+/// Lowers the calling thread's priority, so that a player thread woken on a
+/// core where the control plane is busy (preparing a snapshot's view takes
+/// about 1 ms at a time) gets the core at once rather than at the end of the
+/// part. Under contention the control plane still gets about a tenth of the
+/// core, far more than it uses. Player threads are started from the main
+/// thread and keep its priority.
+fn give_way_to_players() {
+    // On Linux the nice value belongs to a thread, and `who == 0` names the
+    // calling one. Lowering it needs no privilege; failing leaves it as it was.
+    // SAFETY: setpriority only reads its arguments.
+    #[allow(unsafe_code)]
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, CONTROL_PLANE_NICENESS) };
 }
 
 /// Loads what the settings point at and describes it in one line.

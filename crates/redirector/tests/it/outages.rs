@@ -246,6 +246,21 @@ async fn two_player_threads_both_answer_and_sigterm_drains_both() {
         before.iter().all(|&n| n > 0.0),
         "both threads must take connections: {before:?}"
     );
+    // The control plane's threads give way to the player threads.
+    let niceness = thread_niceness(redirector.process.pid().expect("running"));
+    let of = |prefix: &str| -> Vec<i64> {
+        niceness
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|&(_, nice)| nice)
+            .collect()
+    };
+    assert_eq!(of("players-"), [0, 0], "{niceness:?}");
+    let control = of("tokio-rt-worker");
+    assert!(
+        !control.is_empty() && control.iter().all(|&n| n == 10),
+        "{niceness:?}"
+    );
     // Kept-alive connections idle between requests, on both threads: the
     // stop closes them at once, not at their idle timeout (10 s) or at the
     // end of the grace period.
@@ -316,4 +331,25 @@ async fn a_503_asks_players_to_come_back_after_a_random_wait_in_the_range() {
         waits.len() >= 3,
         "a crowd must not come back at once: {waits:?}"
     );
+}
+
+/// Each thread of process `pid` with its name and nice value (`/proc/PID/task/TID/stat`).
+fn thread_niceness(pid: u32) -> Vec<(String, i64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        // "TID (NAME) STATE ...": the name may hold spaces, so split at the last ')'.
+        let (head, rest) = stat.rsplit_once(')').unwrap();
+        let name = head.split_once('(').unwrap().1.to_owned();
+        // After the name: state is field 3, nice is field 19.
+        let nice = rest
+            .split_whitespace()
+            .nth(19 - 3)
+            .unwrap()
+            .parse()
+            .unwrap();
+        threads.push((name, nice));
+    }
+    threads.sort();
+    threads
 }
