@@ -18,7 +18,20 @@ use crate::view::FleetView;
 #[derive(Default)]
 pub struct Views {
     current: ArcSwapOption<FleetView>,
+    /// Views replaced but still held by a request when they were. Each
+    /// request holds the view it was answered from, so a view replaced while
+    /// a player thread was answering would be freed by that thread when the
+    /// request ends: the whole view (every mount's URLs, names and pools), a
+    /// stall for every player that thread holds, once per snapshot and on
+    /// every core. Kept here, a view is freed by the control plane at a later
+    /// snapshot, once nothing else holds it.
+    retired: std::sync::Mutex<Vec<Arc<FleetView>>>,
 }
+
+/// Replaced views kept at most, should requests hold them for longer than
+/// snapshots come (they hold them for milliseconds; a snapshot comes every
+/// second or so): past it, the oldest is let go wherever it is held.
+const RETIRED_KEPT: usize = 8;
 
 impl Views {
     /// The current view, if a snapshot arrived yet.
@@ -51,10 +64,24 @@ impl Views {
             view.continue_lineages(previous);
         }
         let previous = self.current.swap(Some(Arc::new(view)));
-        // Dropping the previous view is a part of its own.
+        // Freeing views is a part of its own.
         crate::view::yield_core();
-        drop(previous);
+        self.retire(previous);
         true
+    }
+
+    /// Frees the replaced views nothing else holds, and keeps `previous`
+    /// (and any still held) for a later snapshot.
+    fn retire(&self, previous: Option<Arc<FleetView>>) {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.extend(previous);
+        // Nothing else holds a view whose count is 1, and nothing can take a
+        // new hold of it: it is no longer current. So it is freed here.
+        retired.retain(|view| Arc::strong_count(view) > 1);
+        if retired.len() > RETIRED_KEPT {
+            let excess = retired.len() - RETIRED_KEPT;
+            retired.drain(..excess);
+        }
     }
 }
 
@@ -144,5 +171,74 @@ pub async fn follow_memory(
         if snapshots.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use balancer_proto::snapshot::v1::{Mount, MountState, Server, ServerState, Stream};
+
+    fn snapshot(version: u64) -> Snapshot {
+        Snapshot {
+            version,
+            published_at_ms: 1_800_000_000_000 + i64::try_from(version).unwrap_or(0),
+            servers: vec![Server {
+                name: "a".into(),
+                public_url: "http://a.example:8000".into(),
+                state: ServerState::Up.into(),
+                observed_at_ms: 1_800_000_000_000,
+                ..Default::default()
+            }],
+            streams: vec![Stream {
+                name: "s".into(),
+                mounts: vec![Mount {
+                    server: "a".into(),
+                    mount: "/s.ogg".into(),
+                    state: MountState::Live.into(),
+                    free_slots: 10,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_replaced_view_is_freed_by_the_control_plane_not_by_a_request() {
+        let (views, geo) = (Views::default(), GeoDb::disabled());
+        let reservations = Reservations::alone(crate::reserve::Timings {
+            grace: Duration::from_secs(1),
+            lease: Duration::from_secs(5),
+            max_age: Duration::from_secs(10),
+        });
+        assert!(views.apply(&snapshot(1), &geo, &reservations));
+        // A request answering from view 1 while view 2 arrives.
+        let held = views.load().unwrap();
+        let first = Arc::downgrade(&held);
+        assert!(views.apply(&snapshot(2), &geo, &reservations));
+        let unheld = Arc::downgrade(&views.load().unwrap());
+        // The request ends: its drop does not free the view.
+        drop(held);
+        assert!(first.upgrade().is_some(), "freed by the request's thread");
+        // The next snapshot frees it, and view 2, which nothing held, too.
+        assert!(views.apply(&snapshot(3), &geo, &reservations));
+        assert!(
+            first.upgrade().is_none(),
+            "view 1 kept after nothing held it"
+        );
+        assert!(
+            unheld.upgrade().is_none(),
+            "view 2 kept after nothing held it"
+        );
+        // However long requests hold views, at most RETIRED_KEPT are kept.
+        let mut holds = Vec::new();
+        for version in 4..20 {
+            holds.push(views.load().unwrap());
+            assert!(views.apply(&snapshot(version), &geo, &reservations));
+        }
+        let kept = views.retired.lock().unwrap().len();
+        assert_eq!(kept, RETIRED_KEPT);
     }
 }
