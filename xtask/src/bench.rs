@@ -472,7 +472,7 @@ struct Run {
 }
 
 /// Redirector against nginx's static `return 302`, both on CPU 0, wrk on CPU 1:
-/// new connection per request and keep-alive, 3 alternating rounds of 10 s.
+/// new connection per request and keep-alive, [`ROUNDS`] alternating rounds of 10 s.
 pub(crate) fn redirector_case() -> anyhow::Result<String> {
     packages::ensure(
         "the nginx comparison",
@@ -542,16 +542,22 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         let mut deferred = Vec::new();
-        for _ in 0..3 {
-            ours.push(wrk(
+        for _ in 0..ROUNDS {
+            ours.push(warmed_up(
                 redirector_port,
                 close,
                 &[redirector.0.id()],
                 redis_pid,
                 crowd,
             )?);
-            theirs.push(wrk(nginx_port, close, &nginx_pids, redis_pid, crowd)?);
-            deferred.push(wrk(deferred_port, close, &nginx_pids, redis_pid, crowd)?);
+            theirs.push(warmed_up(nginx_port, close, &nginx_pids, redis_pid, crowd)?);
+            deferred.push(warmed_up(
+                deferred_port,
+                close,
+                &nginx_pids,
+                redis_pid,
+                crowd,
+            )?);
         }
         results.push((mode, "icecast-redirector", ours));
         results.push((mode, "nginx return 302", theirs));
@@ -651,8 +657,9 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
     Ok(format!(
         "## Redirector against nginx\n\n\
          Command: `cargo xtask bench`. Machine: {machine}. Run: {date}.\n\n\
-         Both servers on CPU 0 (`taskset`), wrk (1 thread, 50 connections, 10 s) on CPU 1, loopback\n\
-         only, 3 alternating rounds per mode, medians. The redirector follows a poller publishing a\n\
+         Both servers on CPU 0 (`taskset`), wrk (1 thread, 50 connections, 10 s, each round after\n\
+         a 2 s unmeasured warm-up of the same load) on CPU 1, loopback only, 5 alternating rounds\n\
+         per mode, medians. The redirector follows a poller publishing a\n\
          snapshot of 100 simulated servers x 5 mounts (icecast-sim, CPU 1) through redis-server\n\
          (CPU 1): 5 streams, each on one mount of every server, so a request ranks 100 candidates.\n\
          A GeoIP City database, geo ranking and reservations are on. The load is a crowd: each\n\
@@ -663,7 +670,7 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
          installed and on another with `listen ... deferred` (TCP_DEFER_ACCEPT, which the redirector\n\
          sets). CPU per request is user+system time from /proc over the run (the user-space part in\n\
          its own column); Redis CPU includes the poller's publications. A run with any answer other\n\
-         than a redirect is refused.\n\n\
+         than a redirect, warm-ups included, is refused.\n\n\
          {table}\n{ratios}\n\
          ### Where the time goes\n\n\
          Separate 3 s runs of the same load: syscalls counted by `strace -c -f` on every thread,\n\
@@ -702,6 +709,33 @@ request = function()
   return requests[next_request]
 end
 "#;
+
+/// Alternating rounds per mode and server: the host is shared and noisy, and
+/// a median of five is steadier than one of three.
+const ROUNDS: usize = 5;
+
+/// Unmeasured load sent to a server just before each measured round. Rounds
+/// alternate, so each server's round follows 20 s of silence; the redirector's
+/// slot leases (5 s) have run out by then, and its first second of a crowd
+/// waits for new ones (by hand, 177 of the crowd's requests in the first second
+/// after a start waited, each up to a Redis round trip; none in the next 10 s). The warm-up keeps that out of a measurement of the
+/// steady state, for every server alike.
+const WARM_UP: &str = "2s";
+
+/// [`wrk`] after [`WARM_UP`] of the same load; answers other than a redirect
+/// during the warm-up count against the round too.
+fn warmed_up(
+    port: u16,
+    close: bool,
+    pids: &[u32],
+    redis_pid: u32,
+    script: &std::path::Path,
+) -> anyhow::Result<Run> {
+    let warm_up = wrk_for(port, close, pids, redis_pid, WARM_UP, script)?;
+    let mut run = wrk(port, close, pids, redis_pid, script)?;
+    run.non_3xx += warm_up.non_3xx;
+    Ok(run)
+}
 
 /// Runs wrk once against `port` with `script`, measuring the CPU of `pids` and of Redis.
 fn wrk(
