@@ -338,6 +338,28 @@ impl Drop for Guard {
     }
 }
 
+/// An nginx master, stopped as nginx is meant to be: a SIGKILL would leave
+/// its worker running, serving the bench's port after the bench.
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: a fast shutdown, the master stopping its workers first.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// User plus system CPU time of a process, from /proc/PID/stat.
 fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let (user, system) = cpu_split(pid)?;
@@ -520,7 +542,7 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
             log = dir.join("nginx-error.log").display(),
         ),
     )?;
-    let nginx = Guard(
+    let nginx = Nginx(
         pinned(0, "nginx")
             .arg("-c")
             .arg(&conf)
