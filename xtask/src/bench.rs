@@ -740,12 +740,17 @@ const ROUNDS: usize = 5;
 /// alternate, so each server's round follows 20 s of silence; the redirector's
 /// slot leases (5 s) have run out by then, and its first second of a crowd
 /// waits for new ones (by hand, 177 of the crowd's requests in the first second
-/// after a start waited, each up to a Redis round trip; none in the next 10 s). The warm-up keeps that out of a measurement of the
-/// steady state, for every server alike.
+/// after a start waited, each up to a Redis round trip; none in the next 10 s).
+/// The warm-up keeps that out of a measurement of the steady state, for every
+/// server alike.
 const WARM_UP: &str = "2s";
 
-/// [`wrk`] after [`WARM_UP`] of the same load; answers other than a redirect
-/// during the warm-up count against the round too.
+/// How long a measured round lasts.
+const ROUND: &str = "10s";
+
+/// One measured round ([`ROUND`]) after [`WARM_UP`] of the same load, measuring
+/// the CPU of `pids` and of Redis; answers other than a redirect during the
+/// warm-up count against the round too.
 fn warmed_up(
     port: u16,
     close: bool,
@@ -754,23 +759,13 @@ fn warmed_up(
     script: &std::path::Path,
 ) -> anyhow::Result<Run> {
     let warm_up = wrk_for(port, close, pids, redis_pid, WARM_UP, script)?;
-    let mut run = wrk(port, close, pids, redis_pid, script)?;
+    let mut run = wrk_for(port, close, pids, redis_pid, ROUND, script)?;
     run.non_3xx += warm_up.non_3xx;
     Ok(run)
 }
 
-/// Runs wrk once against `port` with `script`, measuring the CPU of `pids` and of Redis.
-fn wrk(
-    port: u16,
-    close: bool,
-    pids: &[u32],
-    redis_pid: u32,
-    script: &std::path::Path,
-) -> anyhow::Result<Run> {
-    wrk_for(port, close, pids, redis_pid, "10s", script)
-}
-
-/// [`wrk`] for `duration` (wrk's `-d`).
+/// Runs wrk once against `port` with `script` for `duration` (wrk's `-d`),
+/// measuring the CPU of `pids` and of Redis.
 fn wrk_for(
     port: u16,
     close: bool,
