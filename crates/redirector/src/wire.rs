@@ -171,8 +171,9 @@ pub fn parse<'b, 'h>(buffer: &'b [u8], headers: &'h mut HeaderSlots<'b>) -> Pars
     if !http10 && hosts != 1 {
         return Parsed::Refused(Refusal::NoHost, method);
     }
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
+    // A byte loop: `split_once`'s searcher costs more than a short path.
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
+        Some(mark) => (&target[..mark], Some(&target[mark + 1..])),
         None => (target, None),
     };
     let head = Head {
