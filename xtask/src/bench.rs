@@ -560,7 +560,16 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
 
     let modes = [("new connection per request", true), ("keep-alive", false)];
     let mut results: Vec<(&str, &str, Vec<Run>)> = Vec::new();
-    for (mode, close) in modes {
+    let awake_modes = [
+        ("new connection per request, core kept awake", true),
+        ("keep-alive, core kept awake", false),
+    ];
+    for (index, (mode, close)) in modes.into_iter().chain(awake_modes).enumerate() {
+        let _spinner = if index >= modes.len() {
+            Some(keep_awake(0)?)
+        } else {
+            None
+        };
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         let mut deferred = Vec::new();
@@ -693,6 +702,11 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
          sets). CPU per request is user+system time from /proc over the run (the user-space part in\n\
          its own column); Redis CPU includes the poller's publications. A run with any answer other\n\
          than a redirect, warm-ups included, is refused.\n\n\
+         The modes \"core kept awake\" run the same rounds with a busy loop at `SCHED_IDLE` on\n\
+         CPU 0, which runs only when neither server wants the CPU: on this virtual machine an idle\n\
+         CPU halts and the host lends the core to others, so the next wake-up pays for the exit\n\
+         and for cold caches. The server that does less per connection idles more and pays that\n\
+         more often; the loop takes that cost away from both (`keep_awake` in xtask/src/bench.rs).\n\n\
          {table}\n{ratios}\n\
          ### Where the time goes\n\n\
          Separate 3 s runs of the same load: syscalls counted by `strace -c -f` on every thread,\n\
@@ -701,6 +715,25 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
         machine = machine(),
         date = today(),
     ))
+}
+
+/// Keeps `cpu` from going idle while it lives: a busy loop at `SCHED_IDLE`,
+/// which runs only when nothing else wants the CPU and gives way at once.
+///
+/// On this virtual machine an idle CPU halts, the host runs others on the
+/// core, and the next wake-up pays for the exit and for caches other tenants
+/// filled. The server that does less per connection idles more and pays that
+/// more often: by hand, new connections answered by nginx with `deferred`
+/// had a p99 13 to 36% longer than without it, and with this loop on the
+/// servers' CPU the difference went away. Rounds with it measure the servers
+/// without that cost; the usual rounds keep it, as an idle machine would.
+fn keep_awake(cpu: u32) -> anyhow::Result<Guard> {
+    let spinner = pinned(cpu, "chrt")
+        .args(["--idle", "0", "sh", "-c", "while :; do :; done"])
+        .stdin(Stdio::null())
+        .spawn()
+        .context("start the SCHED_IDLE spinner (chrt)")?;
+    Ok(Guard(spinner))
 }
 
 /// The wrk script sending the crowd's requests, in the bench's directory.
