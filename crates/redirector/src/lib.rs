@@ -7,7 +7,8 @@
 //! a slot from [`reserve`]), [`http`] (the answer). [`follow`] keeps the
 //! [`view`] current; [`server`] accepts connections and [`wire`] reads and
 //! writes HTTP/1.1 on them, with each thread's deadlines and stop in
-//! `watchdog`; [`service`] wires it all.
+//! `watchdog` and its kept-alive connections between requests in `resting`;
+//! [`service`] wires it all.
 //! [`index`] lists the streams at `/` and `/streams.json`.
 //!
 //! Architecture invariant: no request waits for Redis except to lease slots,
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod playlist;
 mod rankings;
 pub mod reserve;
+pub(crate) mod resting;
 pub mod route;
 pub mod select;
 pub mod server;

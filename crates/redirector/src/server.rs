@@ -11,20 +11,23 @@
 //! A new connection's request is normally in when it is accepted (the socket
 //! has `TCP_DEFER_ACCEPT`): it is answered right there, and the connection
 //! closed, without a task or an epoll registration (`Acceptor`). A
-//! connection that must wait gets a task (`Connection`), which reads what
+//! connection kept alive after that answer rests in the thread's own epoll
+//! set until its next request, which is answered the same way
+//! (`resting`). A connection that must wait gets a task
+//! (`Connection`), which reads what
 //! the player sent, answers every complete request in it (see
 //! [`crate::wire`]) into one buffer, and writes that buffer with one call:
 //! one read and one write per request, as nginx does.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -33,6 +36,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::http::{App, Request, handle, method_not_allowed};
+use crate::resting::{Resting, Served};
 use crate::watchdog::{self, Watched};
 use crate::wire::{self, DateCache, Method, Next, Parsed, Refusal, Reply};
 
@@ -68,18 +72,58 @@ pub async fn serve(
         AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)
             .map_err(std::io::Error::from)?
     };
+    // Keep-alive connections between requests (see `resting`).
+    #[allow(unsafe_code)]
+    // SAFETY: the AsyncFd owns the mio Poll, which owns its epoll descriptor
+    // and neither closes nor replaces it while the AsyncFd holds it.
+    let mut resting_poll = unsafe {
+        AsyncFd::register_with_interest(mio::Poll::new()?, tokio::io::Interest::READABLE)
+            .map_err(std::io::Error::from)?
+    };
+    let mut resting = Resting::new();
     // Deadlines and the stop, watched per thread (see `watchdog`).
     watchdog::start();
-    let sweeper = tokio::spawn(watchdog::sweep(watchdog::tick(header_timeout)));
+    let tick = watchdog::tick(header_timeout);
+    let sweeper = tokio::spawn(watchdog::sweep(tick));
+    let mut idle_sweep = tokio::time::interval(tick);
+    idle_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let acceptor = Acceptor {
         app,
         header_timeout,
         open: Arc::new(OpenConnections::default()),
+        output: RefCell::new(Vec::with_capacity(1024)),
     };
     tokio::pin!(shutdown);
     'serving: loop {
         let mut ready = tokio::select! {
             () = &mut shutdown => break,
+            ready = resting_poll.readable_mut() => {
+                let mut ready = ready?;
+                let drained = resting.serve(
+                    ready.get_inner_mut(),
+                    |input, peer, stream| acceptor.answer_resting(input, peer, stream),
+                    |rested, input, pending, close_after| {
+                        // A head still to come has the time left since the
+                        // connection was ready for it; an answer still to
+                        // write has the whole timeout.
+                        let ready_since = pending.is_empty().then_some(rested.since);
+                        acceptor.hand_over(
+                            rested.stream,
+                            rested.peer,
+                            (input, pending, close_after),
+                            ready_since,
+                        );
+                    },
+                );
+                if drained {
+                    ready.clear_ready();
+                }
+                continue;
+            }
+            _ = idle_sweep.tick() => {
+                resting.close_idle(header_timeout);
+                continue;
+            }
             ready = listener.readable() => ready?,
         };
         // Every connection waiting, then back to the reactor.
@@ -87,7 +131,7 @@ pub async fn serve(
             match listener.get_ref().accept() {
                 Ok((stream, peer)) => {
                     connections.inc();
-                    acceptor.take(stream, peer);
+                    acceptor.take(stream, peer, &mut resting, resting_poll.get_ref());
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     ready.clear_ready();
@@ -105,6 +149,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    resting.close_all();
     watchdog::stop();
     // Idle connections close at once, busy ones after their answer; what is
     // left after the grace period is dropped with this thread's runtime.
@@ -126,6 +171,8 @@ struct Acceptor {
     app: Arc<App>,
     header_timeout: Duration,
     open: Arc<OpenConnections>,
+    /// Where answers given in place are encoded.
+    output: RefCell<Vec<u8>>,
 }
 
 impl Acceptor {
@@ -135,7 +182,13 @@ impl Acceptor {
     /// registration with epoll, which is what nginx does too. Anything else
     /// (no request yet, a partial or refused one, pipelining, an answer that
     /// must wait for a slot lease) goes to a task of its own.
-    fn take(&self, stream: mio::net::TcpStream, peer: SocketAddr) {
+    fn take(
+        &self,
+        stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        resting: &mut Resting<Entered>,
+        poll: &mio::Poll,
+    ) {
         let mut first = [0u8; 2048];
         let read = match (&stream).read(&mut first) {
             Ok(0) => return,
@@ -149,12 +202,26 @@ impl Acceptor {
                 Inline::Done => return,
                 Inline::Unfinished {
                     unwritten,
+                    close_after: false,
+                } if unwritten.is_empty() => {
+                    let open = OpenConnections::enter(&self.open);
+                    return resting.rest(poll, stream, peer, open);
+                }
+                Inline::Unfinished {
+                    unwritten,
                     close_after,
-                } => return self.hand_over(stream, peer, Vec::new(), unwritten, close_after),
+                } => {
+                    return self.hand_over(
+                        stream,
+                        peer,
+                        (Vec::new(), unwritten, close_after),
+                        None,
+                    );
+                }
                 Inline::NotNow => {}
             }
         }
-        self.hand_over(stream, peer, input.to_vec(), Vec::new(), false);
+        self.hand_over(stream, peer, (input.to_vec(), Vec::new(), false), None);
     }
 
     /// Answers `input` now if it is exactly one request whose answer needs no
@@ -168,11 +235,16 @@ impl Acceptor {
             return Inline::NotNow;
         }
         let next = unless_stopped(keep);
-        // Pending only while waiting for a slot lease: then the task asks again.
-        let Some(reply) = handle(&self.app, &request, now_ms).now_or_never() else {
+        // Polled once where it lies (`now_or_never` would move it, and the
+        // decision's future is large). Pending only while waiting for a slot
+        // lease: then the task asks again.
+        let decided = std::pin::pin!(handle(&self.app, &request, now_ms));
+        let Poll::Ready(reply) = decided.poll(&mut Context::from_waker(Waker::noop())) else {
             return Inline::NotNow;
         };
-        let mut output = Vec::with_capacity(256 + reply.body.len());
+        // One buffer per thread, reused by every answer given here.
+        let mut output = self.output.borrow_mut();
+        output.clear();
         encode(&reply, request.method, next, now_ms, &mut output);
         let written = match (&*stream).write(&output) {
             Ok(n) => n,
@@ -182,23 +254,51 @@ impl Acceptor {
         if written == output.len() && next == Next::Close {
             return Inline::Done;
         }
-        output.drain(..written);
         Inline::Unfinished {
-            unwritten: output,
+            unwritten: output[written..].to_vec(),
             close_after: next == Next::Close,
         }
     }
 
+    /// Answers a request read from a resting connection, as [`Acceptor::answer_now`].
+    fn answer_resting(
+        &self,
+        input: &[u8],
+        peer: SocketAddr,
+        stream: &mio::net::TcpStream,
+    ) -> Served {
+        match self.answer_now(input, peer, stream) {
+            Inline::Done => Served::Closed,
+            Inline::Unfinished {
+                unwritten,
+                close_after: false,
+            } if unwritten.is_empty() => Served::Rests,
+            Inline::Unfinished {
+                unwritten,
+                close_after,
+            } => Served::Leaves {
+                input: Vec::new(),
+                pending: unwritten,
+                close_after,
+            },
+            Inline::NotNow => Served::Leaves {
+                input: input.to_vec(),
+                pending: Vec::new(),
+                close_after: false,
+            },
+        }
+    }
+
     /// Registers the connection with the reactor and serves it in a task,
-    /// starting from what was already read and what is still to be written
-    /// (then closing, if `close_after`).
+    /// starting from what was already read (`input`) and what is still to be
+    /// written (`pending`, then closing, if `close_after`). The first head's
+    /// timeout counts from `ready_since` (now if `None`).
     fn hand_over(
         &self,
         stream: mio::net::TcpStream,
         peer: SocketAddr,
-        input: Vec<u8>,
-        pending: Vec<u8>,
-        close_after: bool,
+        (input, pending, close_after): (Vec<u8>, Vec<u8>, bool),
+        ready_since: Option<Instant>,
     ) {
         let stream = std::net::TcpStream::from(std::os::fd::OwnedFd::from(stream));
         let Ok(stream) = TcpStream::from_std(stream) else {
@@ -209,6 +309,7 @@ impl Acceptor {
             peer,
             app: self.app.clone(),
             header_timeout: self.header_timeout,
+            ready_since,
         };
         let open = OpenConnections::enter(&self.open);
         tokio::spawn(async move {
@@ -277,6 +378,9 @@ struct Connection {
     peer: SocketAddr,
     app: Arc<App>,
     header_timeout: Duration,
+    /// Since when the connection has been ready for its first head here,
+    /// if before the task started (it rested between requests).
+    ready_since: Option<Instant>,
 }
 
 impl Connection {
@@ -285,7 +389,7 @@ impl Connection {
     /// holds and what follows.
     async fn run(mut self, mut input: Vec<u8>, pending: Vec<u8>, close_after: bool) {
         let (mut now, mut now_ms) = clock_now();
-        let deadline = now + self.header_timeout;
+        let deadline = self.ready_since.unwrap_or(now) + self.header_timeout;
         if !pending.is_empty() {
             let written = tokio::time::timeout_at(deadline, self.stream.write_all(&pending)).await;
             if close_after || !matches!(written, Ok(Ok(()))) {

@@ -82,6 +82,27 @@ async fn strangers_get_clear_errors_and_slow_ones_are_cut_off() {
         "a connection idle after requests stayed open {waited:?}"
     );
 
+    // The next head on a kept-alive connection has the timeout counted
+    // from the last answer, not from its first bytes: one that starts late
+    // and never completes is cut off a timeout after the answer.
+    let mut late = TcpStream::connect(redirector.listen).await.unwrap();
+    late.write_all(b"HEAD /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let read = late.read(&mut answer).await.unwrap();
+    let answered = Instant::now();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 302"), "no answer");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    late.write_all(b"GET /s HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let _ = read_all(&mut late, Duration::from_secs(5)).await;
+    let held = answered.elapsed();
+    assert!(
+        held < Duration::from_millis(1500),
+        "a late slow head held the connection {held:?} after the last answer"
+    );
+
     // A head over 16 KiB: 431.
     let mut huge = TcpStream::connect(redirector.listen).await.unwrap();
     let filler = "a".repeat(20 * 1024);

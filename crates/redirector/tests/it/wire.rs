@@ -194,3 +194,67 @@ async fn the_player_port_speaks_http_1_1_and_refuses_every_classic_hole() {
         .unwrap();
     assert!(read_answer(&mut options).await.starts_with("HTTP/1.1 302"));
 }
+
+/// A kept-alive connection rests between requests outside any task (see
+/// `resting.rs`); whatever comes next is served as on a new connection:
+/// pipelined requests in order, a head in pieces, garbage refused.
+#[tokio::test]
+async fn a_resting_connection_serves_what_comes_next_like_a_new_one() {
+    let icecast = IcecastServer::start(IcecastSpec::new([
+        MountSpec::ogg("/s.ogg").max_listeners(500)
+    ]))
+    .await;
+    let fleet = one_stream_fleet(&[("one", &icecast, "")], "admin");
+    let redirector = Service::standalone(&fleet, &[]).await;
+    wait_health(&redirector, true).await;
+    let mount = icecast.mount_url("/s.ogg");
+
+    let mut kept = TcpStream::connect(redirector.listen).await.unwrap();
+    kept.write_all(b"GET /s?a=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_answer(&mut kept).await;
+    assert!(
+        first.contains(&format!("location: {mount}?a=1\r\n")),
+        "{first}"
+    );
+
+    // Two requests in one write, to a connection at rest: both, in order.
+    kept.write_all(b"GET /s?b=2 HTTP/1.1\r\nHost: x\r\n\r\nGET /s?c=3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    for query in ["b=2", "c=3"] {
+        let answer = read_answer(&mut kept).await;
+        assert!(
+            answer.contains(&format!("location: {mount}?{query}\r\n")),
+            "{query}: {answer}"
+        );
+    }
+
+    // A head written in two pieces (which may arrive as one).
+    kept.write_all(b"GET /s?d=4 HTTP/1.1\r\nHo").await.unwrap();
+    kept.flush().await.unwrap();
+    tokio::task::yield_now().await;
+    kept.write_all(b"st: x\r\n\r\n").await.unwrap();
+    let answer = read_answer(&mut kept).await;
+    assert!(
+        answer.contains(&format!("location: {mount}?d=4\r\n")),
+        "{answer}"
+    );
+
+    // Another request on a fresh connection, then garbage on it at rest:
+    // 400, and closed.
+    let mut other = TcpStream::connect(redirector.listen).await.unwrap();
+    other
+        .write_all(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_answer(&mut other).await.starts_with("HTTP/1.1 302"));
+    other
+        .write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut other).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(closed, "garbage left the connection open");
+}
