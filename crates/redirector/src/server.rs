@@ -200,10 +200,7 @@ impl Acceptor {
         if read > 0 {
             match self.answer_now(input, peer, &stream) {
                 Inline::Done => return,
-                Inline::Unfinished {
-                    unwritten,
-                    close_after: false,
-                } if unwritten.is_empty() => {
+                Inline::Open => {
                     let open = OpenConnections::enter(&self.open);
                     return resting.rest(poll, stream, peer, open);
                 }
@@ -251,8 +248,11 @@ impl Acceptor {
             Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
             Err(_) => return Inline::Done,
         };
-        if written == output.len() && next == Next::Close {
-            return Inline::Done;
+        if written == output.len() {
+            return match next {
+                Next::Close => Inline::Done,
+                _ => Inline::Open,
+            };
         }
         Inline::Unfinished {
             unwritten: output[written..].to_vec(),
@@ -269,10 +269,7 @@ impl Acceptor {
     ) -> Served {
         match self.answer_now(input, peer, stream) {
             Inline::Done => Served::Closed,
-            Inline::Unfinished {
-                unwritten,
-                close_after: false,
-            } if unwritten.is_empty() => Served::Rests,
+            Inline::Open => Served::Rests,
             Inline::Unfinished {
                 unwritten,
                 close_after,
@@ -323,6 +320,8 @@ impl Acceptor {
 enum Inline {
     /// Answered; the connection is closed.
     Done,
+    /// Answered in full; the connection stays open for the next request.
+    Open,
     /// Answered, but the connection goes on in a task: it writes what could
     /// not be written yet, then closes if `close_after`, else serves the next
     /// requests.

@@ -57,8 +57,9 @@ fn header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-#[tokio::test]
-async fn the_player_port_speaks_http_1_1_and_refuses_every_classic_hole() {
+/// One Icecast with one mount of 500 slots, and a healthy standalone
+/// redirector for it; returns them with the mount's URL.
+async fn one_mount_redirector() -> (IcecastServer, Service, String) {
     let icecast = IcecastServer::start(IcecastSpec::new([
         MountSpec::ogg("/s.ogg").max_listeners(500)
     ]))
@@ -67,6 +68,12 @@ async fn the_player_port_speaks_http_1_1_and_refuses_every_classic_hole() {
     let redirector = Service::standalone(&fleet, &[]).await;
     wait_health(&redirector, true).await;
     let mount = icecast.mount_url("/s.ogg");
+    (icecast, redirector, mount)
+}
+
+#[tokio::test]
+async fn the_player_port_speaks_http_1_1_and_refuses_every_classic_hole() {
+    let (_icecast, redirector, mount) = one_mount_redirector().await;
 
     // Pipelined requests in one write: answered in order, the last one closes.
     let (answers, closed) = exchange(
@@ -200,14 +207,7 @@ async fn the_player_port_speaks_http_1_1_and_refuses_every_classic_hole() {
 /// pipelined requests in order, a head in pieces, garbage refused.
 #[tokio::test]
 async fn a_resting_connection_serves_what_comes_next_like_a_new_one() {
-    let icecast = IcecastServer::start(IcecastSpec::new([
-        MountSpec::ogg("/s.ogg").max_listeners(500)
-    ]))
-    .await;
-    let fleet = one_stream_fleet(&[("one", &icecast, "")], "admin");
-    let redirector = Service::standalone(&fleet, &[]).await;
-    wait_health(&redirector, true).await;
-    let mount = icecast.mount_url("/s.ogg");
+    let (_icecast, redirector, mount) = one_mount_redirector().await;
 
     let mut kept = TcpStream::connect(redirector.listen).await.unwrap();
     kept.write_all(b"GET /s?a=1 HTTP/1.1\r\nHost: x\r\n\r\n")
