@@ -98,8 +98,7 @@ async fn redirects_lease_slots_in_batches() {
     let started = Instant::now();
     let (scripts, all) = redis_work_during(&redis, async {
         for i in 0..redirects {
-            let response = client.get(replicas[i % 2].url("/s")).send().await.unwrap();
-            assert_eq!(response.status(), 302);
+            redirected_to(&client, &replicas[i % 2].url("/s")).await;
         }
     })
     .await;

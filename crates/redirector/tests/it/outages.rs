@@ -31,9 +31,7 @@ async fn a_killed_server_gets_no_players_once_marked_down() {
     loop {
         let mut seen_dead = false;
         for _ in 0..20 {
-            let response = client.get(redirector.url("/s")).send().await.unwrap();
-            assert_eq!(response.status(), 302);
-            seen_dead |= location(&response) == dead;
+            seen_dead |= redirected_to(&client, &redirector.url("/s")).await == dead;
         }
         if !seen_dead {
             break;
@@ -54,8 +52,10 @@ async fn a_killed_server_gets_no_players_once_marked_down() {
         killed.elapsed()
     );
     for _ in 0..50 {
-        let response = client.get(redirector.url("/s")).send().await.unwrap();
-        assert_eq!(location(&response), servers[0].mount_url("/s.ogg"));
+        assert_eq!(
+            redirected_to(&client, &redirector.url("/s")).await,
+            servers[0].mount_url("/s.ogg")
+        );
     }
     let outcome = Player::play(&redirector.url("/s")).await.unwrap();
     assert!(outcome.played(), "{outcome:?}");
@@ -198,8 +198,7 @@ async fn drained_and_source_less_mounts_get_no_players() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for _ in 0..50 {
-        let response = client.get(redirector.url("/s")).send().await.unwrap();
-        assert_eq!(location(&response), only);
+        assert_eq!(redirected_to(&client, &redirector.url("/s")).await, only);
     }
 }
 

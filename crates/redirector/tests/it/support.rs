@@ -192,7 +192,34 @@ pub(crate) async fn wait_status(url: &str, status: u16) -> reqwest::Response {
 
 /// The `Location` of a response.
 pub(crate) fn location(response: &reqwest::Response) -> String {
-    response.headers()["location"].to_str().unwrap().to_owned()
+    let Some(location) = response.headers().get("location") else {
+        panic!(
+            "a {} without a location: {:?}",
+            response.status(),
+            response.headers()
+        );
+    };
+    location.to_str().unwrap().to_owned()
+}
+
+/// Where a player asking `url` with GET is sent: asks again after a 503, as
+/// a player does after `Retry-After` (a slot lease from a Redis slowed by a
+/// loaded machine can take longer than a request may wait), and fails on any
+/// other answer than a 302.
+pub(crate) async fn redirected_to(client: &reqwest::Client, url: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let response = client.get(url).send().await.unwrap();
+        if response.status() != 503 {
+            assert_eq!(response.status(), 302, "{url}");
+            return location(&response);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} answered 503 for {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Asks `redirector` for `/s` (HEAD, 10 at a time) until a whole round is
