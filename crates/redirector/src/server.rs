@@ -251,7 +251,7 @@ impl Acceptor {
         if written == output.len() {
             return match next {
                 Next::Close => Inline::Done,
-                _ => Inline::Open,
+                Next::KeepAlive | Next::KeepAlive10 => Inline::Open,
             };
         }
         Inline::Unfinished {
