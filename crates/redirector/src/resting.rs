@@ -10,7 +10,9 @@
 //! first request is ([`crate::server`]'s `Acceptor`), and the connection
 //! rests again. Anything else (a partial or refused head, pipelining, an
 //! answer that waits for a slot lease, a short write) leaves the set for a
-//! task of its own, which serves the connection from then on.
+//! task of its own, which serves the connection until everything the player
+//! sent is answered; then the connection comes back to rest. A connection
+//! that once waited for a lease thus costs no more than any other afterwards.
 //!
 //! A resting connection is idle by definition: the stop closes it at once, and
 //! so does its idle timeout, checked by a sweep.

@@ -81,6 +81,9 @@ pub async fn serve(
             .map_err(std::io::Error::from)?
     };
     let mut resting = Resting::new();
+    // Connections whose task has answered everything they sent come back to
+    // rest (see `Connection::run`).
+    let (home, mut homecoming) = tokio::sync::mpsc::unbounded_channel();
     // Deadlines and the stop, watched per thread (see `watchdog`).
     watchdog::start();
     let tick = watchdog::tick(header_timeout);
@@ -92,6 +95,7 @@ pub async fn serve(
         header_timeout,
         open: Arc::new(OpenConnections::default()),
         output: RefCell::new(Vec::with_capacity(1024)),
+        home,
     };
     tokio::pin!(shutdown);
     'serving: loop {
@@ -118,6 +122,11 @@ pub async fn serve(
                 if drained {
                     ready.clear_ready();
                 }
+                continue;
+            }
+            Some(back) = homecoming.recv() => {
+                let Home { stream, peer, open } = back;
+                resting.rest(resting_poll.get_ref(), stream, peer, open);
                 continue;
             }
             _ = idle_sweep.tick() => {
@@ -149,6 +158,8 @@ pub async fn serve(
         }
     }
     drop(listener);
+    // Connections on their way back are closed with the resting ones.
+    drop(homecoming);
     resting.close_all();
     watchdog::stop();
     // Idle connections close at once, busy ones after their answer; what is
@@ -173,6 +184,15 @@ struct Acceptor {
     open: Arc<OpenConnections>,
     /// Where answers given in place are encoded.
     output: RefCell<Vec<u8>>,
+    /// Where tasks send connections back to rest.
+    home: tokio::sync::mpsc::UnboundedSender<Home>,
+}
+
+/// A connection going back to rest after its task answered all it sent.
+struct Home {
+    stream: mio::net::TcpStream,
+    peer: SocketAddr,
+    open: Entered,
 }
 
 impl Acceptor {
@@ -307,12 +327,10 @@ impl Acceptor {
             app: self.app.clone(),
             header_timeout: self.header_timeout,
             ready_since,
+            open: OpenConnections::enter(&self.open),
+            home: self.home.clone(),
         };
-        let open = OpenConnections::enter(&self.open);
-        tokio::spawn(async move {
-            connection.run(input, pending, close_after).await;
-            drop(open);
-        });
+        tokio::spawn(connection.run(input, pending, close_after));
     }
 }
 
@@ -380,16 +398,22 @@ struct Connection {
     /// Since when the connection has been ready for its first head here,
     /// if before the task started (it rested between requests).
     ready_since: Option<Instant>,
+    /// Held while the connection is open (counted for the graceful stop).
+    open: Entered,
+    /// Where the connection goes back to rest once idle.
+    home: tokio::sync::mpsc::UnboundedSender<Home>,
 }
 
 impl Connection {
     /// Serves the connection: first writes `pending` (an answer given before
     /// the hand-over) and closes if `close_after`, then answers what `input`
-    /// holds and what follows.
+    /// holds and what follows until all the player sent is answered; then
+    /// the connection rests again.
     async fn run(mut self, mut input: Vec<u8>, pending: Vec<u8>, close_after: bool) {
         let (mut now, mut now_ms) = clock_now();
         let deadline = self.ready_since.unwrap_or(now) + self.header_timeout;
-        if !pending.is_empty() {
+        let mut answered = !pending.is_empty();
+        if answered {
             let written = tokio::time::timeout_at(deadline, self.stream.write_all(&pending)).await;
             if close_after || !matches!(written, Ok(Ok(()))) {
                 return;
@@ -432,9 +456,11 @@ impl Connection {
                 End::Close => return,
                 End::Refused => return self.linger().await,
             }
-            if consumed > 0 && input.is_empty() {
-                // Ready for the next request: it has the whole timeout.
-                watched.set_deadline(now + self.header_timeout);
+            answered |= consumed > 0;
+            if answered && input.is_empty() {
+                // All it sent is answered: it waits for the next request
+                // where resting connections do, not in a task.
+                return self.rest_again();
             }
             if input.capacity() - input.len() < READ_ROOM / 2 {
                 input.reserve(READ_ROOM);
@@ -455,6 +481,22 @@ impl Connection {
                 _ = watched.interrupted(waiting) => return,
             }
         }
+    }
+
+    /// Sends the connection back to the thread's resting set (see
+    /// [`crate::resting`]), out of this task's reactor registration. Closed
+    /// instead if the thread is stopping.
+    fn rest_again(self) {
+        let Ok(stream) = self.stream.into_std() else {
+            return;
+        };
+        let home = Home {
+            stream: mio::net::TcpStream::from_std(stream),
+            peer: self.peer,
+            open: self.open,
+        };
+        // Dropped, and so closed, once the thread stopped taking them back.
+        let _ = self.home.send(home);
     }
 
     /// Answers every complete request at the start of `input` into `output`;

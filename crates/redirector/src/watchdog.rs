@@ -78,17 +78,6 @@ impl Watched {
         })
     }
 
-    /// Moves the deadline: the connection answered and waits for the next
-    /// request, which has the whole timeout.
-    pub(crate) fn set_deadline(&self, deadline: Instant) {
-        TABLE.with_borrow_mut(|table| {
-            if let Some(Some(entry)) = table.entries.get_mut(self.index) {
-                entry.deadline = deadline;
-                entry.expired = false;
-            }
-        });
-    }
-
     /// Resolves once the deadline has passed, or, if `stop_counts` (the
     /// connection is between requests), once the server stops.
     pub(crate) fn interrupted(&self, stop_counts: bool) -> Interrupted<'_> {
@@ -213,14 +202,6 @@ mod tests {
             waited >= timeout && waited <= timeout + tick(timeout),
             "{waited:?}"
         );
-
-        // A moved deadline counts, not the first one.
-        let busy = Watched::new(Instant::now() + timeout);
-        tokio::time::sleep(timeout / 2).await;
-        let moved = Instant::now() + timeout;
-        busy.set_deadline(moved);
-        assert_eq!(busy.interrupted(true).await, Interruption::Expired);
-        assert!(Instant::now() >= moved);
 
         // Stopping ends the wait of a connection between requests, not of one
         // whose request is still arriving.
