@@ -626,7 +626,9 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
             )?;
             anatomy.push_str(&format!(
                 "**{server}, {mode}:** {per_request:.2} syscalls per request ({calls}).\n\n\
-                 Profile (`perf record -g`, self time, symbols over 2%):\n\n```\n{profile}```\n\n"
+                 Profile (`perf record -g`, self time: the share of each binary, then the \
+                 kernel's {PROFILE_KERNEL} and user space's {PROFILE_USER} biggest symbols \
+                 over {PROFILE_LIMIT}%):\n\n```\n{profile}```\n\n"
             ));
         }
     }
@@ -941,8 +943,17 @@ fn syscalls_per_request(
     Ok((total / requests, calls.join(", ")))
 }
 
-/// The functions `pid` spends its time in during a 3 s wrk run: `perf
-/// record -g` and its self-time report, symbols over 2%.
+/// Kernel symbols listed in a profile: the kernel's work per request is
+/// nearly the same for both servers, so its top few suffice.
+const PROFILE_KERNEL: usize = 4;
+/// User-space symbols listed in a profile: where the servers differ.
+const PROFILE_USER: usize = 10;
+/// The smallest share of the samples a listed symbol has, in percent.
+const PROFILE_LIMIT: f64 = 0.5;
+
+/// Where `pid` spends its time during a 3 s wrk run (`perf record -g`, self
+/// time): the share of each binary, then the biggest kernel and user-space
+/// symbols.
 fn profile(
     port: u16,
     close: bool,
@@ -979,32 +990,39 @@ fn profile(
     )?;
     let mut perf = perf;
     let _ = perf.0.wait();
-    let report = Command::new("perf")
-        .args([
-            "report",
-            "--stdio",
-            "--no-children",
-            "-g",
-            "none",
-            "--percent-limit",
-            "2",
-            "--sort",
-            "dso,symbol",
-            "-i",
-        ])
-        .arg(&data)
-        .output()
-        .context("perf report")?;
-    let text = String::from_utf8_lossy(&report.stdout);
-    Ok(text
-        .lines()
-        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
-        .take(12)
-        .map(|l| {
-            let words: Vec<&str> = l.split_whitespace().filter(|w| *w != "-").collect();
-            format!("{}\n", words.join(" "))
-        })
-        .collect())
+    let report = |sort: &str| -> anyhow::Result<Vec<String>> {
+        let report = Command::new("perf")
+            .args(["report", "--stdio", "--no-children", "-g", "none"])
+            .args([
+                "--percent-limit",
+                &PROFILE_LIMIT.to_string(),
+                "--sort",
+                sort,
+            ])
+            .arg("-i")
+            .arg(&data)
+            .output()
+            .context("perf report")?;
+        Ok(String::from_utf8_lossy(&report.stdout)
+            .lines()
+            .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+            .map(|l| {
+                let words: Vec<&str> = l.split_whitespace().filter(|w| *w != "-").collect();
+                words.join(" ")
+            })
+            .collect())
+    };
+    let mut summary = report("dso")?.join(", ");
+    summary.push('\n');
+    let symbols = report("dso,symbol")?;
+    let kernel = |line: &&String| line.contains("[k]");
+    for line in symbols.iter().filter(kernel).take(PROFILE_KERNEL) {
+        summary.push_str(&format!("{line}\n"));
+    }
+    for line in symbols.iter().filter(|l| !kernel(l)).take(PROFILE_USER) {
+        summary.push_str(&format!("{line}\n"));
+    }
+    Ok(summary)
 }
 
 /// wrk prints `1.23ms`, `456.00us`, `1.02s` or plain numbers; latencies come back in ms.
