@@ -66,16 +66,35 @@ pub struct RedirectorMetrics {
     /// players. A pool's first requests wait; a steady crowd should not.
     pub reservation_waits: Counter,
     connections: Family<ThreadLabel, Counter>,
+    connections_open: Family<ThreadLabel, Gauge>,
+    connections_waiting: Family<ThreadLabel, Gauge>,
+}
+
+/// The connection metrics of one player thread, taken once per thread so
+/// that counting is one atomic addition. What nginx's `stub_status` calls
+/// accepts, active and waiting.
+#[derive(Clone, Default)]
+pub struct PlayerConnections {
+    /// Connections accepted.
+    pub accepted: Counter,
+    /// Connections open past the call that accepted them (a connection
+    /// answered and closed as it is accepted never counts).
+    pub open: Gauge,
+    /// Of those, the kept-alive ones idle between requests.
+    pub waiting: Gauge,
 }
 
 impl RedirectorMetrics {
-    /// The counter of player connections accepted by player thread `index`,
-    /// taken once per thread, so counting a connection is one atomic addition.
-    pub fn player_connections(&self, index: usize) -> Counter {
-        let thread = u32::try_from(index).unwrap_or(u32::MAX);
-        self.connections
-            .get_or_create(&ThreadLabel { thread })
-            .clone()
+    /// The connection metrics of player thread `index`.
+    pub fn player_connections(&self, index: usize) -> PlayerConnections {
+        let label = ThreadLabel {
+            thread: u32::try_from(index).unwrap_or(u32::MAX),
+        };
+        PlayerConnections {
+            accepted: self.connections.get_or_create(&label).clone(),
+            open: self.connections_open.get_or_create(&label).clone(),
+            waiting: self.connections_waiting.get_or_create(&label).clone(),
+        }
     }
 
     /// Creates the metrics and registers them in `registry`.
@@ -99,12 +118,24 @@ impl RedirectorMetrics {
             redis_errors: Counter::default(),
             reservation_waits: Counter::default(),
             connections: Family::default(),
+            connections_open: Family::default(),
+            connections_waiting: Family::default(),
         };
         let r = registry;
         r.register(
             "icb_player_connections",
             "Player connections accepted, by player thread",
             metrics.connections.clone(),
+        );
+        r.register(
+            "icb_player_connections_open",
+            "Player connections open, by player thread (not counting those answered and closed as they are accepted)",
+            metrics.connections_open.clone(),
+        );
+        r.register(
+            "icb_player_connections_waiting",
+            "Kept-alive player connections idle between requests, by player thread",
+            metrics.connections_waiting.clone(),
         );
         r.register(
             "icb_requests",

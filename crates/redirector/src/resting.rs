@@ -21,6 +21,7 @@ use std::io::{ErrorKind, Read as _};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use slab::Slab;
 use tokio::time::Instant;
 
@@ -61,15 +62,24 @@ pub(crate) enum Served {
 pub(crate) struct Resting<G> {
     events: mio::Events,
     connections: Slab<Rested<G>>,
+    /// How many rest, for the metrics (set after each change).
+    waiting: Gauge,
 }
 
 impl<G> Resting<G> {
-    /// An empty set.
-    pub(crate) fn new() -> Self {
+    /// An empty set, whose size `waiting` shows.
+    pub(crate) fn new(waiting: Gauge) -> Self {
         Resting {
             events: mio::Events::with_capacity(EVENTS),
             connections: Slab::new(),
+            waiting,
         }
+    }
+
+    /// Shows the set's size in the metrics.
+    fn count(&self) {
+        self.waiting
+            .set(i64::try_from(self.connections.len()).unwrap_or(i64::MAX));
     }
 
     /// Lets `stream` rest in `poll`'s set until its next request. A
@@ -94,6 +104,7 @@ impl<G> Resting<G> {
                 since: Instant::now(),
                 _open: open,
             });
+            self.count();
         }
     }
 
@@ -113,6 +124,7 @@ impl<G> Resting<G> {
             return e.kind() != ErrorKind::Interrupted;
         }
         let taken = self.events.iter().count();
+        let resting = self.connections.len();
         let now = Instant::now();
         let mut first = [0u8; 2048];
         for event in &self.events {
@@ -167,6 +179,9 @@ impl<G> Resting<G> {
                 }
             }
         }
+        if self.connections.len() != resting {
+            self.count();
+        }
         taken < self.events.capacity()
     }
 
@@ -175,10 +190,12 @@ impl<G> Resting<G> {
         let now = Instant::now();
         self.connections
             .retain(|_, rested| now.duration_since(rested.since) < timeout);
+        self.count();
     }
 
     /// Closes every resting connection (the server stops).
     pub(crate) fn close_all(&mut self) {
         self.connections.clear();
+        self.count();
     }
 }

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
@@ -36,6 +36,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::http::{App, Request, handle, method_not_allowed};
+use crate::metrics::PlayerConnections;
 use crate::resting::{Resting, Served};
 use crate::watchdog::{self, Watched};
 use crate::wire::{self, DateCache, Method, Next, Parsed, Refusal, Reply};
@@ -60,7 +61,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     header_timeout: Duration,
-    connections: Counter,
+    connections: PlayerConnections,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = mio::net::TcpListener::from_std(listener);
@@ -80,7 +81,7 @@ pub async fn serve(
         AsyncFd::register_with_interest(mio::Poll::new()?, tokio::io::Interest::READABLE)
             .map_err(std::io::Error::from)?
     };
-    let mut resting = Resting::new();
+    let mut resting = Resting::new(connections.waiting.clone());
     // Connections whose task has answered everything they sent come back to
     // rest (see `Connection::run`).
     let (home, mut homecoming) = tokio::sync::mpsc::unbounded_channel();
@@ -93,7 +94,7 @@ pub async fn serve(
     let acceptor = Acceptor {
         app,
         header_timeout,
-        open: Arc::new(OpenConnections::default()),
+        open: Arc::new(OpenConnections::new(connections.open.clone())),
         output: RefCell::new(Vec::with_capacity(1024)),
         home,
     };
@@ -139,7 +140,7 @@ pub async fn serve(
         loop {
             match listener.get_ref().accept() {
                 Ok((stream, peer)) => {
-                    connections.inc();
+                    connections.accepted.inc();
                     acceptor.take(stream, peer, &mut resting, resting_poll.get_ref());
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -355,18 +356,28 @@ enum Inline {
 
 /// How many connections of a player thread are open, and a wake-up when
 /// the last one closes.
-#[derive(Default)]
 struct OpenConnections {
     count: AtomicUsize,
     closed: Notify,
+    /// The count, for the metrics.
+    gauge: Gauge,
 }
 
 /// One open connection; counted until dropped.
 struct Entered(Arc<OpenConnections>);
 
 impl OpenConnections {
+    fn new(gauge: Gauge) -> OpenConnections {
+        OpenConnections {
+            count: AtomicUsize::new(0),
+            closed: Notify::new(),
+            gauge,
+        }
+    }
+
     fn enter(this: &Arc<OpenConnections>) -> Entered {
         this.count.fetch_add(1, Ordering::Relaxed);
+        this.gauge.inc();
         Entered(Arc::clone(this))
     }
 
@@ -383,6 +394,7 @@ impl OpenConnections {
 
 impl Drop for Entered {
     fn drop(&mut self) {
+        self.0.gauge.dec();
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.closed.notify_waiters();
         }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use balancer_testkit::{IcecastServer, IcecastSpec, MountSpec};
+use balancer_testkit::{IcecastServer, IcecastSpec, MountSpec, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -200,6 +200,65 @@ async fn the_player_port_speaks_http_1_1_and_refuses_every_classic_hole() {
         .await
         .unwrap();
     assert!(read_answer(&mut options).await.starts_with("HTTP/1.1 302"));
+}
+
+/// A kept-alive connection that went to a task (here for pipelining; a wait
+/// for a slot lease does the same) rests again once all it sent is answered:
+/// the metrics show it open and waiting, as nginx's `stub_status` would, and
+/// closing it leaves neither.
+#[tokio::test]
+async fn a_connection_served_by_a_task_rests_again_and_the_metrics_show_it() {
+    use crate::control::scrape;
+    let (_icecast, redirector, mount) = one_mount_redirector().await;
+    let admin = redirector.admin;
+    // Summed over the player threads: the kernel picks the connection's.
+    let counts = || async move {
+        let samples = scrape(admin).await;
+        let of = |name: &str| -> f64 {
+            samples
+                .iter()
+                .filter(|(n, _)| n.split('{').next() == Some(name))
+                .map(|(_, v)| v)
+                .sum()
+        };
+        (
+            of("icb_player_connections_open"),
+            of("icb_player_connections_waiting"),
+        )
+    };
+    let settled = |want: (f64, f64), what: &'static str| {
+        wait_until(what, Duration::from_secs(10), move || async move {
+            (counts().await == want).then_some(())
+        })
+    };
+
+    let mut kept = TcpStream::connect(redirector.listen).await.unwrap();
+    // Two requests in the first write: a task answers them.
+    kept.write_all(b"GET /s?a=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /s?b=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    for query in ["a=1", "b=2"] {
+        let answer = read_answer(&mut kept).await;
+        assert!(
+            answer.contains(&format!("location: {mount}?{query}\r\n")),
+            "{query}: {answer}"
+        );
+    }
+    settled((1.0, 1.0), "the connection to rest: 1 open, 1 waiting").await;
+
+    // Answered again from the resting set, and still resting after it.
+    kept.write_all(b"GET /s?c=3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut kept).await;
+    assert!(
+        answer.contains(&format!("location: {mount}?c=3\r\n")),
+        "{answer}"
+    );
+    settled((1.0, 1.0), "the connection to rest again").await;
+
+    drop(kept);
+    settled((0.0, 0.0), "the closed connection to leave both counts").await;
 }
 
 /// A kept-alive connection rests between requests outside any task (see
