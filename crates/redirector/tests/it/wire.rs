@@ -50,6 +50,16 @@ async fn read_answer(stream: &mut TcpStream) -> String {
     head + &String::from_utf8_lossy(&body)
 }
 
+/// Reads the next answer on `stream` and checks that it sends the player to
+/// `mount` with the request's `query`.
+async fn expect_redirect(stream: &mut TcpStream, mount: &str, query: &str) {
+    let answer = read_answer(stream).await;
+    assert!(
+        answer.contains(&format!("location: {mount}?{query}\r\n")),
+        "{query}: {answer}"
+    );
+}
+
 fn header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
     answer.lines().find_map(|line| {
         let (key, value) = line.split_once(':')?;
@@ -238,11 +248,7 @@ async fn a_connection_served_by_a_task_rests_again_and_the_metrics_show_it() {
         .await
         .unwrap();
     for query in ["a=1", "b=2"] {
-        let answer = read_answer(&mut kept).await;
-        assert!(
-            answer.contains(&format!("location: {mount}?{query}\r\n")),
-            "{query}: {answer}"
-        );
+        expect_redirect(&mut kept, &mount, query).await;
     }
     settled((1.0, 1.0), "the connection to rest: 1 open, 1 waiting").await;
 
@@ -250,11 +256,7 @@ async fn a_connection_served_by_a_task_rests_again_and_the_metrics_show_it() {
     kept.write_all(b"GET /s?c=3 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let answer = read_answer(&mut kept).await;
-    assert!(
-        answer.contains(&format!("location: {mount}?c=3\r\n")),
-        "{answer}"
-    );
+    expect_redirect(&mut kept, &mount, "c=3").await;
     settled((1.0, 1.0), "the connection to rest again").await;
 
     drop(kept);
@@ -272,22 +274,14 @@ async fn a_resting_connection_serves_what_comes_next_like_a_new_one() {
     kept.write_all(b"GET /s?a=1 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let first = read_answer(&mut kept).await;
-    assert!(
-        first.contains(&format!("location: {mount}?a=1\r\n")),
-        "{first}"
-    );
+    expect_redirect(&mut kept, &mount, "a=1").await;
 
     // Two requests in one write, to a connection at rest: both, in order.
     kept.write_all(b"GET /s?b=2 HTTP/1.1\r\nHost: x\r\n\r\nGET /s?c=3 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     for query in ["b=2", "c=3"] {
-        let answer = read_answer(&mut kept).await;
-        assert!(
-            answer.contains(&format!("location: {mount}?{query}\r\n")),
-            "{query}: {answer}"
-        );
+        expect_redirect(&mut kept, &mount, query).await;
     }
 
     // A head written in two pieces (which may arrive as one).
@@ -295,11 +289,7 @@ async fn a_resting_connection_serves_what_comes_next_like_a_new_one() {
     kept.flush().await.unwrap();
     tokio::task::yield_now().await;
     kept.write_all(b"st: x\r\n\r\n").await.unwrap();
-    let answer = read_answer(&mut kept).await;
-    assert!(
-        answer.contains(&format!("location: {mount}?d=4\r\n")),
-        "{answer}"
-    );
+    expect_redirect(&mut kept, &mount, "d=4").await;
 
     // Another request on a fresh connection, then garbage on it at rest:
     // 400, and closed.
