@@ -24,7 +24,6 @@ use std::future::Future;
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -125,8 +124,7 @@ pub async fn serve(
                 }
                 continue;
             }
-            Some(back) = homecoming.recv() => {
-                let Home { stream, peer, open } = back;
+            Some(Home { stream, peer, open }) = homecoming.recv() => {
                 resting.rest(resting_poll.get_ref(), stream, peer, open);
                 continue;
             }
@@ -354,37 +352,34 @@ enum Inline {
     NotNow,
 }
 
-/// How many connections of a player thread are open, and a wake-up when
-/// the last one closes.
+/// How many connections of a player thread are open (the thread's
+/// `icb_player_connections_open`), and a wake-up when the last one closes.
+/// Entered and left on the player thread only.
 struct OpenConnections {
-    count: AtomicUsize,
+    count: Gauge,
     closed: Notify,
-    /// The count, for the metrics.
-    gauge: Gauge,
 }
 
 /// One open connection; counted until dropped.
 struct Entered(Arc<OpenConnections>);
 
 impl OpenConnections {
-    fn new(gauge: Gauge) -> OpenConnections {
+    fn new(count: Gauge) -> OpenConnections {
         OpenConnections {
-            count: AtomicUsize::new(0),
+            count,
             closed: Notify::new(),
-            gauge,
         }
     }
 
     fn enter(this: &Arc<OpenConnections>) -> Entered {
-        this.count.fetch_add(1, Ordering::Relaxed);
-        this.gauge.inc();
+        this.count.inc();
         Entered(Arc::clone(this))
     }
 
     async fn all_closed(&self) {
         loop {
             let closed = self.closed.notified();
-            if self.count.load(Ordering::Acquire) == 0 {
+            if self.count.get() == 0 {
                 return;
             }
             closed.await;
@@ -394,8 +389,7 @@ impl OpenConnections {
 
 impl Drop for Entered {
     fn drop(&mut self) {
-        self.0.gauge.dec();
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.count.dec() == 1 {
             self.0.closed.notify_waiters();
         }
     }
