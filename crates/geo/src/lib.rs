@@ -21,7 +21,7 @@ mod rank;
 pub use code::{Code, CountryRule};
 pub use coordinates::{Coordinates, CoordinatesError};
 pub use key_hasher::KeyHasher;
-pub use lookup::{DbError, GeoDb, Place, Records};
+pub use lookup::{DbError, GeoDb, Place, Records, ThreadGeo};
 pub use rank::{
     Candidate, Client, Closeness, Order, RankPolicy, Ranking, closeness, rank, rank_top,
 };

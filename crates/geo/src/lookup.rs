@@ -85,6 +85,78 @@ fn record_id(found: &Option<(u32, maxminddb::LookupResult<'_, Vec<u8>>)>) -> Opt
     }
 }
 
+/// [`GeoDb::lookup_records`] in `databases`.
+fn records_in<R>(
+    databases: &Databases,
+    ip: IpAddr,
+    with: impl FnOnce(Option<Records>, &mut dyn FnMut() -> Place) -> R,
+) -> R {
+    let ip = canonical(ip);
+    let (city, asn) = (found(&databases.city, ip), found(&databases.asn, ip));
+    let records = match (record_id(&city), record_id(&asn)) {
+        (Some(city), Some(asn)) => Some(Records { city, asn }),
+        _ => None,
+    };
+    let mut place = || {
+        let mut place = Place::default();
+        if let Some((load, found)) = &city {
+            // The City database has no ASN; the ASN database adds it below.
+            place = decoded::city(*load, found, || {
+                found
+                    .decode::<CityRecord<'_>>()
+                    .ok()
+                    .flatten()
+                    .map(CityRecord::place)
+                    .unwrap_or_default()
+            });
+        }
+        if let Some((load, found)) = &asn {
+            place.asn = decoded::asn(*load, found, || {
+                found
+                    .decode::<AsnRecord>()
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.autonomous_system_number)
+            });
+        }
+        place
+    };
+    with(records, &mut place)
+}
+
+/// A thread's hold on a [`GeoDb`]'s current databases, checked with one
+/// plain load per lookup: [`GeoDb::lookup_records`] takes a hold per lookup,
+/// arc-swap's bookkeeping with atomic writes. A thread keeps databases
+/// replaced by a reload until its next lookup.
+pub struct ThreadGeo(arc_swap::Cache<CurrentOf, Arc<Databases>>);
+
+impl ThreadGeo {
+    /// Whether this is a handle on `db`.
+    pub fn is_of(&self, db: &Arc<GeoDb>) -> bool {
+        std::ptr::eq(self.0.arc_swap(), &db.current)
+    }
+
+    /// [`GeoDb::lookup_records`].
+    pub fn lookup_records<R>(
+        &mut self,
+        ip: IpAddr,
+        with: impl FnOnce(Option<Records>, &mut dyn FnMut() -> Place) -> R,
+    ) -> R {
+        records_in(self.0.load(), ip, with)
+    }
+}
+
+/// What a [`ThreadGeo`] watches: a [`GeoDb`]'s current databases.
+struct CurrentOf(Arc<GeoDb>);
+
+impl std::ops::Deref for CurrentOf {
+    type Target = ArcSwap<Databases>;
+
+    fn deref(&self) -> &ArcSwap<Databases> {
+        &self.0.current
+    }
+}
+
 /// A database read fully into memory, with the file's identity at read time.
 struct Loaded {
     reader: Reader<Vec<u8>>,
@@ -164,38 +236,12 @@ impl GeoDb {
         ip: IpAddr,
         with: impl FnOnce(Option<Records>, &mut dyn FnMut() -> Place) -> R,
     ) -> R {
-        let ip = canonical(ip);
-        let current = self.current.load();
-        let (city, asn) = (found(&current.city, ip), found(&current.asn, ip));
-        let records = match (record_id(&city), record_id(&asn)) {
-            (Some(city), Some(asn)) => Some(Records { city, asn }),
-            _ => None,
-        };
-        let mut place = || {
-            let mut place = Place::default();
-            if let Some((load, found)) = &city {
-                // The City database has no ASN; the ASN database adds it below.
-                place = decoded::city(*load, found, || {
-                    found
-                        .decode::<CityRecord<'_>>()
-                        .ok()
-                        .flatten()
-                        .map(CityRecord::place)
-                        .unwrap_or_default()
-                });
-            }
-            if let Some((load, found)) = &asn {
-                place.asn = decoded::asn(*load, found, || {
-                    found
-                        .decode::<AsnRecord>()
-                        .ok()
-                        .flatten()
-                        .and_then(|r| r.autonomous_system_number)
-                });
-            }
-            place
-        };
-        with(records, &mut place)
+        records_in(&self.current.load(), ip, with)
+    }
+
+    /// A thread's own handle for [`lookup_records`](Self::lookup_records).
+    pub fn for_thread(self: &Arc<Self>) -> ThreadGeo {
+        ThreadGeo(arc_swap::Cache::new(CurrentOf(self.clone())))
     }
 
     /// Where a server is: the fleet config's location and country when given,

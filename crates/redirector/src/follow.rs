@@ -18,10 +18,10 @@ use crate::view::FleetView;
 #[derive(Default)]
 pub struct Views {
     current: ArcSwapOption<FleetView>,
-    /// Views replaced but still held by a request when they were. Each
-    /// request holds the view it was answered from, so a view replaced while
-    /// a player thread was answering would be freed by that thread when the
-    /// request ends: the whole view (every mount's URLs, names and pools), a
+    /// Views replaced but still held when they were: by a request, or by a
+    /// player thread's [`ThreadView`] until its next request. A view replaced
+    /// while a player thread held it would be freed by that thread when it
+    /// lets go: the whole view (every mount's URLs, names and pools), a
     /// stall for every player that thread holds, once per snapshot and on
     /// every core. Kept here, a view is freed by the control plane at a later
     /// snapshot, once nothing else holds it.
@@ -29,14 +29,21 @@ pub struct Views {
 }
 
 /// Replaced views kept at most, should requests hold them for longer than
-/// snapshots come (they hold them for milliseconds; a snapshot comes every
-/// second or so): past it, the oldest is let go wherever it is held.
+/// snapshots come (they hold them for milliseconds, and a busy player thread
+/// moves to the new view at its next request; a snapshot comes every second
+/// or so): past it, the oldest is let go wherever it is held (by a player
+/// thread idle for that long, which frees it at its next request).
 const RETIRED_KEPT: usize = 8;
 
 impl Views {
     /// The current view, if a snapshot arrived yet.
     pub fn load(&self) -> Option<Arc<FleetView>> {
         self.current.load_full()
+    }
+
+    /// A player thread's own handle on the current view.
+    pub fn for_thread(self: &Arc<Self>) -> ThreadView {
+        ThreadView(arc_swap::Cache::new(Current(self.clone())))
     }
 
     /// Makes `snapshot` current if it is newer than what is shown.
@@ -82,6 +89,30 @@ impl Views {
             let excess = retired.len() - RETIRED_KEPT;
             retired.drain(..excess);
         }
+    }
+}
+
+/// A player thread's hold on the current view, checked with one plain load
+/// per request. [`Views::load`] takes a hold per request instead: arc-swap's
+/// bookkeeping and two atomic updates of the view's count, which every player
+/// thread makes on the same cache line.
+pub struct ThreadView(arc_swap::Cache<Current, Option<Arc<FleetView>>>);
+
+impl ThreadView {
+    /// The current view, if a snapshot arrived yet.
+    pub fn current(&mut self) -> Option<&FleetView> {
+        self.0.load().as_deref()
+    }
+}
+
+/// What a [`ThreadView`] watches: the views' current one.
+pub struct Current(Arc<Views>);
+
+impl std::ops::Deref for Current {
+    type Target = ArcSwapOption<FleetView>;
+
+    fn deref(&self) -> &ArcSwapOption<FleetView> {
+        &self.0.current
     }
 }
 

@@ -13,6 +13,7 @@ use crate::metrics::RedirectorMetrics;
 use crate::playlist;
 use crate::route::route;
 use crate::select::{Decision, Selector};
+use crate::view::FleetView;
 use crate::wire::{Head, Location, Method, Reply, Status};
 
 /// Everything a request needs, shared by all connections.
@@ -67,6 +68,18 @@ impl<'b> Request<'b> {
 /// Answers `head` at `now_ms` (milliseconds since the epoch, read once per
 /// batch of requests). Never fails: every problem is a status code.
 pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64) -> Reply {
+    let view = app.views.load();
+    handle_in(app, view.as_deref(), head, now_ms).await
+}
+
+/// [`handle`] with the current view given (`None` before the first
+/// snapshot), as a player thread holds it ([`crate::follow::ThreadView`]).
+pub async fn handle_in(
+    app: &App,
+    view: Option<&FleetView>,
+    head: &Request<'_>,
+    now_ms: i64,
+) -> Reply {
     if head.method == Method::Other {
         app.metrics.request_without_stream("method_not_allowed");
         return method_not_allowed();
@@ -77,7 +90,7 @@ pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64) -> Reply {
     let Some(route) = route(head.path, &app.prefix) else {
         return Reply::text(Status::NotFound, "No such stream.\n");
     };
-    let Some(view) = app.views.load() else {
+    let Some(view) = view else {
         return unavailable(
             app,
             "The balancer has no data about the servers yet. Please try again later.\n",
@@ -101,7 +114,7 @@ pub async fn handle(app: &App, head: &Request<'_>, now_ms: i64) -> Reply {
     let decision = app
         .selector
         .decide(
-            &view,
+            view,
             stream,
             client,
             scheme,

@@ -29,9 +29,10 @@ use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use balancer_geo::{
-    Candidate, Client, GeoDb, KeyHasher, Order, Place, RankPolicy, Ranking, Records,
+    Candidate, Client, GeoDb, KeyHasher, Order, Place, RankPolicy, Ranking, Records, ThreadGeo,
 };
 
 use crate::client_ip::Scheme;
@@ -46,6 +47,8 @@ const PLACES: usize = 16_384;
 
 thread_local! {
     static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
+    /// This thread's hold on the GeoIP databases it locates players in.
+    static GEO: RefCell<Option<ThreadGeo>> = const { RefCell::new(None) };
 }
 
 /// What a player's place is known by in a thread's table: the GeoIP records
@@ -60,21 +63,28 @@ pub(crate) struct PlaceKey {
 /// table (`None` when its records have no name, see
 /// [`GeoDb::lookup_records`]): decoded from GeoIP only the first time this
 /// thread sees the place.
-pub(crate) fn locate(geo: &GeoDb, ip: IpAddr) -> (Client, Option<PlaceKey>) {
+pub(crate) fn locate(geo: &Arc<GeoDb>, ip: IpAddr) -> (Client, Option<PlaceKey>) {
     let ipv6 = ip.is_ipv6();
-    geo.lookup_records(ip, |records, place| match records {
-        Some(records) => {
-            let key = PlaceKey { records, ipv6 };
-            let place = KEPT.with(|kept| kept.borrow_mut().place(key, place));
-            (Client { place, ipv6 }, Some(key))
+    GEO.with(|held| {
+        let mut held = held.borrow_mut();
+        if held.as_ref().is_some_and(|held| !held.is_of(geo)) {
+            *held = None;
         }
-        None => (
-            Client {
-                place: place(),
-                ipv6,
-            },
-            None,
-        ),
+        let held = held.get_or_insert_with(|| geo.for_thread());
+        held.lookup_records(ip, |records, place| match records {
+            Some(records) => {
+                let key = PlaceKey { records, ipv6 };
+                let place = KEPT.with(|kept| kept.borrow_mut().place(key, place));
+                (Client { place, ipv6 }, Some(key))
+            }
+            None => (
+                Client {
+                    place: place(),
+                    ipv6,
+                },
+                None,
+            ),
+        })
     })
 }
 

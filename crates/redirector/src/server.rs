@@ -34,7 +34,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::http::{App, Request, handle, method_not_allowed};
+use crate::follow::ThreadView;
+use crate::http::{App, Request, handle, handle_in, method_not_allowed};
 use crate::metrics::PlayerConnections;
 use crate::resting::{Resting, Served};
 use crate::watchdog::{self, Watched};
@@ -91,6 +92,7 @@ pub async fn serve(
     let mut idle_sweep = tokio::time::interval(tick);
     idle_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let acceptor = Acceptor {
+        view: RefCell::new(app.views.for_thread()),
         app,
         header_timeout,
         open: Arc::new(OpenConnections::new(connections.open.clone())),
@@ -183,6 +185,8 @@ struct Acceptor {
     open: Arc<OpenConnections>,
     /// Where answers given in place are encoded.
     output: RefCell<Vec<u8>>,
+    /// The view answers given in place are chosen from.
+    view: RefCell<ThreadView>,
     /// Where tasks send connections back to rest.
     home: tokio::sync::mpsc::UnboundedSender<Home>,
 }
@@ -243,7 +247,7 @@ impl Acceptor {
     /// Answers `input` now if it is exactly one request whose answer needs no
     /// waiting, and writes the answer.
     fn answer_now(&self, input: &[u8], peer: SocketAddr, stream: &mio::net::TcpStream) -> Inline {
-        let (_, now_ms) = clock_now();
+        let now_ms = wall_ms();
         let Step::Request(request, length, keep) = next_request(input, peer, &self.app) else {
             return Inline::NotNow;
         };
@@ -254,7 +258,8 @@ impl Acceptor {
         // Polled once where it lies (`now_or_never` would move it, and the
         // decision's future is large). Pending only while waiting for a slot
         // lease: then the task asks again.
-        let decided = std::pin::pin!(handle(&self.app, &request, now_ms));
+        let mut view = self.view.borrow_mut();
+        let decided = std::pin::pin!(handle_in(&self.app, view.current(), &request, now_ms));
         let Poll::Ready(reply) = decided.poll(&mut Context::from_waker(Waker::noop())) else {
             return Inline::NotNow;
         };
@@ -609,26 +614,50 @@ enum End {
 }
 
 thread_local! {
-    /// This thread's wall clock, derived from the monotonic one (one clock
-    /// read per batch of requests) and set again from the system every second.
-    static CLOCK: Cell<Option<(Instant, i64)>> = const { Cell::new(None) };
+    /// This thread's wall clock: a reading of the monotonic clock (ns) and
+    /// the Unix time (ms) then, set again from the system every second.
+    static CLOCK: Cell<Option<(u64, i64)>> = const { Cell::new(None) };
     /// This thread's `Date` header, formatted once a second.
     static DATES: std::cell::RefCell<DateCache> = std::cell::RefCell::new(DateCache::default());
 }
 
-/// Now, monotonic and in milliseconds since the Unix epoch.
+/// Now in milliseconds since the Unix epoch, from one read of the monotonic
+/// clock: an answer needs no more, and integer arithmetic on one reading
+/// costs a fraction of `Instant`'s checked subtractions.
+fn wall_ms() -> i64 {
+    let now = monotonic_ns();
+    CLOCK.with(|clock| {
+        let (at, ms) = match clock.get() {
+            Some((at, ms)) if now.wrapping_sub(at) < 1_000_000_000 => (at, ms),
+            _ => {
+                let fresh = (now, crate::http::now_ms());
+                clock.set(Some(fresh));
+                fresh
+            }
+        };
+        ms + ((now - at) / 1_000_000) as i64
+    })
+}
+
+/// The monotonic clock (`CLOCK_MONOTONIC`, as `Instant` reads it) in
+/// nanoseconds.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write; the clock always exists.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Now, monotonic for deadlines and in milliseconds since the Unix epoch, for
+/// a connection served by a task.
 fn clock_now() -> (Instant, i64) {
-    let now = Instant::now();
-    let base = CLOCK.with(|clock| match clock.get() {
-        Some((at, ms)) if now.duration_since(at) < Duration::from_secs(1) => (at, ms),
-        _ => {
-            let fresh = (now, crate::http::now_ms());
-            clock.set(Some(fresh));
-            fresh
-        }
-    });
-    let since = i64::try_from(now.duration_since(base.0).as_millis()).unwrap_or(0);
-    (now, base.1 + since)
+    (Instant::now(), wall_ms())
 }
 
 /// Appends `reply` to `output`, dated with this thread's cached `Date`;

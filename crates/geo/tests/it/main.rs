@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use balancer_geo::{Code, GeoDb, Place, Records};
+use balancer_geo::{Code, GeoDb, Place, Records, ThreadGeo};
 use balancer_testkit::geoip::{CityNet, asn_db, city_db};
 
 fn networks(country: &'static str) -> Vec<CityNet<'static>> {
@@ -129,6 +129,31 @@ fn records_name_a_place_without_decoding_it() {
         off.lookup_records(ip("127.0.1.1"), |r, _| r),
         Some(Records::default())
     );
+}
+
+/// A thread's own handle finds what the shared one finds, and follows a
+/// reload at its next lookup: a database replaced on disk (another country)
+/// is what the thread's players are placed by from then on.
+#[test]
+fn a_thread_handle_follows_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let city = write(dir.path(), "city.mmdb", &city_db(&networks("AT")));
+    let (db, _) = GeoDb::open(Some(city), None);
+    let db = Arc::new(db);
+    let mut held = db.for_thread();
+    assert!(held.is_of(&db));
+    assert!(!held.is_of(&Arc::new(GeoDb::disabled())));
+    let place = |held: &mut ThreadGeo| {
+        held.lookup_records(ip("127.0.0.2"), |records, place| (records, place()))
+    };
+    let (records, before) = place(&mut held);
+    assert_eq!(records, db.lookup_records(ip("127.0.0.2"), |r, _| r));
+    assert_eq!(country(before).as_deref(), Some("AT"));
+    write(dir.path(), "city.mmdb", &city_db(&networks("DE")));
+    assert!(db.reload().is_empty());
+    let (records_after, after) = place(&mut held);
+    assert_ne!(records_after, records, "the reloaded database's records");
+    assert_eq!(country(after).as_deref(), Some("DE"));
 }
 
 #[test]
