@@ -14,6 +14,7 @@ use crate::packages::{self, Tool};
 use crate::{cargo, run, workspace_root};
 
 mod instructions;
+mod paired;
 
 const BENCH_TOOLS: &[Tool] = &[
     Tool {
@@ -27,7 +28,14 @@ const BENCH_TOOLS: &[Tool] = &[
 ];
 
 /// The benchmark cases, in the order `cargo xtask bench` runs them.
-pub(crate) const CASES: [&str; 5] = ["poller", "geo", "redirector", "instructions", "saturation"];
+pub(crate) const CASES: [&str; 6] = [
+    "poller",
+    "geo",
+    "redirector",
+    "paired",
+    "instructions",
+    "saturation",
+];
 
 /// Runs the benchmark cases named (all when `only` is None) and records the results.
 pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
@@ -67,6 +75,11 @@ pub(crate) fn bench(only: Option<&str>) -> anyhow::Result<()> {
         let redirector = redirector_case()?;
         println!("{redirector}");
         record("redirector", &redirector)?;
+    }
+    if wanted("paired") {
+        let paired = paired::paired_case()?;
+        println!("{paired}");
+        record("paired", &paired)?;
     }
     if wanted("instructions") {
         let instructions = instructions::instructions_case()?;
@@ -509,54 +522,20 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
             },
         ],
     )?;
-    let dir = std::env::temp_dir().join(format!("xtask-bench-redirector-{}", std::process::id()));
-    let services = service_bin_dir();
-    let setup = CrowdSetup::start(&dir, &services)?;
-    let (redis_pid, crowd) = (setup.redis_pid, &setup.crowd);
-    let redirector_port = free_port()?;
-    let redirector = start_redirector(
-        &services,
+    let contestants = Contestants::start("redirector")?;
+    let Contestants {
+        dir,
+        setup,
+        redirector,
         redirector_port,
-        &setup.redis_url,
-        Some(&setup.geoip),
-    )?;
-    wait_for(
-        || status_of(redirector_port, "GET", "/sim0") == Some(302),
-        "the redirector to answer 302",
-    )?;
-
-    let nginx_port = free_port()?;
-    // The same answer on a second port with `deferred` (TCP_DEFER_ACCEPT),
-    // which the redirector uses too: the fair floor for new connections.
-    let deferred_port = free_port()?;
-    let conf = dir.join("nginx.conf");
-    fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {log};\nevents {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  keepalive_requests 100000000;\n  server {{\n    listen 127.0.0.1:{nginx_port};\n    \
-             location / {{ return 302 http://127.0.0.1:8000/m0.ogg; }}\n  }}\n  \
-             server {{\n    listen 127.0.0.1:{deferred_port} deferred;\n    \
-             location / {{ return 302 http://127.0.0.1:8000/m0.ogg; }}\n  }}\n}}\n",
-            pid = dir.join("nginx.pid").display(),
-            log = dir.join("nginx-error.log").display(),
-        ),
-    )?;
-    let nginx = Nginx(
-        pinned(0, "nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(&dir)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start nginx")?,
-    );
-    wait_for(
-        || status_of(nginx_port, "GET", "/sim0") == Some(302),
-        "nginx to answer 302",
-    )?;
-    let nginx_pids = children_and_self(nginx.0.id());
+        nginx_port,
+        deferred_port,
+        nginx_pids,
+        ..
+    } = &contestants;
+    let (redirector_port, nginx_port, deferred_port) =
+        (*redirector_port, *nginx_port, *deferred_port);
+    let (redis_pid, crowd) = (setup.redis_pid, &setup.crowd);
 
     let modes = [("new connection per request", true), ("keep-alive", false)];
     let mut results: Vec<(&str, &str, Vec<Run>)> = Vec::new();
@@ -581,11 +560,11 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
                 redis_pid,
                 crowd,
             )?);
-            theirs.push(warmed_up(nginx_port, close, &nginx_pids, redis_pid, crowd)?);
+            theirs.push(warmed_up(nginx_port, close, nginx_pids, redis_pid, crowd)?);
             deferred.push(warmed_up(
                 deferred_port,
                 close,
-                &nginx_pids,
+                nginx_pids,
                 redis_pid,
                 crowd,
             )?);
@@ -615,14 +594,14 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
                 close,
                 &pids,
                 redis_pid,
-                &dir,
+                dir,
             )?;
             let profile = profile(
                 port_of(server, redirector_port, nginx_port),
                 close,
                 worker,
                 redis_pid,
-                &dir,
+                dir,
             )?;
             anatomy.push_str(&format!(
                 "**{server}, {mode}:** {per_request:.2} syscalls per request ({calls}).\n\n\
@@ -632,7 +611,7 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
             ));
         }
     }
-    let _ = fs::remove_dir_all(&dir);
+    drop(contestants);
     // Every answer must be a redirect: a 503 costs less than a 302, so a run
     // with any other answer compares nothing and is not recorded.
     for (mode, server, runs) in &results {
@@ -719,6 +698,90 @@ pub(crate) fn redirector_case() -> anyhow::Result<String> {
     ))
 }
 
+/// The servers compared: the redirector, following the crowd's fleet, and
+/// nginx answering a static redirect on two ports (as installed and with
+/// `deferred`), all on CPU 0. Stopped, and their directory removed, when
+/// dropped.
+struct Contestants {
+    dir: std::path::PathBuf,
+    setup: CrowdSetup,
+    redirector: Guard,
+    redirector_port: u16,
+    _nginx: Nginx,
+    nginx_port: u16,
+    deferred_port: u16,
+    nginx_pids: Vec<u32>,
+}
+
+impl Contestants {
+    /// Starts them for the bench case `case` (it names their directory).
+    fn start(case: &str) -> anyhow::Result<Contestants> {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{case}-{}", std::process::id()));
+        let services = service_bin_dir();
+        let setup = CrowdSetup::start(&dir, &services)?;
+        let redirector_port = free_port()?;
+        let redirector = start_redirector(
+            &services,
+            redirector_port,
+            &setup.redis_url,
+            Some(&setup.geoip),
+        )?;
+        wait_for(
+            || status_of(redirector_port, "GET", "/sim0") == Some(302),
+            "the redirector to answer 302",
+        )?;
+
+        let nginx_port = free_port()?;
+        // The same answer on a second port with `deferred` (TCP_DEFER_ACCEPT),
+        // which the redirector uses too: the fair floor for new connections.
+        let deferred_port = free_port()?;
+        let conf = dir.join("nginx.conf");
+        fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {log};\nevents {{ worker_connections 4096; }}\n\
+                 http {{\n  access_log off;\n  keepalive_requests 100000000;\n  server {{\n    listen 127.0.0.1:{nginx_port};\n    \
+                 location / {{ return 302 http://127.0.0.1:8000/m0.ogg; }}\n  }}\n  \
+                 server {{\n    listen 127.0.0.1:{deferred_port} deferred;\n    \
+                 location / {{ return 302 http://127.0.0.1:8000/m0.ogg; }}\n  }}\n}}\n",
+                pid = dir.join("nginx.pid").display(),
+                log = dir.join("nginx-error.log").display(),
+            ),
+        )?;
+        let nginx = Nginx(
+            pinned(0, "nginx")
+                .arg("-c")
+                .arg(&conf)
+                .arg("-p")
+                .arg(&dir)
+                .stderr(Stdio::null())
+                .spawn()
+                .context("start nginx")?,
+        );
+        wait_for(
+            || status_of(nginx_port, "GET", "/sim0") == Some(302),
+            "nginx to answer 302",
+        )?;
+        let nginx_pids = children_and_self(nginx.0.id());
+        Ok(Contestants {
+            dir,
+            setup,
+            redirector,
+            redirector_port,
+            _nginx: nginx,
+            nginx_port,
+            deferred_port,
+            nginx_pids,
+        })
+    }
+}
+
+impl Drop for Contestants {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Keeps `cpu` from going idle while it lives: a busy loop at `SCHED_IDLE`,
 /// which runs only when nothing else wants the CPU and gives way at once.
 ///
@@ -782,6 +845,11 @@ const WARM_UP: &str = "2s";
 
 /// How long a measured round lasts.
 const ROUND: &str = "10s";
+
+/// A wrk duration such as [`ROUND`] in seconds.
+fn seconds(duration: &str) -> f64 {
+    duration.trim_end_matches('s').parse().unwrap_or(1.0)
+}
 
 /// One measured round ([`ROUND`]) after [`WARM_UP`] of the same load, measuring
 /// the CPU of `pids` and of Redis; answers other than a redirect during the

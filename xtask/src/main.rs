@@ -26,7 +26,7 @@ commands:
                       3 Icecast servers, Redis, a poller and 2 redirectors until Ctrl-C
                       (--standalone: one redirector polling in-process, no Redis)
   bench [CASE]        run the benchmarks on this machine and record them in BENCHMARKS.md
-                      (CASE: poller, geo, redirector, instructions or saturation;
+                      (CASE: poller, geo, redirector, paired, instructions or saturation;
                       default all)";
 
 fn main() -> ExitCode {

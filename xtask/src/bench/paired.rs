@@ -1,0 +1,175 @@
+//! `cargo xtask bench paired`: the redirector and nginx loaded at the same
+//! time on the same core, so that whatever the shared host does to the core
+//! during a round (another tenant, a frequency change, stolen time) it does
+//! to both.
+//!
+//! The redirector case alternates rounds, and on this kind of host the CPU a
+//! server spends per request moves by 10 to 20% from one round to the next
+//! for the same server: nginx against nginx `deferred`, which do the same
+//! work per keep-alive request, differed by 6 to 16% in medians of five.
+//! A few percent cannot be seen that way. Here each round loads both servers
+//! at once (two wrk, 50 connections each, both on CPU 1), the scheduler
+//! shares CPU 0 between them, and the ratio is taken within the round. The
+//! latencies are not comparable with the redirector case's: each server
+//! also waits while the other runs.
+
+use std::process::{Child, Stdio};
+
+use anyhow::{Context as _, bail};
+
+use super::{Contestants, ROUND, WARM_UP, machine, pinned, today};
+
+/// Rounds per mode. Each ratio is taken within its round, so rounds need
+/// not alternate; more of them narrow the median.
+const ROUNDS: usize = 7;
+
+/// What one server did in one round.
+struct Share {
+    requests: f64,
+    cpu_us: f64,
+    user_us: f64,
+    p99_ms: f64,
+    non_3xx: u64,
+}
+
+/// Runs the case and returns its section of BENCHMARKS.md.
+pub(crate) fn paired_case() -> anyhow::Result<String> {
+    let contestants = Contestants::start("paired")?;
+    let redirector_pids = [contestants.redirector.0.id()];
+    let crowd = &contestants.setup.crowd;
+    let mut lines = String::new();
+    for (mode, close) in [("new connection per request", true), ("keep-alive", false)] {
+        let mut rounds = Vec::new();
+        for _ in 0..ROUNDS {
+            let servers = [
+                (contestants.redirector_port, &redirector_pids[..]),
+                (contestants.nginx_port, &contestants.nginx_pids[..]),
+            ];
+            // Unmeasured, as in the redirector case: leases taken, caches warm.
+            let warm = both(servers, close, WARM_UP, crowd)?;
+            let [ours, theirs] = both(servers, close, ROUND, crowd)?;
+            let refused =
+                warm.iter().map(|s| s.non_3xx).sum::<u64>() + ours.non_3xx + theirs.non_3xx;
+            if refused > 0 {
+                bail!("{refused} answers other than 3xx ({mode}): the run is invalid");
+            }
+            rounds.push((ours, theirs));
+        }
+        lines.push_str(&summary(mode, &rounds));
+    }
+    drop(contestants);
+    Ok(format!(
+        "## Redirector and nginx on one core at once\n\n\
+         Command: `cargo xtask bench paired`. Machine: {machine}. Run: {date}.\n\n\
+         The redirector case's servers, fleet and crowd, but each round loads both at the same\n\
+         time: the redirector and nginx (`return 302`, as installed) share CPU 0, and two wrk\n\
+         (1 thread, 50 connections each, {WARM_UP} unmeasured, then {ROUND}) share CPU 1. Whatever\n\
+         the host does to the core during a round, it does to both, so the ratio of their CPU\n\
+         per request is taken within each round; {ROUNDS} rounds per mode, medians. Latencies\n\
+         include waiting while the other server runs and are not comparable with the\n\
+         redirector case's. A round with any answer other than a redirect is refused.\n\n\
+         {lines}\n",
+        machine = machine(),
+        date = today(),
+    ))
+}
+
+/// Loads both `servers` (port and the pids whose CPU counts) at once for
+/// `duration`; what each did.
+fn both(
+    servers: [(u16, &[u32]); 2],
+    close: bool,
+    duration: &str,
+    crowd: &std::path::Path,
+) -> anyhow::Result<[Share; 2]> {
+    let cpu = |pids: &[u32]| -> anyhow::Result<(f64, f64)> {
+        let mut total = (0.0, 0.0);
+        for &pid in pids {
+            let (user, system) = super::cpu_split(pid)?;
+            total.0 += (user + system).as_secs_f64();
+            total.1 += user.as_secs_f64();
+        }
+        Ok(total)
+    };
+    let before = [cpu(servers[0].1)?, cpu(servers[1].1)?];
+    let loads = [
+        wrk(servers[0].0, close, duration, crowd)?,
+        wrk(servers[1].0, close, duration, crowd)?,
+    ];
+    let mut texts = Vec::new();
+    for load in loads {
+        let output = load.wait_with_output().context("wait for wrk")?;
+        texts.push(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    let after = [cpu(servers[0].1)?, cpu(servers[1].1)?];
+    let share = |i: usize| -> anyhow::Result<Share> {
+        let text = &texts[i];
+        let requests = text
+            .lines()
+            .find(|l| l.contains(" requests in "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .filter(|&n| n > 0.0)
+            .with_context(|| format!("wrk printed no request count:\n{text}"))?;
+        let after_label = |label: &str| {
+            text.lines()
+                .find_map(|l| l.trim_start().strip_prefix(label))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(super::parse_latency_or_number)
+        };
+        Ok(Share {
+            requests,
+            cpu_us: (after[i].0 - before[i].0) * 1e6 / requests,
+            user_us: (after[i].1 - before[i].1) * 1e6 / requests,
+            p99_ms: after_label("99%").unwrap_or(0.0),
+            non_3xx: after_label("Non-2xx or 3xx responses:").map_or(0, |n| n as u64),
+        })
+    };
+    Ok([share(0)?, share(1)?])
+}
+
+/// wrk against `port`, started (on CPU 1) and not waited for.
+fn wrk(port: u16, close: bool, duration: &str, crowd: &std::path::Path) -> anyhow::Result<Child> {
+    let mut command = pinned(1, "wrk");
+    command.args(["-t1", "-c50", &format!("-d{duration}"), "--latency", "-s"]);
+    command.arg(crowd);
+    if close {
+        command.args(["-H", "Connection: close"]);
+    }
+    command
+        .arg(format!("http://127.0.0.1:{port}/sim0"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start wrk")
+}
+
+/// The mode's line: the median ratio and its spread, and each server's medians.
+fn summary(mode: &str, rounds: &[(Share, Share)]) -> String {
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let ratios: Vec<f64> = rounds.iter().map(|(o, t)| o.cpu_us / t.cpu_us).collect();
+    let (low, high) = ratios
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(l, h), &r| (l.min(r), h.max(r)));
+    let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+    let of = |f: fn(&(Share, Share)) -> f64| median(rounds.iter().map(f).collect());
+    format!(
+        "- **{mode}: redirector / nginx CPU per request {:.3}x** (spread {low:.3}–{high:.3}; rounds {}); \
+         user space {:.2}x. Redirector {:.1} µs per request ({:.1} in user space), {:.0} requests/s, \
+         p99 {:.2} ms; nginx {:.1} µs ({:.1}), {:.0} requests/s, p99 {:.2} ms.\n",
+        median(ratios.clone()),
+        listed.join(", "),
+        median(rounds.iter().map(|(o, t)| o.user_us / t.user_us).collect()),
+        of(|(o, _)| o.cpu_us),
+        of(|(o, _)| o.user_us),
+        of(|(o, _)| o.requests) / super::seconds(ROUND),
+        of(|(o, _)| o.p99_ms),
+        of(|(_, t)| t.cpu_us),
+        of(|(_, t)| t.user_us),
+        of(|(_, t)| t.requests) / super::seconds(ROUND),
+        of(|(_, t)| t.p99_ms),
+    )
+}
