@@ -229,29 +229,47 @@ impl<'a> Iterator for RightToLeft<'a> {
 /// 255 without a leading zero), read from bytes in one pass; `None` for
 /// anything else, which then goes through [`parse_hop`].
 fn dotted_quad(text: &[u8]) -> Option<Ipv4Addr> {
+    // "0.0.0.0" to "255.255.255.255".
+    if !(7..=15).contains(&text.len()) {
+        return None;
+    }
     let mut octets = [0u8; 4];
-    // The part being read, its value so far, and its digits so far.
-    let (mut part, mut value, mut digits) = (0, 0u16, 0u8);
+    // The part being read, its value so far, and its digits so far. A digit
+    // costs a subtraction and a multiply-add; each part is checked once, at
+    // its end (wrapping is harmless: more than 3 digits is refused there).
+    let (mut part, mut value, mut digits) = (0, 0u32, 0u32);
     for &byte in text {
-        if byte.is_ascii_digit() {
-            // At most three digits, and no leading zero.
-            if digits == 3 || (digits == 1 && value == 0) {
-                return None;
-            }
-            value = value * 10 + u16::from(byte - b'0');
+        let digit = byte.wrapping_sub(b'0');
+        if digit < 10 {
+            value = value.wrapping_mul(10).wrapping_add(u32::from(digit));
             digits += 1;
-        } else if byte == b'.' && digits > 0 && part < 3 {
-            octets[part] = u8::try_from(value).ok()?;
+        } else if byte == b'.' && part < 3 {
+            octets[part] = octet(value, digits)?;
             (part, value, digits) = (part + 1, 0, 0);
         } else {
             return None;
         }
     }
-    if part != 3 || digits == 0 {
+    if part != 3 {
         return None;
     }
-    octets[3] = u8::try_from(value).ok()?;
+    octets[3] = octet(value, digits)?;
     Some(Ipv4Addr::from(octets))
+}
+
+/// A part of a dotted quad read as `value` from `digits` digits: 1 to 3 of
+/// them, no leading zero, at most 255.
+fn octet(value: u32, digits: u32) -> Option<u8> {
+    let least = match digits {
+        1 => 0,
+        2 => 10,
+        3 => 100,
+        _ => return None,
+    };
+    if value < least {
+        return None;
+    }
+    u8::try_from(value).ok()
 }
 
 /// The entries of a comma-separated header, across repeated headers in order

@@ -93,6 +93,7 @@ pub async fn serve(
     idle_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let acceptor = Acceptor {
         view: RefCell::new(app.views.for_thread()),
+        now_ms: Cell::new(wall_ms()),
         app,
         header_timeout,
         open: Arc::new(OpenConnections::new(connections.open.clone())),
@@ -105,6 +106,7 @@ pub async fn serve(
             () = &mut shutdown => break,
             ready = resting_poll.readable_mut() => {
                 let mut ready = ready?;
+                acceptor.now_ms.set(wall_ms());
                 let drained = resting.serve(
                     ready.get_inner_mut(),
                     |input, peer, stream| acceptor.answer_resting(input, peer, stream),
@@ -137,6 +139,7 @@ pub async fn serve(
             ready = listener.readable() => ready?,
         };
         // Every connection waiting, then back to the reactor.
+        acceptor.now_ms.set(wall_ms());
         loop {
             match listener.get_ref().accept() {
                 Ok((stream, peer)) => {
@@ -187,6 +190,9 @@ struct Acceptor {
     output: RefCell<Vec<u8>>,
     /// The view answers given in place are chosen from.
     view: RefCell<ThreadView>,
+    /// The time answers given in place are given at (milliseconds since the
+    /// Unix epoch): read once per wake-up, as nginx does, not per request.
+    now_ms: Cell<i64>,
     /// Where tasks send connections back to rest.
     home: tokio::sync::mpsc::UnboundedSender<Home>,
 }
@@ -247,7 +253,7 @@ impl Acceptor {
     /// Answers `input` now if it is exactly one request whose answer needs no
     /// waiting, and writes the answer.
     fn answer_now(&self, input: &[u8], peer: SocketAddr, stream: &mio::net::TcpStream) -> Inline {
-        let now_ms = wall_ms();
+        let now_ms = self.now_ms.get();
         let Step::Request(request, length, keep) = next_request(input, peer, &self.app) else {
             return Inline::NotNow;
         };
@@ -622,8 +628,8 @@ thread_local! {
 }
 
 /// Now in milliseconds since the Unix epoch, from one read of the monotonic
-/// clock: an answer needs no more, and integer arithmetic on one reading
-/// costs a fraction of `Instant`'s checked subtractions.
+/// clock: integer arithmetic on one reading costs a fraction of `Instant`'s
+/// checked subtractions. Answers given in place read it once per wake-up.
 fn wall_ms() -> i64 {
     let now = monotonic_ns();
     CLOCK.with(|clock| {
