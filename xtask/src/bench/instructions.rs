@@ -27,6 +27,9 @@ const WARM_UP: &str = "4s";
 const COUNTED: &str = "8s";
 /// The functions listed, by self cost.
 const LISTED: usize = 15;
+/// The player thread's loop: what it costs with all it calls is the request
+/// path, without the control plane's work per snapshot.
+const PLAYER_LOOP: &str = "server::serve_on_threads::{{closure}}::{{closure}}";
 
 /// Runs the case and returns its section of BENCHMARKS.md.
 pub(crate) fn instructions_case() -> anyhow::Result<String> {
@@ -71,6 +74,7 @@ pub(crate) fn instructions_case() -> anyhow::Result<String> {
     let text = fs::read_to_string(&dump).with_context(|| format!("read {}", dump.display()))?;
     let total = totals(&text).context("callgrind's dump has no totals")?;
     let functions = by_self_cost(&text);
+    let player_thread = inclusive(&text, PLAYER_LOOP);
     drop((redirector, setup));
     let _ = fs::remove_dir_all(&dir);
 
@@ -86,11 +90,14 @@ pub(crate) fn instructions_case() -> anyhow::Result<String> {
          ({requests}). It moves by a few percent between runs of the same code (with the request\n\
          rate callgrind reaches: work per snapshot is spread over fewer or more requests), where\n\
          time moves by tens of percent; it is blind to cache misses and to the kernel.\n\n\
-         **{per:.0} instructions per request.**\n\n\
+         **{per:.0} instructions per request**, of which {player:.0} on the player thread (its loop,\n\
+         `serve_on_threads`, with all it calls: the request path, where the rest is mostly the\n\
+         control plane's work per snapshot, which weighs more per request at a lower rate).\n\n\
          The {LISTED} functions with the most instructions of their own, per request:\n\n```\n",
         machine = machine(),
         today = today(),
         per = per_request(total),
+        player = per_request(player_thread),
     );
     for (count, function) in functions.iter().take(LISTED) {
         section.push_str(&format!("{:>7.0}  {function}\n", per_request(*count)));
@@ -142,23 +149,33 @@ fn totals(dump: &str) -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
+/// The instructions of the functions whose name ends with `suffix`, with
+/// what they called.
+fn inclusive(dump: &str, suffix: &str) -> u64 {
+    costs(dump)
+        .into_iter()
+        .filter(|(function, _)| function.ends_with(suffix))
+        .map(|(_, (_, inclusive))| inclusive)
+        .sum()
+}
+
 /// Functions by the instructions of their own, most first: (count, function).
 fn by_self_cost(dump: &str) -> Vec<(u64, String)> {
-    let mut costs: Vec<(u64, String)> = self_costs(dump)
+    let mut costs: Vec<(u64, String)> = costs(dump)
         .into_iter()
-        .map(|(function, count)| (count, function))
+        .map(|(function, (own, _))| (own, function))
         .collect();
     costs.sort_unstable_by(|a, b| b.cmp(a));
     costs
 }
 
-/// Instructions of each function's own, from a callgrind dump: the cost
+/// Instructions of each function, from a callgrind dump: its own (the cost
 /// lines under each `fn=`, except the line after a `calls=`, which is what
-/// the call cost in all. Names are numbered on first use, in `fn=` and
-/// `cfn=` lines alike.
-fn self_costs(dump: &str) -> std::collections::HashMap<String, u64> {
+/// the call cost in all) and with what it called (all of them). Names are
+/// numbered on first use, in `fn=` and `cfn=` lines alike.
+fn costs(dump: &str) -> std::collections::HashMap<String, (u64, u64)> {
     let mut names: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
-    let mut costs: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut costs: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
     let mut current: Option<&str> = None;
     let mut after_call = false;
     for line in dump.lines() {
@@ -183,14 +200,17 @@ fn self_costs(dump: &str) -> std::collections::HashMap<String, u64> {
         } else if line.starts_with("calls=") {
             after_call = true;
         } else if line.starts_with(|c: char| c.is_ascii_digit() || "+-*".contains(c)) {
-            if !after_call
-                && let Some(function) = current
+            if let Some(function) = current
                 && let Some(count) = line
                     .split_whitespace()
                     .nth(1)
                     .and_then(|n| n.parse::<u64>().ok())
             {
-                *costs.entry(function.to_owned()).or_default() += count;
+                let (own, inclusive) = costs.entry(function.to_owned()).or_default();
+                *inclusive += count;
+                if !after_call {
+                    *own += count;
+                }
             }
             after_call = false;
         }
@@ -221,6 +241,8 @@ mod tests {
                     20 300\n\
                     fn=(3) other\n\
                     * 2\n";
+        assert_eq!(inclusive(dump, "outer"), 13 + 900);
+        assert_eq!(inclusive(dump, "inner"), 300);
         assert_eq!(
             by_self_cost(dump),
             vec![
