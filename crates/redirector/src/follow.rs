@@ -106,7 +106,7 @@ impl ThreadView {
 }
 
 /// What a [`ThreadView`] watches: the views' current one.
-pub struct Current(Arc<Views>);
+struct Current(Arc<Views>);
 
 impl std::ops::Deref for Current {
     type Target = ArcSwapOption<FleetView>;
