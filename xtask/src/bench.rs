@@ -888,45 +888,69 @@ fn wrk_for(
             .sum::<Duration>()
     };
     let (before, redis_before, user_before) = (cpu(pids), cpu_time(redis_pid)?, user(pids));
+    let output = wrk(port, close, duration, script)
+        .output()
+        .context("run wrk")?;
+    let (after, redis_after, user_after) = (cpu(pids), cpu_time(redis_pid)?, user(pids));
+    let report = WrkReport::parse(&String::from_utf8_lossy(&output.stdout))?;
+    Ok(Run {
+        requests: report.requests,
+        rps: report.rps,
+        p50_ms: report.p50_ms,
+        p99_ms: report.p99_ms,
+        cpu: after.saturating_sub(before),
+        user_cpu: user_after.saturating_sub(user_before),
+        redis_cpu: redis_after.saturating_sub(redis_before),
+        non_3xx: report.non_3xx,
+    })
+}
+
+/// wrk (1 thread, 50 connections, on CPU 1) against the crowd's stream on
+/// `port` for `duration`, with latencies, and a new connection per request
+/// if `close`.
+fn wrk(port: u16, close: bool, duration: &str, script: &std::path::Path) -> Command {
     let mut command = pinned(1, "wrk");
     command.args(["-t1", "-c50", &format!("-d{duration}"), "--latency", "-s"]);
     command.arg(script);
     if close {
         command.args(["-H", "Connection: close"]);
     }
-    let output = command
-        .arg(format!("http://127.0.0.1:{port}/sim0"))
-        .output()
-        .context("run wrk")?;
-    let (after, redis_after, user_after) = (cpu(pids), cpu_time(redis_pid)?, user(pids));
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let number_after = |label: &str| -> Option<f64> {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(label))
-            .and_then(|l| {
-                l.trim_start()[label.len()..]
-                    .split_whitespace()
-                    .next()
-                    .map(str::to_owned)
-            })
-            .and_then(|v| parse_latency_or_number(&v))
-    };
-    let requests = text
-        .lines()
-        .find(|l| l.contains(" requests in "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse::<f64>().ok())
-        .context(format!("wrk printed no request count:\n{text}"))?;
-    Ok(Run {
-        requests,
-        rps: number_after("Requests/sec:").unwrap_or(0.0),
-        p50_ms: number_after("50%").unwrap_or(0.0),
-        p99_ms: number_after("99%").unwrap_or(0.0),
-        cpu: after.saturating_sub(before),
-        user_cpu: user_after.saturating_sub(user_before),
-        redis_cpu: redis_after.saturating_sub(redis_before),
-        non_3xx: number_after("Non-2xx or 3xx responses:").map_or(0, |n| n as u64),
-    })
+    command.arg(format!("http://127.0.0.1:{port}/sim0"));
+    command
+}
+
+/// What wrk printed, as numbers.
+struct WrkReport {
+    requests: f64,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_3xx: u64,
+}
+
+impl WrkReport {
+    /// Reads wrk's `--latency` report; an error if it counted no requests.
+    fn parse(text: &str) -> anyhow::Result<WrkReport> {
+        let number_after = |label: &str| -> Option<f64> {
+            text.lines()
+                .find_map(|l| l.trim_start().strip_prefix(label))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(parse_latency_or_number)
+        };
+        let requests = text
+            .lines()
+            .find(|l| l.contains(" requests in "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .context(format!("wrk printed no request count:\n{text}"))?;
+        Ok(WrkReport {
+            requests,
+            rps: number_after("Requests/sec:").unwrap_or(0.0),
+            p50_ms: number_after("50%").unwrap_or(0.0),
+            p99_ms: number_after("99%").unwrap_or(0.0),
+            non_3xx: number_after("Non-2xx or 3xx responses:").map_or(0, |n| n as u64),
+        })
+    }
 }
 
 fn port_of(server: &str, redirector: u16, nginx: u16) -> u16 {

@@ -93,7 +93,7 @@ pub async fn serve(
     idle_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let acceptor = Acceptor {
         view: RefCell::new(app.views.for_thread()),
-        now_ms: Cell::new(wall_ms()),
+        now_ms: Cell::new(clock_now().1),
         app,
         header_timeout,
         open: Arc::new(OpenConnections::new(connections.open.clone())),
@@ -106,7 +106,7 @@ pub async fn serve(
             () = &mut shutdown => break,
             ready = resting_poll.readable_mut() => {
                 let mut ready = ready?;
-                acceptor.now_ms.set(wall_ms());
+                acceptor.now_ms.set(clock_now().1);
                 let drained = resting.serve(
                     ready.get_inner_mut(),
                     |input, peer, stream| acceptor.answer_resting(input, peer, stream),
@@ -139,7 +139,7 @@ pub async fn serve(
             ready = listener.readable() => ready?,
         };
         // Every connection waiting, then back to the reactor.
-        acceptor.now_ms.set(wall_ms());
+        acceptor.now_ms.set(clock_now().1);
         loop {
             match listener.get_ref().accept() {
                 Ok((stream, peer)) => {
@@ -620,50 +620,27 @@ enum End {
 }
 
 thread_local! {
-    /// This thread's wall clock: a reading of the monotonic clock (ns) and
-    /// the Unix time (ms) then, set again from the system every second.
-    static CLOCK: Cell<Option<(u64, i64)>> = const { Cell::new(None) };
+    /// This thread's wall clock, derived from the monotonic one and set again
+    /// from the system every second.
+    static CLOCK: Cell<Option<(Instant, i64)>> = const { Cell::new(None) };
     /// This thread's `Date` header, formatted once a second.
     static DATES: std::cell::RefCell<DateCache> = std::cell::RefCell::new(DateCache::default());
 }
 
-/// Now in milliseconds since the Unix epoch, from one read of the monotonic
-/// clock: integer arithmetic on one reading costs a fraction of `Instant`'s
-/// checked subtractions. Answers given in place read it once per wake-up.
-fn wall_ms() -> i64 {
-    let now = monotonic_ns();
-    CLOCK.with(|clock| {
-        let (at, ms) = match clock.get() {
-            Some((at, ms)) if now.wrapping_sub(at) < 1_000_000_000 => (at, ms),
-            _ => {
-                let fresh = (now, crate::http::now_ms());
-                clock.set(Some(fresh));
-                fresh
-            }
-        };
-        ms + ((now - at) / 1_000_000) as i64
-    })
-}
-
-/// The monotonic clock (`CLOCK_MONOTONIC`, as `Instant` reads it) in
-/// nanoseconds.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to write; the clock always exists.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
-    }
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
-/// Now, monotonic for deadlines and in milliseconds since the Unix epoch, for
-/// a connection served by a task.
+/// Now, monotonic and in milliseconds since the Unix epoch. Answers given in
+/// place read it once per wake-up of the thread, a task once per read.
 fn clock_now() -> (Instant, i64) {
-    (Instant::now(), wall_ms())
+    let now = Instant::now();
+    let base = CLOCK.with(|clock| match clock.get() {
+        Some((at, ms)) if now.duration_since(at) < Duration::from_secs(1) => (at, ms),
+        _ => {
+            let fresh = (now, crate::http::now_ms());
+            clock.set(Some(fresh));
+            fresh
+        }
+    });
+    let since = i64::try_from(now.duration_since(base.0).as_millis()).unwrap_or(0);
+    (now, base.1 + since)
 }
 
 /// Appends `reply` to `output`, dated with this thread's cached `Date`;

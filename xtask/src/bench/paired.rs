@@ -17,7 +17,7 @@ use std::process::{Child, Stdio};
 
 use anyhow::{Context as _, bail};
 
-use super::{Contestants, ROUND, WARM_UP, machine, pinned, today};
+use super::{Contestants, ROUND, WARM_UP, WrkReport, machine, today, wrk};
 
 /// Rounds per mode. Each ratio is taken within its round, so rounds need
 /// not alternate; more of them narrow the median.
@@ -92,56 +92,34 @@ fn both(
         Ok(total)
     };
     let before = [cpu(servers[0].1)?, cpu(servers[1].1)?];
-    let loads = [
-        wrk(servers[0].0, close, duration, crowd)?,
-        wrk(servers[1].0, close, duration, crowd)?,
-    ];
-    let mut texts = Vec::new();
+    let spawn = |port: u16| -> anyhow::Result<Child> {
+        wrk(port, close, duration, crowd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start wrk")
+    };
+    let loads = [spawn(servers[0].0)?, spawn(servers[1].0)?];
+    let mut reports = Vec::new();
     for load in loads {
         let output = load.wait_with_output().context("wait for wrk")?;
-        texts.push(String::from_utf8_lossy(&output.stdout).into_owned());
+        reports.push(WrkReport::parse(&String::from_utf8_lossy(&output.stdout))?);
     }
     let after = [cpu(servers[0].1)?, cpu(servers[1].1)?];
     let share = |i: usize| -> anyhow::Result<Share> {
-        let text = &texts[i];
-        let requests = text
-            .lines()
-            .find(|l| l.contains(" requests in "))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse::<f64>().ok())
-            .filter(|&n| n > 0.0)
-            .with_context(|| format!("wrk printed no request count:\n{text}"))?;
-        let after_label = |label: &str| {
-            text.lines()
-                .find_map(|l| l.trim_start().strip_prefix(label))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(super::parse_latency_or_number)
-        };
+        let report = &reports[i];
+        if report.requests <= 0.0 {
+            bail!("wrk counted no requests against port {}", servers[i].0);
+        }
         Ok(Share {
-            requests,
-            cpu_us: (after[i].0 - before[i].0) * 1e6 / requests,
-            user_us: (after[i].1 - before[i].1) * 1e6 / requests,
-            p99_ms: after_label("99%").unwrap_or(0.0),
-            non_3xx: after_label("Non-2xx or 3xx responses:").map_or(0, |n| n as u64),
+            requests: report.requests,
+            cpu_us: (after[i].0 - before[i].0) * 1e6 / report.requests,
+            user_us: (after[i].1 - before[i].1) * 1e6 / report.requests,
+            p99_ms: report.p99_ms,
+            non_3xx: report.non_3xx,
         })
     };
     Ok([share(0)?, share(1)?])
-}
-
-/// wrk against `port`, started (on CPU 1) and not waited for.
-fn wrk(port: u16, close: bool, duration: &str, crowd: &std::path::Path) -> anyhow::Result<Child> {
-    let mut command = pinned(1, "wrk");
-    command.args(["-t1", "-c50", &format!("-d{duration}"), "--latency", "-s"]);
-    command.arg(crowd);
-    if close {
-        command.args(["-H", "Connection: close"]);
-    }
-    command
-        .arg(format!("http://127.0.0.1:{port}/sim0"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start wrk")
 }
 
 /// The mode's line: the median ratio and its spread, and each server's medians.
