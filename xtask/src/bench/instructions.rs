@@ -18,7 +18,8 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, bail};
 
 use super::{
-    CrowdSetup, free_port, machine, pinned, start_redirector_under, status_of, today, wait_for,
+    CrowdSetup, WrkReport, free_port, machine, start_redirector_under, status_of, today, wait_for,
+    wrk,
 };
 use crate::packages::{self, Tool};
 
@@ -109,22 +110,18 @@ pub(crate) fn instructions_case() -> anyhow::Result<String> {
 /// Runs wrk's crowd against `port` for `duration` (CPU 1), keep-alive; returns
 /// the requests answered.
 fn crowd_for(port: u16, crowd: &Path, duration: &str) -> anyhow::Result<u64> {
-    let output = pinned(1, "wrk")
-        .args(["-t1", "-c50", &format!("-d{duration}"), "-s"])
-        .arg(crowd)
-        .arg(format!("http://127.0.0.1:{port}/sim0"))
+    let output = wrk(port, false, duration, crowd)
         .output()
         .context("run wrk")?;
     let text = String::from_utf8_lossy(&output.stdout);
-    if text.contains("Non-2xx or 3xx") {
+    let report = WrkReport::parse(&text)?;
+    if report.non_3xx > 0 {
         bail!("the redirector under callgrind answered other than 302:\n{text}");
     }
-    text.lines()
-        .find(|l| l.contains(" requests in "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .filter(|&n: &u64| n > 0)
-        .with_context(|| format!("wrk printed no request count:\n{text}"))
+    if report.requests < 1.0 {
+        bail!("wrk counted no requests:\n{text}");
+    }
+    Ok(report.requests as u64)
 }
 
 fn callgrind_control(args: &[&str]) -> anyhow::Result<()> {
