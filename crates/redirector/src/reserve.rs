@@ -15,7 +15,11 @@
 //!   also when it arrives after the requests stopped waiting.
 //! - A mount the ledger reports exhausted for a poll is not asked again until
 //!   a newer poll of its server arrives.
-//! - After a failed call Redis is left alone for [`BREAKER_OPEN`].
+//! - After a failed call Redis is left alone for [`BREAKER_OPEN`]. A call
+//!   unanswered after [`REFILL_SLOW`] counts as failed, but its answer is
+//!   still awaited until the lease it asked for expires: Redis frozen runs the
+//!   script when it thaws, and the ledger counts that grant whether or not it
+//!   reaches the pool.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
@@ -31,6 +35,10 @@ use crate::view::Tier;
 pub const RESERVE_TIMEOUT: Duration = Duration::from_millis(30);
 /// How long Redis is left alone after a call failed.
 pub const BREAKER_OPEN: Duration = Duration::from_millis(500);
+/// A refill unanswered this long counts as a failed call (the breaker opens,
+/// and the pool may ask again once it closes); its answer still lands in the
+/// pool if it comes before the lease expires. The store's operation timeout.
+pub const REFILL_SLOW: Duration = Duration::from_millis(500);
 /// The smallest batch asked for.
 const MIN_BATCH: u32 = 4;
 /// The largest batch asked for.
@@ -208,6 +216,15 @@ impl PoolState {
         }
         self.demand.record(now_ms);
         true
+    }
+
+    /// Adds what the ledger granted for the poll observed at `observed_at_ms`,
+    /// and remembers when it said no slot is left for that poll.
+    fn take_grant(&mut self, grant: Grant, expires_ms: i64, observed_at_ms: i64) {
+        self.add(grant.granted, expires_ms);
+        if grant.remaining == 0 {
+            self.exhausted_for = Some(observed_at_ms);
+        }
     }
 
     fn add(&mut self, granted: u32, expires_ms: i64) {
@@ -496,21 +513,39 @@ impl Reservations {
         let for_waiters = refill.clone();
         let started = tokio::time::Instant::now();
         tokio::spawn(async move {
-            let result = call.await;
+            tokio::pin!(call);
+            let on_time = tokio::time::timeout(REFILL_SLOW, &mut call).await;
             let failed_at_ms = now_ms + millis(started.elapsed());
-            let mut state = pool.lock();
-            state.refill = None;
-            match result {
-                Ok(Grant { granted, remaining }) => {
-                    state.add(granted, expires_ms);
-                    if remaining == 0 {
-                        state.exhausted_for = Some(observed_at_ms);
+            let late = match on_time {
+                Ok(result) => {
+                    let mut state = pool.lock();
+                    state.refill = None;
+                    match result {
+                        Ok(grant) => state.take_grant(grant, expires_ms, observed_at_ms),
+                        Err(e) => open_breaker(&breaker, metrics.as_ref(), &e, failed_at_ms),
                     }
+                    None
                 }
-                Err(e) => open_breaker(&breaker, metrics.as_ref(), &e, failed_at_ms),
-            }
-            drop(state);
+                Err(_) => {
+                    // Redis is slow or gone: let the pool ask again once the
+                    // breaker closes, and keep listening for this answer.
+                    pool.lock().refill = None;
+                    let slow = StoreError::Timeout(REFILL_SLOW);
+                    open_breaker(&breaker, metrics.as_ref(), &slow, failed_at_ms);
+                    Some(call)
+                }
+            };
             refill.done.notify_waiters();
+            // Redis may have run the script, or may run it when it thaws: the
+            // ledger then counts the grant until its lease expires, so it is
+            // of use to players until then, and lost if dropped. The store
+            // gives up on the answer by then.
+            if let Some(call) = late
+                && let Ok(grant) = call.await
+            {
+                tracing::debug!(granted = grant.granted, "a late grant reached the pool");
+                pool.lock().take_grant(grant, expires_ms, observed_at_ms);
+            }
         });
         Some(for_waiters)
     }
@@ -766,6 +801,32 @@ mod tests {
         tokio::time::sleep(RESERVE_TIMEOUT * 3).await;
         assert_eq!(pool.held(T0 + 100), MIN_BATCH, "the late grant is kept");
         assert!(r.take(&pool, &observed(T0, 100), T0 + 100).await);
+        assert_eq!(ledger.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_answered_after_the_call_counted_as_failed_still_lands() {
+        // Redis frozen for 1.5 s (of a 2 s lease): the ledger records the
+        // grant when it thaws.
+        let ledger = Ledger::new(Duration::from_millis(1500));
+        let r = shared(&ledger);
+        let pool = r.pool("s", "/m", Tier::Soft);
+        assert!(!r.take(&pool, &observed(T0, 100), T0).await);
+        tokio::time::sleep(REFILL_SLOW + Duration::from_millis(1)).await;
+        assert!(
+            r.redis_trouble(T0 + millis(REFILL_SLOW) + 1),
+            "an unanswered call opens the breaker"
+        );
+        assert!(
+            pool.lock().refill.is_none(),
+            "the pool may ask again once the breaker closes"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            pool.held(T0 + 1600),
+            MIN_BATCH,
+            "the grant counted in the ledger reaches the pool"
+        );
         assert_eq!(ledger.calls(), 1);
     }
 

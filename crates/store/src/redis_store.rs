@@ -153,8 +153,10 @@ impl Link {
             {
                 return Ok(connection.clone());
             }
-            let connection =
-                ConnectionManager::new_lazy_with_config(self.client.clone(), config(self.timeout))?;
+            // No response timeout: a lease's answer is awaited for as long
+            // as its caller wants it (see `RedisStore::reserve`).
+            let config = config(self.timeout).set_response_timeout(None);
+            let connection = ConnectionManager::new_lazy_with_config(self.client.clone(), config)?;
             *own = Some((Arc::downgrade(self), connection.clone()));
             Ok(connection)
         })
@@ -287,9 +289,16 @@ impl RedisStore {
         Ok(version.unwrap_or(0))
     }
 
-    /// Leases up to `request.want` slots of a mount (see `slots.rs`), bounded
-    /// by the store's operation timeout, over the calling thread's own
-    /// connection (see `Link::own_connection`).
+    /// Leases up to `request.want` slots of a mount (see `slots.rs`), over
+    /// the calling thread's own connection (see `Link::own_connection`).
+    ///
+    /// The answer is awaited until the lease would expire, not just for the
+    /// operation timeout: Redis stalled (frozen, a slow fork) runs the script
+    /// when it resumes, and the ledger then counts the grant until its expiry
+    /// whether or not anyone reads the answer. An answer after the expiry is
+    /// of no use. Past the operation timeout the master is looked for again,
+    /// as after a failed operation; the caller decides when to count the call
+    /// as failed.
     pub async fn reserve(&self, request: &ReserveRequest) -> Result<Grant, StoreError> {
         let mut conn = self.link().await?.own_connection()?;
         let mut call = self
@@ -304,7 +313,8 @@ impl RedisStore {
         for poll in &request.polls {
             call.arg(poll.window_start_ms).arg(poll.free_slots);
         }
-        let (granted, remaining): (u32, u32) = self.bounded(call.invoke_async(&mut conn)).await?;
+        let answer = call.invoke_async(&mut conn);
+        let (granted, remaining): (u32, u32) = self.patient(request.lease, answer).await?;
         Ok(Grant { granted, remaining })
     }
 
@@ -415,6 +425,31 @@ impl RedisStore {
             self.relocate_in_background(true);
         }
         result
+    }
+
+    /// [`RedisStore::bounded`], but waiting up to `patience` for the answer;
+    /// past the operation timeout, the master is looked for again meanwhile.
+    async fn patient<T>(
+        &self,
+        patience: Duration,
+        operation: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        tokio::pin!(operation);
+        let result = match tokio::time::timeout(self.timeout, &mut operation).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.relocate_in_background(true);
+                let rest = patience.saturating_sub(self.timeout);
+                match tokio::time::timeout(rest, operation).await {
+                    Ok(result) => result,
+                    Err(_) => return Err(StoreError::Timeout(patience.max(self.timeout))),
+                }
+            }
+        };
+        if result.is_err() {
+            self.relocate_in_background(true);
+        }
+        result.map_err(StoreError::from)
     }
 
     /// The connection to use now.

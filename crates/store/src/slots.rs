@@ -101,6 +101,9 @@ pub struct Grant {
 /// it is created once per refill, not per redirect.
 pub trait SlotStore: Send + Sync + 'static {
     /// Leases up to `request.want` slots, recorded before the answer is sent.
+    /// The answer may take up to the lease's life (a store that stalls still
+    /// records the grant when it resumes); the caller decides how long to
+    /// wait before it counts the call as failed.
     fn reserve(
         &self,
         request: ReserveRequest,

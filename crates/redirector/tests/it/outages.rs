@@ -121,6 +121,98 @@ async fn redis_killed_frozen_and_restarted_under_load() {
     assert!(back.elapsed() < Duration::from_secs(5));
 }
 
+/// Redis frozen runs a lease script once it thaws, long after the replica
+/// stopped waiting for the answer: the grant still reaches the replica's
+/// pool, so its slots go to players instead of being given up until the lease
+/// expires (a minute here, so a lost grant shows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_redis_answers_after_the_timeout_still_reaches_players() {
+    const LIMIT: usize = 200;
+    let spec = IcecastSpec::new([MountSpec::ogg("/s.ogg").max_listeners(LIMIT as u32)])
+        .client_limit(LIMIT as u32 + 20);
+    let (redis, icecast) = tokio::join!(RedisServer::start(), IcecastServer::start(spec));
+    let fleet = one_stream_fleet(&[("one", &icecast, "")], "admin");
+    // One player thread: one connection to Redis, the one the first lease made.
+    let extra = ["--slot-lease", "60s", "--threads", "1"];
+    let (_poller, replicas) = balancer(&redis, &fleet, 1, &extra).await;
+    let redirector = &replicas[0];
+    let url = redirector.url("/s");
+    // The first player's lease is topped up to a lease's worth of demand.
+    let mut playing = vec![Player::connect(&url).await.unwrap()];
+    assert_eq!(playing[0].status(), 200, "the first player gets in");
+
+    redis.pause();
+    // Ten more raise the demand tenfold: their slots come from the pool, and
+    // the pool's top-up goes to a frozen Redis.
+    for player in players(&url, 10).await {
+        assert_eq!(
+            player.status(),
+            200,
+            "held slots serve players while Redis is frozen"
+        );
+        playing.push(player);
+    }
+    // Once the replica counts the refill as failed (it stopped waiting)...
+    let deadline = Instant::now() + PATIENCE;
+    while crate::control::sample(
+        &crate::control::scrape(redirector.admin).await,
+        "icb_redis_errors",
+        &[],
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the refill never timed out: {}",
+            redirector.process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...Redis thaws and runs the script.
+    redis.resume();
+    let thawed = Instant::now();
+
+    // Every slot goes to a player, the ones granted late included, well
+    // before a lost grant's lease would have expired. Players come 50 at a
+    // time: the test Icecast's accept queue is short.
+    let mut told_to_retry = 0;
+    let deadline = thawed + Duration::from_secs(30);
+    while playing.len() < LIMIT && Instant::now() < deadline {
+        for player in players(&url, (LIMIT - playing.len()).min(50)).await {
+            match player.status() {
+                200 => playing.push(player),
+                503 => told_to_retry += 1,
+                status => panic!("a player got {status} from {}", player.final_url()),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "{} of {LIMIT} playing {:?} after the thaw; {told_to_retry} told to retry",
+        playing.len(),
+        thawed.elapsed()
+    );
+    assert_eq!(playing.len(), LIMIT, "slots lost to a late grant");
+    assert_eq!(icecast.listeners("/s.ogg").await.unwrap(), LIMIT as u32);
+    // And not one more: the mount is full.
+    let more = client().get(&url).send().await.unwrap();
+    assert_eq!(more.status(), 503, "a player sent to a full mount");
+}
+
+/// `n` players asking at once, each following the redirect (if any).
+async fn players(url: &str, n: usize) -> Vec<Player> {
+    let asking: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.to_owned();
+            tokio::spawn(async move { Player::connect(&url).await })
+        })
+        .collect();
+    let mut players = Vec::with_capacity(n);
+    for player in asking {
+        players.push(player.await.unwrap().unwrap());
+    }
+    players
+}
+
 #[tokio::test]
 async fn sigterm_turns_not_serving_keeps_answering_then_exits() {
     let (redis, icecast) = tokio::join!(RedisServer::start(), IcecastServer::start(spec()));
