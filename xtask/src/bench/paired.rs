@@ -12,16 +12,31 @@
 //! shares CPU 0 between them, and the ratio is taken within the round. The
 //! latencies are not comparable with the redirector case's: each server
 //! also waits while the other runs.
+//!
+//! A third mode paces the crowd: each connection waits [`PACE_MS`] after an
+//! answer before it asks again, so each server gets about 11,000 requests a
+//! second, a quarter of what the core could answer for both. At saturation
+//! the latency is the length of the queue, which says little about a
+//! server; paced, it is the time a request takes plus what gets in its way
+//! (the host, the other server, the redirector's control plane), and the p99
+//! ratio within a round compares the two servers' tails.
 
 use std::process::{Child, Stdio};
 
 use anyhow::{Context as _, bail};
 
-use super::{Contestants, ROUND, WARM_UP, WrkReport, machine, today, wrk};
+use super::{CROWD_LUA, Contestants, ROUND, WARM_UP, WrkReport, machine, today, wrk};
 
 /// Rounds per mode. Each ratio is taken within its round, so rounds need
 /// not alternate; more of them narrow the median.
 const ROUNDS: usize = 7;
+
+/// How long each connection of the paced mode waits after an answer (wrk's
+/// `delay`, in milliseconds): 50 connections ask about 11,000 times a second.
+const PACE_MS: u32 = 4;
+
+/// The paced crowd's script, beside the crowd's.
+const PACED_SCRIPT: &str = "paced.lua";
 
 /// What one server did in one round.
 struct Share {
@@ -37,8 +52,19 @@ pub(crate) fn paired_case() -> anyhow::Result<String> {
     let contestants = Contestants::start("paired")?;
     let redirector_pids = [contestants.redirector.0.id()];
     let crowd = &contestants.setup.crowd;
+    let paced = contestants.dir.join(PACED_SCRIPT);
+    std::fs::write(
+        &paced,
+        format!("{CROWD_LUA}delay = function() return {PACE_MS} end\n"),
+    )
+    .context("write the paced crowd's script")?;
+    let modes = [
+        ("new connection per request", true, crowd),
+        ("keep-alive", false, crowd),
+        ("keep-alive, paced", false, &paced),
+    ];
     let mut lines = String::new();
-    for (mode, close) in [("new connection per request", true), ("keep-alive", false)] {
+    for (mode, close, crowd) in modes {
         let mut rounds = Vec::new();
         for _ in 0..ROUNDS {
             let servers = [
@@ -67,7 +93,11 @@ pub(crate) fn paired_case() -> anyhow::Result<String> {
          the host does to the core during a round, it does to both, so the ratio of their CPU\n\
          per request is taken within each round; {ROUNDS} rounds per mode, medians. Latencies\n\
          include waiting while the other server runs and are not comparable with the\n\
-         redirector case's. A round with any answer other than a redirect is refused.\n\n\
+         redirector case's. In the paced mode each connection waits {PACE_MS} ms after an answer\n\
+         before it asks again (about 11,000 requests a second for each server, a quarter of\n\
+         what the core answers for both): its p99 is a request's time and what gets in its way,\n\
+         where at saturation it is the length of the queue. A round with any answer other\n\
+         than a redirect is refused.\n\n\
          {lines}\n",
         machine = machine(),
         date = today(),
@@ -129,18 +159,20 @@ fn summary(mode: &str, rounds: &[(Share, Share)]) -> String {
         values[values.len() / 2]
     };
     let ratios: Vec<f64> = rounds.iter().map(|(o, t)| o.cpu_us / t.cpu_us).collect();
-    let (low, high) = ratios
-        .iter()
-        .fold((f64::INFINITY, 0.0f64), |(l, h), &r| (l.min(r), h.max(r)));
+    let (low, high) = spread(&ratios);
     let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+    let p99_ratios: Vec<f64> = rounds.iter().map(|(o, t)| o.p99_ms / t.p99_ms).collect();
+    let (p99_low, p99_high) = spread(&p99_ratios);
     let of = |f: fn(&(Share, Share)) -> f64| median(rounds.iter().map(f).collect());
     format!(
         "- **{mode}: redirector / nginx CPU per request {:.3}x** (spread {low:.3}–{high:.3}; rounds {}); \
-         user space {:.2}x. Redirector {:.1} µs per request ({:.1} in user space), {:.0} requests/s, \
-         p99 {:.2} ms; nginx {:.1} µs ({:.1}), {:.0} requests/s, p99 {:.2} ms.\n",
+         user space {:.2}x; p99 {:.2}x (spread {p99_low:.2}–{p99_high:.2}). Redirector {:.1} µs per \
+         request ({:.1} in user space), {:.0} requests/s, p99 {:.3} ms; nginx {:.1} µs ({:.1}), \
+         {:.0} requests/s, p99 {:.3} ms.\n",
         median(ratios.clone()),
         listed.join(", "),
         median(rounds.iter().map(|(o, t)| o.user_us / t.user_us).collect()),
+        median(p99_ratios),
         of(|(o, _)| o.cpu_us),
         of(|(o, _)| o.user_us),
         of(|(o, _)| o.requests) / super::seconds(ROUND),
@@ -150,4 +182,11 @@ fn summary(mode: &str, rounds: &[(Share, Share)]) -> String {
         of(|(_, t)| t.requests) / super::seconds(ROUND),
         of(|(_, t)| t.p99_ms),
     )
+}
+
+/// The lowest and the highest of `values`.
+fn spread(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(l, h), &r| (l.min(r), h.max(r)))
 }
