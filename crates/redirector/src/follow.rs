@@ -65,11 +65,13 @@ impl Views {
                 );
             }
         }
-        let mut view = FleetView::build(snapshot, geo, reservations);
+        let current = self.current.load_full();
+        let mut view = FleetView::build(snapshot, geo, reservations, current.as_deref());
         crate::view::yield_core();
-        if let Some(previous) = self.current.load().as_ref() {
+        if let Some(previous) = current.as_deref() {
             view.continue_lineages(previous);
         }
+        drop(current);
         let previous = self.current.swap(Some(Arc::new(view)));
         // Freeing views is a part of its own.
         crate::view::yield_core();

@@ -57,7 +57,7 @@ fn view(free: [u32; 3], weights: [u32; 3]) -> FleetView {
         lease: Duration::from_secs(5),
         max_age: Duration::from_secs(10),
     });
-    FleetView::build(&snapshot, &Arc::new(GeoDb::disabled()), &reservations)
+    FleetView::build(&snapshot, &Arc::new(GeoDb::disabled()), &reservations, None)
 }
 
 fn lineage(view: &FleetView) -> u64 {

@@ -138,7 +138,7 @@ async fn location_only_ever_points_into_the_fleet() {
             max_age: Duration::from_secs(10),
         }));
         let geo = Arc::new(GeoDb::disabled());
-        let view = FleetView::build(&snapshot, &geo, &reservations);
+        let view = FleetView::build(&snapshot, &geo, &reservations, None);
         let selector = Selector {
             geo,
             reservations,

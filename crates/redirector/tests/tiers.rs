@@ -54,7 +54,7 @@ fn selector_for(snapshot: &Snapshot) -> (Selector, FleetView) {
         max_age: Duration::from_secs(10),
     }));
     let geo = Arc::new(GeoDb::disabled());
-    let view = FleetView::build(snapshot, &geo, &reservations);
+    let view = FleetView::build(snapshot, &geo, &reservations, None);
     let selector = Selector {
         geo,
         reservations,

@@ -100,7 +100,7 @@ async fn players_only_go_to_mounts_that_can_take_them() {
             max_age: Duration::from_secs(10),
         }));
         let geo = Arc::new(GeoDb::disabled());
-        let view = FleetView::build(&snapshot, &geo, &reservations);
+        let view = FleetView::build(&snapshot, &geo, &reservations, None);
         let selector = Selector {
             geo,
             reservations,
