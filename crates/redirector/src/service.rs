@@ -286,7 +286,10 @@ async fn heartbeat(
             _ = stop.changed() => return,
             _ = ticker.tick() => {}
         }
-        match store.heartbeat(&id, now_ms(), HEARTBEAT * 5).await {
+        match store
+            .heartbeat(&id, now_ms(), balancer_store::REPLICA_ALIVE)
+            .await
+        {
             Ok(replicas) => reservations.set_replicas(replicas),
             Err(e) => {
                 tracing::debug!(error = %e, "heartbeat failed; keeping the last replica count")

@@ -30,7 +30,8 @@ pub use keys::{
 pub use redis_store::{DEFAULT_OPERATION_TIMEOUT, RedisStore, StoreError};
 pub use sentinel::{SENTINEL_SCHEME, SentinelTarget, SentinelUrlError};
 pub use slots::{
-    Grant, LocalSlots, MAX_CONNECT_GRACE, PollSeen, ReserveRequest, SlotLedger, SlotStore,
+    Grant, LocalSlots, MAX_CONNECT_GRACE, PollSeen, REPLICA_ALIVE, ReserveRequest, SlotLedger,
+    SlotStore,
 };
 
 /// What the poller needs from shared state: Redis for a fleet of redirectors,

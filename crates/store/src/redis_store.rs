@@ -305,11 +305,13 @@ impl RedisStore {
             .reserve
             .key(self.keys.reservations(&request.server, &request.mount));
         call.key(self.keys.reservations_since())
+            .key(self.keys.replicas())
             .arg(request.now_ms)
             .arg(request.want)
             .arg(request.replicas)
             .arg(millis(request.lease))
-            .arg(millis(request.ttl));
+            .arg(millis(request.ttl))
+            .arg(millis(crate::REPLICA_ALIVE));
         for poll in &request.polls {
             call.arg(poll.window_start_ms).arg(poll.free_slots);
         }

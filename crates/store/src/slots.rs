@@ -38,6 +38,11 @@ use crate::StoreError;
 /// replica's grant counts.
 pub const MAX_CONNECT_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a redirector's heartbeat counts it as alive. The ledger divides
+/// what is left among the replicas alive by this measure (see
+/// [`RESERVE_SCRIPT`]), and replicas beat well within it.
+pub const REPLICA_ALIVE: Duration = Duration::from_secs(5);
+
 /// One replica's request for slots of one mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReserveRequest {
@@ -112,15 +117,24 @@ pub trait SlotStore: Send + Sync + 'static {
 
 /// The reservation ledger of one mount in Redis: KEYS[1] is a hash from a
 /// second to the slots of the leases expiring in it, KEYS[2] the "history
-/// since" marker shared by all mounts. ARGV: now ms, want, replicas, lease ms,
-/// ttl ms, then pairs of (window start ms, free) for the polls to grant
+/// since" marker shared by all mounts, KEYS[3] the replicas' heartbeats.
+/// ARGV: now ms, want, replicas, lease ms, ttl ms, how long a heartbeat
+/// counts (ms), then pairs of (window start ms, free) for the polls to grant
 /// against. Returns `{granted, remaining}`.
+///
+/// A grant is at most what is left divided by the live replicas: the more of
+/// the replica's own count and the heartbeats the script counts itself. A
+/// replica learns the count only at its own heartbeat, up to a second late,
+/// so a replica that just joined would otherwise find the first one taking
+/// whole mounts, and enter a stream's headroom while the other held the
+/// slots above it.
 ///
 /// Keep in step with [`SlotLedger::reserve`]; `crates/store/tests/it` compares them.
 pub(crate) const RESERVE_SCRIPT: &str = r"
 local now = tonumber(ARGV[1])
 local want = tonumber(ARGV[2])
-local replicas = math.max(1, tonumber(ARGV[3]))
+local live = redis.call('ZCOUNT', KEYS[3], now - tonumber(ARGV[6]), '+inf')
+local replicas = math.max(1, tonumber(ARGV[3]), live)
 local lease = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
 local since = redis.call('GET', KEYS[2])
@@ -142,7 +156,7 @@ for i = 1, #buckets, 2 do
   end
 end
 local left = 0
-for p = 6, #ARGV - 1, 2 do
+for p = 7, #ARGV - 1, 2 do
   local window = tonumber(ARGV[p])
   if window >= since + lease then
     local from = math.floor(window / 1000)

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use balancer_proto::snapshot::v1::{Server, Snapshot};
 use balancer_store::{
-    Bound, Grant, Keys, PollSeen, RedisStore, ReserveRequest, SlotLedger, StoreError,
+    Bound, Grant, Keys, PollSeen, REPLICA_ALIVE, RedisStore, ReserveRequest, SlotLedger, StoreError,
 };
 use balancer_testkit::RedisServer;
 
@@ -333,6 +333,36 @@ async fn heartbeats_count_live_replicas() {
         1,
         "r1 fell silent"
     );
+}
+
+/// A replica that still counts one replica (its heartbeat has not run since
+/// another joined) gets the share of the replicas the ledger sees beating.
+#[tokio::test]
+async fn grants_are_shared_among_the_replicas_the_heartbeats_show() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis);
+    first_publication(&store).await;
+    // Two replicas beat at 9 s and 9.5 s; a third fell silent long ago.
+    store.heartbeat("gone", 1_000, REPLICA_ALIVE).await.unwrap();
+    store.heartbeat("r1", 9_000, REPLICA_ALIVE).await.unwrap();
+    store.heartbeat("r2", 9_500, REPLICA_ALIVE).await.unwrap();
+    // r1 asks for all 40 of a poll's free slots, saying it is alone.
+    let grant = store
+        .reserve(&reserve(10_000, 9_000, 40, 40))
+        .await
+        .unwrap();
+    assert_eq!(
+        grant,
+        Grant {
+            granted: 20,
+            remaining: 20
+        },
+        "half for each of the two live replicas"
+    );
+    // A replica's own count still counts when it is higher.
+    let mut three = reserve(10_100, 9_000, 40, 40);
+    three.replicas = 3;
+    assert_eq!(store.reserve(&three).await.unwrap().granted, 7);
 }
 
 #[tokio::test]
