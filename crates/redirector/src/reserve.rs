@@ -38,7 +38,7 @@ pub const BREAKER_OPEN: Duration = Duration::from_millis(500);
 /// A refill unanswered this long counts as a failed call (the breaker opens,
 /// and the pool may ask again once it closes); its answer still lands in the
 /// pool if it comes before the lease expires. The store's operation timeout.
-pub const REFILL_SLOW: Duration = Duration::from_millis(500);
+pub const REFILL_SLOW: Duration = balancer_store::DEFAULT_OPERATION_TIMEOUT;
 /// The smallest batch asked for.
 const MIN_BATCH: u32 = 4;
 /// The largest batch asked for.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use balancer_fleet::Fleet;
 use balancer_geo::{GeoDb, RankPolicy};
 use balancer_service::{Admin, AdminServer, Failure, Health, Process, Signal};
-use balancer_store::{Keys, MemoryStore, RedisStore};
+use balancer_store::{DEFAULT_OPERATION_TIMEOUT, Keys, MemoryStore, RedisStore};
 use icecast_poller::control::PollerControl;
 use icecast_poller::service::{Command, Poller};
 use tokio::net::TcpListener;
@@ -78,7 +78,7 @@ pub async fn run(
     let mut audience = None;
     let reservations = match source {
         Source::Redis(url) => {
-            let store = RedisStore::new(url.as_str(), Keys::default(), Duration::from_millis(500))
+            let store = RedisStore::new(url.as_str(), Keys::default(), DEFAULT_OPERATION_TIMEOUT)
                 .map_err(|e| Failure::config(format!("--redis: {e}")))?;
             let reservations = Arc::new(
                 Reservations::new(Arc::new(store.clone()), Mode::Shared, timings)

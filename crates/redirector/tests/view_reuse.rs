@@ -86,6 +86,14 @@ fn snapshot(rng: &mut fastrand::Rng, version: u64) -> Snapshot {
     }
 }
 
+fn reservations() -> Reservations {
+    Reservations::alone(Timings {
+        grace: Duration::from_secs(1),
+        lease: Duration::from_secs(5),
+        max_age: Duration::from_secs(10),
+    })
+}
+
 /// What a view says, as text: every field a request or the index reads.
 fn contents(view: &FleetView) -> String {
     let mut text = String::new();
@@ -111,12 +119,7 @@ fn contents(view: &FleetView) -> String {
 
 #[test]
 fn a_view_built_on_the_one_before_is_the_view_built_afresh() {
-    let geo = Arc::new(GeoDb::disabled());
-    let reservations = Reservations::alone(Timings {
-        grace: Duration::from_secs(1),
-        lease: Duration::from_secs(5),
-        max_age: Duration::from_secs(10),
-    });
+    let (geo, reservations) = (Arc::new(GeoDb::disabled()), reservations());
     let mut rng = fastrand::Rng::with_seed(7);
     for round in 0..300 {
         let mut previous = FleetView::build(&snapshot(&mut rng, 1), &geo, &reservations, None);
@@ -137,12 +140,7 @@ fn a_view_built_on_the_one_before_is_the_view_built_afresh() {
 
 #[test]
 fn an_unchanged_mount_shares_its_urls_and_announcement_with_the_view_before() {
-    let geo = Arc::new(GeoDb::disabled());
-    let reservations = Reservations::alone(Timings {
-        grace: Duration::from_secs(1),
-        lease: Duration::from_secs(5),
-        max_age: Duration::from_secs(10),
-    });
+    let (geo, reservations) = (Arc::new(GeoDb::disabled()), reservations());
     let mut rng = fastrand::Rng::with_seed(11);
     let mut first = snapshot(&mut rng, 1);
     while first.streams[0].mounts.is_empty()

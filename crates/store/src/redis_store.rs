@@ -414,23 +414,18 @@ impl RedisStore {
         Ok(())
     }
 
+    /// An operation bounded by the operation timeout.
     async fn bounded<T>(
         &self,
         operation: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        let result = match tokio::time::timeout(self.timeout, operation).await {
-            Ok(result) => result.map_err(StoreError::from),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        };
-        if result.is_err() {
-            // The master may have moved (gone, or answering READONLY as a replica).
-            self.relocate_in_background(true);
-        }
-        result
+        self.patient(self.timeout, operation).await
     }
 
-    /// [`RedisStore::bounded`], but waiting up to `patience` for the answer;
-    /// past the operation timeout, the master is looked for again meanwhile.
+    /// An operation bounded by `patience` (at least the operation timeout).
+    /// A failure, or no answer within the operation timeout, may mean the
+    /// master moved (gone, or answering READONLY as a replica): the master is
+    /// looked for again, and the answer still awaited until `patience` ends.
     async fn patient<T>(
         &self,
         patience: Duration,
@@ -442,9 +437,12 @@ impl RedisStore {
             Err(_) => {
                 self.relocate_in_background(true);
                 let rest = patience.saturating_sub(self.timeout);
+                if rest.is_zero() {
+                    return Err(StoreError::Timeout(self.timeout));
+                }
                 match tokio::time::timeout(rest, operation).await {
                     Ok(result) => result,
-                    Err(_) => return Err(StoreError::Timeout(patience.max(self.timeout))),
+                    Err(_) => return Err(StoreError::Timeout(patience)),
                 }
             }
         };
