@@ -7,7 +7,8 @@
 //! a slot from [`reserve`]), [`http`] (the answer). [`follow`] keeps the
 //! [`view`] current; [`server`] accepts connections and [`wire`] reads and
 //! writes HTTP/1.1 on them, with each thread's deadlines and stop in
-//! `watchdog` and its kept-alive connections between requests in `resting`;
+//! `watchdog`, its kept-alive connections between requests in `resting`, and
+//! the reads and writes of answers given in place as `bare` system calls;
 //! [`service`] wires it all.
 //! [`index`] lists the streams at `/` and `/streams.json`.
 //!
@@ -16,6 +17,7 @@
 //! only ever holds a `public_url` from the snapshot plus a validated mount and
 //! the request's query string.
 
+pub(crate) mod bare;
 pub mod cli;
 pub mod client_ip;
 pub mod control;

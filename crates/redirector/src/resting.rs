@@ -17,7 +17,7 @@
 //! A resting connection is idle by definition: the stop closes it at once, and
 //! so does its idle timeout, checked by a sweep.
 
-use std::io::{ErrorKind, Read as _};
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -132,7 +132,7 @@ impl<G> Resting<G> {
             let Some(rested) = self.connections.get_mut(key) else {
                 continue;
             };
-            let read = match (&rested.stream).read(&mut first) {
+            let read = match crate::bare::recv(&rested.stream, &mut first) {
                 Ok(0) => {
                     self.connections.remove(key);
                     continue;

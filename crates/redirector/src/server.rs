@@ -21,7 +21,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::io::{ErrorKind, Read as _, Write as _};
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -219,7 +219,7 @@ impl Acceptor {
         poll: &mio::Poll,
     ) {
         let mut first = [0u8; 2048];
-        let read = match (&stream).read(&mut first) {
+        let read = match crate::bare::recv(&stream, &mut first) {
             Ok(0) => return,
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
@@ -273,7 +273,7 @@ impl Acceptor {
         let mut output = self.output.borrow_mut();
         output.clear();
         encode(&reply, request.method, next, now_ms, &mut output);
-        let written = match (&*stream).write(&output) {
+        let written = match crate::bare::send(stream, &output) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
             Err(_) => return Inline::Done,
