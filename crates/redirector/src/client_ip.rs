@@ -78,10 +78,11 @@ pub fn client(peer: IpAddr, headers: &[Header<'_>], trusted: &TrustedProxies) ->
             forwarded_params(headers, "proto").next(),
         )
     } else {
-        let ip = if present.x_forwarded_for {
-            nearest_untrusted(peer, x_forwarded_for_hops(headers), trusted)
-        } else {
-            peer
+        let ip = match present.x_forwarded_for {
+            None => peer,
+            // The usual case: one header, its entries walked where they lie.
+            Some(Some(only)) => nearest_untrusted(peer, hops(headers[only].value), trusted),
+            Some(None) => nearest_untrusted(peer, x_forwarded_for_hops(headers), trusted),
         };
         let scheme = if present.x_forwarded_proto {
             header_list(headers, X_FORWARDED_PROTO).next()
@@ -98,19 +99,25 @@ pub fn client(peer: IpAddr, headers: &[Header<'_>], trusted: &TrustedProxies) ->
 #[derive(Default)]
 struct Present {
     forwarded: bool,
-    x_forwarded_for: bool,
+    /// `Some(Some(i))`: one `X-Forwarded-For`, header `i`; `Some(None)`: more.
+    x_forwarded_for: Option<Option<usize>>,
     x_forwarded_proto: bool,
 }
 
 impl Present {
     fn in_headers(headers: &[Header<'_>]) -> Present {
         let mut present = Present::default();
-        for header in headers {
+        for (at, header) in headers.iter().enumerate() {
             // The length first: most names are none of the three.
             let name = header.name;
             match name.len() {
                 9 => present.forwarded |= crate::wire::header_is(name, FORWARDED),
-                15 => present.x_forwarded_for |= crate::wire::header_is(name, X_FORWARDED_FOR),
+                15 if crate::wire::header_is(name, X_FORWARDED_FOR) => {
+                    present.x_forwarded_for = match present.x_forwarded_for {
+                        None => Some(Some(at)),
+                        Some(_) => Some(None),
+                    }
+                }
                 17 => present.x_forwarded_proto |= crate::wire::header_is(name, X_FORWARDED_PROTO),
                 _ => {}
             }
@@ -198,8 +205,14 @@ fn x_forwarded_for_hops<'a>(headers: &[Header<'a>]) -> impl Iterator<Item = &'a 
         .iter()
         .rev()
         .filter(|h| crate::wire::header_is(h.name, X_FORWARDED_FOR))
-        .filter(|h| h.value.is_ascii() || std::str::from_utf8(h.value).is_ok())
-        .flat_map(|h| RightToLeft(Some(h.value)))
+        .flat_map(|h| hops(h.value))
+}
+
+/// The entries of one `X-Forwarded-For` value, rightmost first; none if it is
+/// not UTF-8.
+fn hops(value: &[u8]) -> RightToLeft<'_> {
+    let text = value.is_ascii() || std::str::from_utf8(value).is_ok();
+    RightToLeft(text.then_some(value))
 }
 
 /// The comma-separated entries of a header value, rightmost first. What
@@ -497,6 +510,9 @@ mod tests {
         ];
         let ip = client_ip("10.0.0.1".parse().unwrap(), &headers, &trusted);
         assert_eq!(ip, "1.1.1.1".parse::<IpAddr>().unwrap());
+        // Alone, it vouches for no one: the proxy is the player.
+        let ip = client_ip("10.0.0.1".parse().unwrap(), &headers[1..], &trusted);
+        assert_eq!(ip, "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

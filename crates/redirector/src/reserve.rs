@@ -100,6 +100,9 @@ pub struct SlotPool {
 struct PoolState {
     /// Leased slots not handed out yet, by expiry, soonest first.
     leases: VecDeque<Lease>,
+    /// The sum of `leases`' slots left, kept as they change: every request
+    /// asks it, and a pool may hold many leases.
+    held: u32,
     /// The poll (its `observed_at_ms`) for which the ledger said no more.
     exhausted_for: Option<i64>,
     /// The refill in flight, if any.
@@ -192,16 +195,16 @@ impl PoolState {
         // lag the real time by up to one.
         // Leases are kept soonest expiry first, and one that runs out is
         // removed when it does: the expired ones are at the front.
-        while self.leases.front().is_some_and(|l| l.expires_ms <= now_ms) {
+        while let Some(lease) = self.leases.front()
+            && lease.expires_ms <= now_ms
+        {
+            self.held -= lease.left;
             self.leases.pop_front();
         }
     }
 
     fn held(&self) -> u32 {
-        self.leases
-            .iter()
-            .map(|l| l.left)
-            .fold(0u32, u32::saturating_add)
+        self.held
     }
 
     /// Hands out one leased slot, soonest expiry first.
@@ -214,6 +217,7 @@ impl PoolState {
         if lease.left == 0 {
             self.leases.pop_front();
         }
+        self.held -= 1;
         self.demand.record(now_ms);
         true
     }
@@ -228,9 +232,13 @@ impl PoolState {
     }
 
     fn add(&mut self, granted: u32, expires_ms: i64) {
+        // A pool never holds more than u32::MAX: what would overflow is not
+        // taken (the ledger grants at most a few thousand a call).
+        let granted = granted.min(u32::MAX - self.held);
         if granted == 0 {
             return;
         }
+        self.held += granted;
         let at = self.leases.partition_point(|l| l.expires_ms <= expires_ms);
         self.leases.insert(
             at,
@@ -672,6 +680,32 @@ mod tests {
         };
         state.note_poll(&changed, late + 250, 10_000);
         assert_eq!(state.polls.len(), 1);
+    }
+
+    #[test]
+    fn the_held_count_is_the_sum_of_the_leases_through_any_changes() {
+        let mut rng = fastrand::Rng::with_seed(13);
+        let mut state = PoolState::default();
+        let mut now = T0;
+        for _ in 0..20_000 {
+            match rng.u8(0..10) {
+                0 => state.add(rng.u32(0..50), now + rng.i64(0..3_000)),
+                1 => now += rng.i64(0..400),
+                2 => state.drop_expired(now),
+                _ => {
+                    let _ = state.hand_out(now);
+                }
+            }
+            let sum: u32 = state.leases.iter().map(|l| l.left).sum();
+            assert_eq!(state.held(), sum);
+            assert!(state.leases.iter().all(|l| l.left > 0));
+        }
+        // Near the top of the range nothing overflows, and what fits is held.
+        state.add(u32::MAX - state.held() - 1, now + 10_000);
+        state.add(7, now + 10_000);
+        assert_eq!(state.held(), u32::MAX);
+        let sum = state.leases.iter().map(|l| u64::from(l.left)).sum::<u64>();
+        assert_eq!(sum, u64::from(u32::MAX));
     }
 
     const TIMINGS: Timings = Timings {

@@ -110,11 +110,21 @@ pub fn header_is(name: &str, lowercase: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b == b'-')
     );
-    name.len() == lowercase.len()
-        && name
-            .bytes()
-            .zip(lowercase.bytes())
-            .all(|(have, want)| have | 0x20 == want)
+    let (name, lowercase) = (name.as_bytes(), lowercase.as_bytes());
+    if name.len() != lowercase.len() {
+        return false;
+    }
+    // Eight bytes at a time: the names looked for are up to 17 bytes long.
+    let (mut have, mut want) = (name.chunks_exact(8), lowercase.chunks_exact(8));
+    let word = |bytes: &[u8]| u64::from_ne_bytes(bytes.try_into().unwrap_or_default());
+    have.by_ref()
+        .zip(want.by_ref())
+        .all(|(have, want)| word(have) | 0x2020_2020_2020_2020 == word(want))
+        && have
+            .remainder()
+            .iter()
+            .zip(want.remainder())
+            .all(|(have, want)| have | 0x20 == *want)
 }
 
 /// Parses the request head at the start of `buffer`, using `headers` as the
@@ -330,7 +340,9 @@ pub fn encode(reply: &Reply, head_only: bool, next: Next, date: &str, out: &mut 
         push_number(out, u64::from(seconds));
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(reply.extra.as_bytes());
+    if !reply.extra.is_empty() {
+        out.extend_from_slice(reply.extra.as_bytes());
+    }
     match next {
         Next::KeepAlive => {}
         Next::KeepAlive10 => out.extend_from_slice(b"connection: keep-alive\r\n"),
@@ -345,6 +357,15 @@ pub fn encode(reply: &Reply, head_only: bool, next: Next, date: &str, out: &mut 
 }
 
 fn push_number(out: &mut Vec<u8>, n: u64) {
+    // Bodies and Retry-After are short: their one to three digits are
+    // written as such, a copy of known length each.
+    let digit = |n: u64| b'0' + (n % 10) as u8;
+    match n {
+        0..=9 => return out.push(digit(n)),
+        10..=99 => return out.extend_from_slice(&[digit(n / 10), digit(n)]),
+        100..=999 => return out.extend_from_slice(&[digit(n / 100), digit(n / 10), digit(n)]),
+        _ => {}
+    }
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     let mut n = n;
@@ -415,6 +436,26 @@ mod tests {
                     have.eq_ignore_ascii_case(&want),
                     "{have:?} against {want:?}"
                 );
+            }
+        }
+        // The same for every byte of a long name, read eight bytes at a time.
+        for want in [
+            "transfer-encoding",
+            "x-forwarded-for",
+            "content-length",
+            "host",
+        ] {
+            for at in 0..want.len() {
+                for &byte in &token {
+                    let mut have = want.to_ascii_uppercase().into_bytes();
+                    have[at] = byte;
+                    let have = String::from_utf8(have).unwrap();
+                    assert_eq!(
+                        header_is(&have, want),
+                        have.eq_ignore_ascii_case(want),
+                        "{have:?} against {want:?}"
+                    );
+                }
             }
         }
         assert!(header_is("X-Forwarded-For", "x-forwarded-for"));
@@ -543,6 +584,15 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
         assert!(text.contains("retry-after: 12\r\nconnection: close\r\ncontent-length: 6\r\n\r\n"));
         assert!(text.ends_with("\r\n\r\n"), "HEAD: no body");
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal_at_every_length() {
+        for n in (0..2_000).chain([9_999, 10_000, 123_456, u64::from(u32::MAX), u64::MAX]) {
+            let mut out = b"x".to_vec();
+            push_number(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 
     #[test]
