@@ -111,11 +111,13 @@ impl<G> Resting<G> {
     /// Serves every resting connection `poll` reports readable: reads its
     /// request and answers it with `answer` (given the input, the peer and
     /// the socket). Connections that leave the set are passed to `leave`,
-    /// deregistered. Returns whether the set was drained (no event left
-    /// untaken), so that its readiness can be cleared.
+    /// deregistered. `now` is the thread's clock for this wake-up: a served
+    /// connection's idle time counts from it. Returns whether the set was
+    /// drained (no event left untaken), so that its readiness can be cleared.
     pub(crate) fn serve(
         &mut self,
         poll: &mut mio::Poll,
+        now: Instant,
         mut answer: impl FnMut(&[u8], SocketAddr, &mio::net::TcpStream) -> Served,
         mut leave: impl FnMut(Rested<G>, Vec<u8>, Vec<u8>, bool),
     ) -> bool {
@@ -125,7 +127,6 @@ impl<G> Resting<G> {
         }
         let taken = self.events.iter().count();
         let resting = self.connections.len();
-        let now = Instant::now();
         let mut first = [0u8; 2048];
         for event in &self.events {
             let key = event.token().0;

@@ -106,9 +106,11 @@ pub async fn serve(
             () = &mut shutdown => break,
             ready = resting_poll.readable_mut() => {
                 let mut ready = ready?;
-                acceptor.now_ms.set(clock_now().1);
+                let (now, now_ms) = clock_now();
+                acceptor.now_ms.set(now_ms);
                 let drained = resting.serve(
                     ready.get_inner_mut(),
+                    now,
                     |input, peer, stream| acceptor.answer_resting(input, peer, stream),
                     |rested, input, pending, close_after| {
                         // A head still to come has the time left since the
