@@ -20,6 +20,11 @@
 //! server; paced, it is the time a request takes plus what gets in its way
 //! (the host, the other server, the redirector's control plane), and the p99
 //! ratio within a round compares the two servers' tails.
+//!
+//! With [`BASELINE_VAR`] naming a directory that holds another build of
+//! `icecast-redirector`, that build takes nginx's place: the same measure
+//! compares a change with the code before it. Such a run is printed, not
+//! recorded.
 
 use std::process::{Child, Stdio};
 
@@ -38,6 +43,10 @@ const PACE_MS: u32 = 4;
 /// The paced crowd's script, beside the crowd's.
 const PACED_SCRIPT: &str = "paced.lua";
 
+/// The environment variable naming a directory with a baseline build of
+/// `icecast-redirector` to load instead of nginx.
+pub(crate) const BASELINE_VAR: &str = "XTASK_PAIRED_BASELINE";
+
 /// What one server did in one round.
 struct Share {
     requests: f64,
@@ -51,6 +60,27 @@ struct Share {
 pub(crate) fn paired_case() -> anyhow::Result<String> {
     let contestants = Contestants::start("paired")?;
     let redirector_pids = [contestants.redirector.0.id()];
+    let baseline = match std::env::var_os(BASELINE_VAR) {
+        Some(dir) => {
+            let port = super::free_port()?;
+            let guard = super::start_redirector(
+                std::path::Path::new(&dir),
+                port,
+                &contestants.setup.redis_url,
+                Some(&contestants.setup.geoip),
+            )?;
+            super::wait_for(
+                || super::status_of(port, "GET", "/sim0") == Some(302),
+                "the baseline redirector to answer 302",
+            )?;
+            Some((port, [guard.0.id()], guard))
+        }
+        None => None,
+    };
+    let (theirs_name, theirs_port, theirs_pids) = match &baseline {
+        Some((port, pids, _)) => ("baseline", *port, &pids[..]),
+        None => ("nginx", contestants.nginx_port, &contestants.nginx_pids[..]),
+    };
     let crowd = &contestants.setup.crowd;
     let paced = contestants.dir.join(PACED_SCRIPT);
     std::fs::write(
@@ -69,7 +99,7 @@ pub(crate) fn paired_case() -> anyhow::Result<String> {
         for _ in 0..ROUNDS {
             let servers = [
                 (contestants.redirector_port, &redirector_pids[..]),
-                (contestants.nginx_port, &contestants.nginx_pids[..]),
+                (theirs_port, theirs_pids),
             ];
             // Unmeasured, as in the redirector case: leases taken, caches warm.
             let warm = both(servers, close, WARM_UP, crowd)?;
@@ -81,8 +111,9 @@ pub(crate) fn paired_case() -> anyhow::Result<String> {
             }
             rounds.push((ours, theirs));
         }
-        lines.push_str(&summary(mode, &rounds));
+        lines.push_str(&summary(mode, theirs_name, &rounds));
     }
+    drop(baseline);
     drop(contestants);
     Ok(format!(
         "## Redirector and nginx on one core at once\n\n\
@@ -153,7 +184,7 @@ fn both(
 }
 
 /// The mode's line: the median ratio and its spread, and each server's medians.
-fn summary(mode: &str, rounds: &[(Share, Share)]) -> String {
+fn summary(mode: &str, theirs: &str, rounds: &[(Share, Share)]) -> String {
     let median = |mut values: Vec<f64>| {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
@@ -165,9 +196,9 @@ fn summary(mode: &str, rounds: &[(Share, Share)]) -> String {
     let (p99_low, p99_high) = spread(&p99_ratios);
     let of = |f: fn(&(Share, Share)) -> f64| median(rounds.iter().map(f).collect());
     format!(
-        "- **{mode}: redirector / nginx CPU per request {:.3}x** (spread {low:.3}–{high:.3}; rounds {}); \
+        "- **{mode}: redirector / {theirs} CPU per request {:.3}x** (spread {low:.3}–{high:.3}; rounds {}); \
          user space {:.2}x; p99 {:.2}x (spread {p99_low:.2}–{p99_high:.2}). Redirector {:.1} µs per \
-         request ({:.1} in user space), {:.0} requests/s, p99 {:.3} ms; nginx {:.1} µs ({:.1}), \
+         request ({:.1} in user space), {:.0} requests/s, p99 {:.3} ms; {theirs} {:.1} µs ({:.1}), \
          {:.0} requests/s, p99 {:.3} ms.\n",
         median(ratios.clone()),
         listed.join(", "),
